@@ -1,0 +1,1 @@
+"""Reading DICOM pixels and geometry; building SEG and SR (pydicom, highdicom)."""

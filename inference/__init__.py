@@ -1,0 +1,1 @@
+"""MONAI networks, pre/post-processing, training, evaluation, calibration, Grad-CAM."""

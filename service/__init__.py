@@ -1,0 +1,1 @@
+"""WeCare: receives ultrasound studies, runs the models, sends back SEG + SR."""

@@ -1,0 +1,1 @@
+"""Files on disk, SQLAlchemy models, job queue and outbox."""
