@@ -1,0 +1,91 @@
+"""The data directory: where received instances and our outputs live, written atomically."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from storage.errors import DiskFullError, InvalidUIDError
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def checked_uid(uid: str) -> str:
+    """Return `uid` if it is safe as a path component (digits and dots, ≤ 64), else raise."""
+    uid = uid.strip().rstrip("\x00")
+    if not uid or len(uid) > 64 or not _UID_RE.match(uid):
+        raise InvalidUIDError("UID is not a valid DICOM UID")
+    return uid
+
+
+class DataDir:
+    """Layout of the data directory (see docs/ARCHITECTURE.md)."""
+
+    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+        self.root = Path(root)
+        self.min_free_bytes = min_free_bytes
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / "incoming"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def create(self) -> None:
+        for d in (self.root, self.incoming, self.outputs, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def incoming_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return (
+            self.incoming / checked_uid(study_uid) / checked_uid(series_uid)
+            / f"{checked_uid(sop_uid)}.dcm"
+        )
+
+    def output_path(self, job_id: int, sop_uid: str) -> Path:
+        return self.outputs / str(int(job_id)) / f"{checked_uid(sop_uid)}.dcm"
+
+    def free_bytes(self) -> int:
+        target = self.root if self.root.exists() else self.root.parent
+        return shutil.disk_usage(target).free
+
+    def ensure_free_space(self, incoming_bytes: int = 0) -> None:
+        """Raise DiskFullError when writing `incoming_bytes` would cross the free-space floor."""
+        if self.min_free_bytes and self.free_bytes() - incoming_bytes < self.min_free_bytes:
+            raise DiskFullError("free disk space is below the configured floor")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp name in the same directory, fsync, rename, fsync the directory.
+
+    After this returns the file survives a crash or power loss with its full content; before,
+    a reader sees the old file or none, never a partial one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)

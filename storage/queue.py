@@ -1,0 +1,174 @@
+"""The job queue: a state machine in one table, claimed with one compare-and-set UPDATE.
+
+`waiting → queued → running → exporting → done | failed`. A claim sets a lease; a worker that
+dies stops renewing it and the job goes back to `queued` when it expires (or at start-up).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from storage.models import Job, JobState, Study, utcnow
+
+_STAMP = {
+    JobState.QUEUED: "queued_at",
+    JobState.RUNNING: "running_at",
+    JobState.EXPORTING: "exporting_at",
+    JobState.DONE: "finished_at",
+    JobState.FAILED: "finished_at",
+}
+
+
+def ensure_waiting_job(session: Session, study: Study, now: datetime | None = None) -> Job:
+    """Return the study's waiting job, creating it when there is none."""
+    job = session.scalar(
+        select(Job).where(Job.study_id == study.id, Job.state == JobState.WAITING)
+    )
+    if job is None:
+        job = Job(study_id=study.id, state=JobState.WAITING, created_at=now or utcnow())
+        session.add(job)
+        session.flush()
+    return job
+
+
+def queue_stable_studies(session: Session, stable_seconds: float, now: datetime | None = None) -> list[int]:
+    """Move waiting jobs whose study has been quiet for `stable_seconds` to `queued`."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=stable_seconds)
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .join(Study, Study.id == Job.study_id)
+            .where(Job.state == JobState.WAITING, Study.last_received_at <= cutoff)
+        )
+    )
+    for job_id in ids:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.WAITING)
+            .values(state=JobState.QUEUED, queued_at=now)
+        )
+    return ids
+
+
+def process_now(session: Session, job_id: int, now: datetime | None = None) -> bool:
+    """Force a waiting job into the queue without waiting for stability."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.WAITING)
+        .values(state=JobState.QUEUED, queued_at=now or utcnow(), forced=True)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def claim_next_job(
+    session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None
+) -> Job | None:
+    """Atomically take the oldest queued job, or None. Safe with many workers and processes."""
+    now = now or utcnow()
+    candidates = session.scalars(
+        select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.queued_at, Job.id).limit(5)
+    ).all()
+    for job_id in candidates:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.QUEUED)
+            .values(
+                state=JobState.RUNNING,
+                running_at=now,
+                claimed_by=worker_id,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1,
+                error=None,
+                error_code=None,
+            )
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            session.flush()
+            job = session.get(Job, job_id, populate_existing=True)
+            return job
+    return None
+
+
+def renew_lease(session: Session, job_id: int, worker_id: str, lease_seconds: float) -> bool:
+    """Extend our lease; False means the job is no longer ours (it was re-queued)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.claimed_by == worker_id, Job.state == JobState.RUNNING)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def requeue_expired(session: Session, now: datetime | None = None) -> list[int]:
+    """Return running jobs whose lease expired (their worker died) to the queue."""
+    now = now or utcnow()
+    ids = list(
+        session.scalars(
+            select(Job.id).where(Job.state == JobState.RUNNING, Job.lease_until < now)
+        )
+    )
+    for job_id in ids:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING)
+            .values(state=JobState.QUEUED, queued_at=now, claimed_by=None, lease_until=None)
+        )
+    return ids
+
+
+def requeue_orphans(session: Session, node_prefix: str, now: datetime | None = None) -> list[int]:
+    """At start-up: jobs left running by an earlier process of this node go back to the queue."""
+    now = now or utcnow()
+    ids = list(
+        session.scalars(
+            select(Job.id).where(
+                Job.state == JobState.RUNNING, Job.claimed_by.like(f"{node_prefix}%")
+            )
+        )
+    )
+    for job_id in ids:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING)
+            .values(state=JobState.QUEUED, queued_at=now, claimed_by=None, lease_until=None)
+        )
+    return ids + requeue_expired(session, now)
+
+
+def set_state(
+    session: Session,
+    job: Job,
+    state: JobState,
+    *,
+    error: str | None = None,
+    error_code: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Move a job to `state`, stamping that stage's time."""
+    now = now or utcnow()
+    job.state = state
+    stamp = _STAMP.get(state)
+    if stamp:
+        setattr(job, stamp, now)
+    if state in (JobState.DONE, JobState.FAILED, JobState.QUEUED, JobState.EXPORTING):
+        job.claimed_by = None
+        job.lease_until = None
+    if error is not None or state == JobState.FAILED:
+        job.error = error
+        job.error_code = error_code
+    session.flush()
+
+
+def retry_job(session: Session, job_id: int, now: datetime | None = None) -> bool:
+    """Put a failed job back in the queue (the dashboard's retry button)."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.FAILED)
+        .values(state=JobState.QUEUED, queued_at=now, finished_at=None, attempts=0)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
