@@ -1,0 +1,137 @@
+"""The `wecare` command: each command loads Settings, sets up logging and calls one run_*()."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from service.config import ConfigError, Settings, load_settings, masked
+
+app = typer.Typer(help="WeCare: breast-ultrasound AI for the PACS.", no_args_is_help=True,
+                  add_completion=False)
+db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="TOML config file; env WECARE_<SECTION>__<KEY> overrides"),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    """Load settings or exit 2 with the bad keys named."""
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        typer.echo(f"wecare: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run the DICOM listener, workers, exporter and dashboard until SIGTERM or Ctrl-C."""
+    from service.runtime import serve as run_serve
+
+    run_serve(_settings(config))
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Apply database migrations up to the newest."""
+    from storage.db import upgrade
+
+    settings = _settings(config)
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.storage.resolved_database_url())
+    typer.echo("database is at the newest migration")
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = None) -> None:
+    """Print the effective configuration (secrets masked) as JSON."""
+    typer.echo(json.dumps(masked(_settings(config)), indent=2))
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate the configuration and exit 0, or name the bad keys and exit 2."""
+    _settings(config)
+    typer.echo("configuration is valid")
+
+
+@app.command()
+def infer(
+    files: Annotated[list[Path], typer.Argument(help="DICOM, PNG or JPEG files", exists=True,
+                                                dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder")],
+    weights: Annotated[Optional[Path], typer.Option(help="Model weights (default: bundled)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    explain: Annotated[bool, typer.Option(help="Also write Grad-CAM maps")] = True,
+) -> None:
+    """Run the models on files without a PACS; print one JSON line per image.
+
+    DICOM input gives SEG and SR files in OUT; PNG/JPEG input gives mask and overlay PNGs.
+    """
+    from service.infer import run_infer
+
+    code = run_infer(files, out, weights=weights, device=None if device == "auto" else device,
+                     explain=explain, echo=typer.echo)
+    raise typer.Exit(code)
+
+
+@app.command()
+def train(
+    data_dir: Annotated[list[Path], typer.Option("--data-dir", help="Dataset folder (repeat)")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints and logs")] = Path("runs/train"),
+    epochs: Annotated[int, typer.Option(help="Epochs")] = 60,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this long")] = None,
+    image_size: Annotated[int, typer.Option(help="Square input size in pixels")] = 192,
+    batch_size: Annotated[int, typer.Option(help="Batch size")] = 16,
+    lr: Annotated[float, typer.Option(help="Learning rate")] = 1e-3,
+    seg_loss: Annotated[str, typer.Option(help="dice, dicebce, focal or tversky")] = "dicebce",
+    arch: Annotated[str, typer.Option(help="multitask or separate")] = "multitask",
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    resume: Annotated[bool, typer.Option(help="Resume from the run folder's last checkpoint")] = False,
+    num_threads: Annotated[int, typer.Option(help="Torch CPU threads")] = 2,
+) -> None:
+    """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
+    from inference.train import TrainConfig
+    from inference.train import train as run_train
+
+    cfg = TrainConfig(
+        data_dirs=list(data_dir), out_dir=out, epochs=epochs, max_minutes=max_minutes,
+        image_size=image_size, batch_size=batch_size, lr=lr, seg_loss=seg_loss, arch=arch,
+        seed=seed, resume=resume, num_threads=num_threads,
+    )
+    best = run_train(cfg)
+    typer.echo(f"best checkpoint: {best}")
+
+
+@app.command()
+def evaluate(
+    data_dir: Annotated[Path, typer.Argument(help="Folder laid out like BUSI or BUS-BRA",
+                                             exists=True, file_okay=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Last stdout line is one JSON object")] = False,
+    weights: Annotated[Optional[Path], typer.Option(help="Model weights (default: bundled)")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for 95% intervals")] = 1000,
+) -> None:
+    """Measure the models on a labelled folder: Dice, IoU, accuracy, AUC, ECE, with intervals."""
+    from inference.evaluate import evaluate as run_evaluate
+    from inference.evaluate import render_table
+    from inference.model import Model
+
+    metrics: dict[str, Any] = run_evaluate(data_dir, Model.load(weights), bootstrap=bootstrap)
+    if as_json:
+        sys.stdout.write(json.dumps(metrics) + "\n")
+    else:
+        typer.echo(render_table(metrics))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,194 @@
+"""Settings: one TOML file, every key overridable by `WECARE_<SECTION>__<KEY>`, checked at start.
+
+Defaults run with no config at all (SQLite and files under ./wecare-data, DICOM port 11112,
+dashboard on 127.0.0.1:8000, no destinations). A bad key stops start-up with its path named.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
+
+
+def _check_ae_title(value: str) -> str:
+    value = value.strip()
+    if not _AE_RE.match(value) or "\\" in value:
+        raise ValueError("AE title must be 1-16 printable ASCII characters without backslash")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DicomSettings(_Section):
+    ae_title: str = Field("WECARE", description="Our AE title, the Called AE the PACS uses")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the DICOM listener binds; 0.0.0.0 to accept a PACS on another host",
+    )
+    port: int = Field(11112, ge=1, le=65535, description="DICOM listener port")
+    max_pdu_bytes: int = Field(0, ge=0, description="Maximum PDU size we accept (0 = unlimited)")
+    network_timeout_seconds: float = Field(60, gt=0, description="Idle association timeout")
+    require_called_ae_title: bool = Field(
+        False, description="Reject associations whose Called AE title is not ours"
+    )
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class StorageSettings(_Section):
+    data_dir: Path = Field(Path("./wecare-data"), description="Data directory (files, SQLite, logs)")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/wecare.db"
+    )
+    min_free_mb: int = Field(
+        200, ge=0, description="Refuse new C-STOREs (0xA700) when free disk space falls below"
+    )
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'wecare.db').resolve()}"
+
+
+class StudySettings(_Section):
+    stable_seconds: float = Field(
+        10, ge=0, description="A study becomes a job when no instance arrived for this long"
+    )
+
+
+class WorkerSettings(_Section):
+    count: int = Field(1, ge=0, le=16, description="Inference worker threads (0: none)")
+    poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for jobs")
+    lease_seconds: float = Field(
+        120, gt=0, description="A running job whose worker stops renewing returns to the queue"
+    )
+    max_attempts: int = Field(3, ge=1, description="Processing tries before a job is failed")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device")
+    weights: Path | None = Field(None, description="Model weights; default: the bundled ones")
+    torch_threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: torch's)")
+    explain: bool = Field(True, description="Compute Grad-CAM maps for the dashboard")
+
+
+class ExportSettings(_Section):
+    poll_seconds: float = Field(1.0, gt=0, description="How often the exporter looks for due rows")
+    base_backoff_seconds: float = Field(5, gt=0, description="First retry delay; doubles each try")
+    max_backoff_seconds: float = Field(600, gt=0, description="Longest delay between tries")
+    max_attempts: int = Field(10, ge=1, description="Tries before an output is marked failed")
+    timeout_seconds: float = Field(30, gt=0, description="Association and DIMSE timeout")
+
+
+class WebSettings(_Section):
+    enabled: bool = Field(True, description="Run the dashboard and API")
+    host: str = Field("127.0.0.1", description="Dashboard bind address")
+    port: int = Field(8000, ge=1, le=65535, description="Dashboard port")
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
+    json_format: bool = Field(True, description="JSON lines (False: human-readable)")
+    to_file: bool = Field(True, description="Also write <data_dir>/logs/wecare.log")
+
+
+class DicomDestination(_Section):
+    kind: Literal["dicom"] = "dicom"
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str
+    port: int = Field(..., ge=1, le=65535)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+# One kind for now; when a second arrives this becomes a union discriminated on `kind`.
+Destination = DicomDestination
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="WECARE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file=None,
+    )
+
+    dicom: DicomSettings = DicomSettings()
+    storage: StorageSettings = StorageSettings()
+    study: StudySettings = StudySettings()
+    worker: WorkerSettings = WorkerSettings()
+    export: ExportSettings = ExportSettings()
+    web: WebSettings = WebSettings()
+    log: LogSettings = LogSettings()
+    destinations: list[Destination] = Field(default_factory=list)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: list[DicomDestination]) -> list[DicomDestination]:
+        names = [d.name for d in value]
+        if len(names) != len(set(names)):
+            raise ValueError("destination names must be unique")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then environment, then the TOML file.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+class ConfigError(Exception):
+    """Configuration cannot be used; the message names every bad key."""
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read `path` (TOML) and the environment into validated Settings, or raise ConfigError."""
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+
+    try:
+        loaded = _FileSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    except ValueError as exc:  # TOML syntax errors and env parsing errors
+        raise ConfigError(f"config could not be read: {exc}") from None
+    return Settings.model_validate(loaded.model_dump())
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad key, e.g. `dicom.port: Input should be less than or equal to 65535`."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """Settings as a dict for `wecare config show`, with secrets in URLs masked."""
+    data = settings.model_dump(mode="json")
+    url = data["storage"].get("database_url")
+    if url:
+        data["storage"]["database_url"] = re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", url)
+    return data

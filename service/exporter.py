@@ -1,0 +1,76 @@
+"""The exporter: drains the outbox, one association per destination per round."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from service.config import Settings
+from service.senders import SendResult, send_files
+from storage.db import session_scope
+from storage.models import OutboxItem
+from storage.outbox import RetryPolicy, claim_due, record_attempt
+
+log = logging.getLogger(__name__)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        base_seconds=settings.export.base_backoff_seconds,
+        max_seconds=settings.export.max_backoff_seconds,
+        max_attempts=settings.export.max_attempts,
+    )
+
+
+def export_once(settings: Settings, engine: Engine) -> int:
+    """Send every due outbox row once; returns how many rows were tried."""
+    destinations = {d.name: d for d in settings.destinations}
+    policy = retry_policy(settings)
+    claim_seconds = settings.export.timeout_seconds * 4 + 30
+    with session_scope(engine) as session:
+        items = claim_due(session, claim_seconds=claim_seconds)
+        work = [(i.id, i.destination, i.output.path) for i in items]
+    if not work:
+        return 0
+    by_destination: dict[str, list[tuple[int, Path]]] = defaultdict(list)
+    for item_id, name, path in work:
+        by_destination[name].append((item_id, Path(path)))
+    for name, rows in by_destination.items():
+        destination = destinations.get(name)
+        if destination is None:
+            results = [SendResult(p, None, f"destination {name!r} is not configured") for _, p in rows]
+        else:
+            results = send_files(
+                destination, [p for _, p in rows], calling_ae_title=settings.dicom.ae_title,
+                timeout_seconds=settings.export.timeout_seconds,
+            )
+        by_path = {r.path: r for r in results}
+        with session_scope(engine) as session:
+            for item_id, path in rows:
+                result = by_path[path]
+                item = session.get(OutboxItem, item_id)
+                if item is None:
+                    continue
+                record_attempt(
+                    session, item, delivered=result.delivered, status=result.status,
+                    error=result.error, policy=policy,
+                )
+        sent = sum(1 for r in results if r.delivered)
+        log.info("export to %s: %d of %d delivered", name, sent, len(rows))
+    return len(work)
+
+
+def run_exporter(settings: Settings, engine: Engine, stop: threading.Event) -> None:
+    """Loop until `stop`: export what is due, then sleep a poll interval."""
+    while not stop.is_set():
+        try:
+            tried = export_once(settings, engine)
+        except Exception:  # noqa: BLE001 - the loop must outlive a database hiccup
+            log.exception("exporter round failed")
+            tried = 0
+        if not tried:
+            stop.wait(settings.export.poll_seconds)

@@ -1,0 +1,97 @@
+"""`wecare infer`: the service's models on files, without a PACS or a database."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from service.errors import JobError
+from service.pipeline import SourceImage, process_study
+from service.previews import cam_overlay, mask_overlay, save_png
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def _is_dicom(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return head[128:132] == b"DICM" or path.suffix.lower() == ".dcm"
+
+
+def run_infer(
+    files: Sequence[Path], out: Path, *, weights: Path | None = None, device: str | None = None,
+    explain: bool = True, echo: Callable[[str], None] = print,
+) -> int:
+    """Process `files` into `out`; print one JSON line per image. Returns an exit code."""
+    from inference.model import Model
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = Model.load(weights, device=device)
+    failures = 0
+    studies: dict[str, list[SourceImage]] = defaultdict(list)
+    names: dict[str, str] = {}
+    for path in files:
+        if path.suffix.lower() in _IMAGE_SUFFIXES and not _is_dicom(path):
+            failures += _infer_picture(path, out, model, explain, echo)
+            continue
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            source = SourceImage(str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), path)
+            studies[str(ds.StudyInstanceUID)].append(source)
+            names[source.sop_instance_uid] = path.name
+        except (InvalidDicomError, AttributeError, OSError) as exc:
+            echo(json.dumps({"file": path.name, "error": f"not a readable DICOM file: {type(exc).__name__}"}))
+            failures += 1
+    for sources in studies.values():
+        try:
+            result = process_study(sources, model, out, explain=explain)
+        except JobError as exc:
+            for s in sources:
+                echo(json.dumps({"file": names[s.sop_instance_uid], "error": str(exc)}))
+            failures += len(sources)
+            continue
+        for row in result.results:
+            echo(json.dumps({
+                "file": names.get(row["sop_instance_uid"]), "frame": row["frame"],
+                "predicted_class": row["predicted_class"], "probabilities": row["probabilities"],
+                "lesion_area_px": row["lesion_area_px"], "lesion_area_mm2": row["lesion_area_mm2"],
+                "long_axis_mm": row["long_axis_mm"], "short_axis_mm": row["short_axis_mm"],
+                "model_version": model.version, "model_status": model.status,
+            }))
+        for skipped in result.skipped:
+            echo(json.dumps({"error": skipped["reason"]}))
+            failures += 1
+        for output in result.outputs:
+            echo(json.dumps({"output": output.kind, "path": str(output.path)}))
+    return 1 if failures else 0
+
+
+def _infer_picture(path: Path, out: Path, model: object, explain: bool,
+                   echo: Callable[[str], None]) -> int:
+    """PNG/JPEG: mask PNG (0/255), overlay PNG, Grad-CAM PNG. Returns 1 on failure."""
+    try:
+        with Image.open(path) as img:
+            gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        echo(json.dumps({"file": path.name, "error": f"not a readable image: {type(exc).__name__}"}))
+        return 1
+    pred = model.predict([gray], with_cam=explain)[0]  # type: ignore[attr-defined]
+    stem = path.stem
+    Image.fromarray((pred.mask.astype(np.uint8) * 255)).save(out / f"{stem}_mask.png")
+    save_png(out / f"{stem}_overlay.png", mask_overlay(gray, pred.mask), max_side=4096)
+    if pred.cam is not None:
+        save_png(out / f"{stem}_cam.png", cam_overlay(gray, pred.cam), max_side=4096)
+    echo(json.dumps({
+        "file": path.name, "predicted_class": pred.predicted_class,
+        "probabilities": {k: round(float(v), 4) for k, v in pred.probabilities.items()},
+        "lesion_area_px": int(pred.mask.sum()),
+        "model_version": model.version, "model_status": model.status,  # type: ignore[attr-defined]
+    }))
+    return 0

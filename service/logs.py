@@ -1,0 +1,89 @@
+"""JSON-line logs carrying `job_id` and `uid_hash`, never patient data.
+
+Log a UID through `uid_hash()` (8 hex of sha256), never a Dataset, name, ID, birth date or
+accession number. pynetdicom is held at WARNING so it cannot dump identifiers.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+_job_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("job_id", default=None)
+_uid_hash: contextvars.ContextVar[str | None] = contextvars.ContextVar("uid_hash", default=None)
+
+
+def uid_hash(uid: str | None) -> str:
+    """Short stable pseudonym of a UID for logs: 8 hex digits of its sha256."""
+    if not uid:
+        return "-"
+    return hashlib.sha256(str(uid).encode()).hexdigest()[:8]
+
+
+@contextmanager
+def log_context(job_id: int | None = None, uid: str | None = None) -> Iterator[None]:
+    """Attach a job id and/or a hashed UID to every log line inside the block."""
+    tokens = []
+    if job_id is not None:
+        tokens.append((_job_id, _job_id.set(job_id)))
+    if uid is not None:
+        tokens.append((_uid_hash, _uid_hash.set(uid_hash(uid))))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.job_id = _job_id.get()
+        record.uid_hash = _uid_hash.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in ("job_id", "uid_hash"):
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", json_format: bool = True, log_dir: Path | None = None) -> None:
+    """Configure the root logger once per process: stderr, and a rotating file when asked."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    formatter: logging.Formatter = (
+        JsonFormatter() if json_format
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [job=%(job_id)s uid=%(uid_hash)s] %(message)s")
+    )
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(RotatingFileHandler(log_dir / "wecare.log", maxBytes=20_000_000, backupCount=5))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(_ContextFilter())
+        root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("pynetdicom", "highdicom", "uvicorn.access", "alembic", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

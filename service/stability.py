@@ -1,0 +1,37 @@
+"""Study completion: a waiting job is queued once its study has been quiet for stable_seconds.
+
+The same loop returns jobs whose worker lease expired (the worker died) to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy import Engine
+
+from storage.db import session_scope
+from storage.queue import queue_stable_studies, requeue_expired
+
+log = logging.getLogger(__name__)
+
+
+def stability_once(engine: Engine, stable_seconds: float) -> tuple[list[int], list[int]]:
+    with session_scope(engine) as session:
+        queued = queue_stable_studies(session, stable_seconds)
+        requeued = requeue_expired(session)
+    for job_id in queued:
+        log.info("job %d queued: study stable for %.0f s", job_id, stable_seconds)
+    for job_id in requeued:
+        log.warning("job %d re-queued: its worker's lease expired", job_id)
+    return queued, requeued
+
+
+def run_stability(engine: Engine, stable_seconds: float, stop: threading.Event,
+                  poll_seconds: float = 1.0) -> None:
+    while not stop.is_set():
+        try:
+            stability_once(engine, stable_seconds)
+        except Exception:  # noqa: BLE001 - keep watching through a database hiccup
+            log.exception("stability check failed")
+        stop.wait(poll_seconds)

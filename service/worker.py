@@ -1,0 +1,201 @@
+"""Workers: claim a job, run the pipeline, record the outcome. One `try` per job lives here."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from service.config import Settings
+from service.errors import JobError
+from service.logs import log_context
+from service.pipeline import SourceImage, StudyResult, process_study
+from storage.db import session_scope
+from storage.files import DataDir
+from storage.instances import processable_instances
+from storage.models import Job, JobState, Study
+from storage.outbox import add_output
+from storage.queue import claim_next_job, renew_lease, set_state
+
+log = logging.getLogger(__name__)
+
+
+def node_id() -> str:
+    """Prefix of our worker ids; jobs claimed under it are ours to re-queue at start-up."""
+    return f"{socket.gethostname()}:"
+
+
+class ModelProvider:
+    """Loads the model once per process, on first use, and serialises access to it."""
+
+    def __init__(self, weights: Path | None, device: str, torch_threads: int | None) -> None:
+        self._weights = weights
+        self._device = None if device == "auto" else device
+        self._torch_threads = torch_threads
+        self._model: Any = None
+        self._error: str | None = None
+        self.lock = threading.Lock()  # guards loading
+        self.predict_lock = threading.Lock()  # one predict at a time across worker threads
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    def get(self) -> Any:
+        with self.lock:
+            if self._model is None:
+                try:
+                    if self._torch_threads:
+                        import torch
+
+                        torch.set_num_threads(self._torch_threads)
+                    from inference.model import Model
+
+                    self._model = Model.load(self._weights, device=self._device)
+                    self._error = None
+                    log.info("model loaded: %s (%s)", self._model.version, self._model.status)
+                except Exception as exc:  # noqa: BLE001
+                    self._error = f"{type(exc).__name__}: {exc}"
+                    raise JobError("model_unavailable", f"model could not be loaded: {exc}",
+                                   retryable=True) from exc
+            return self._model
+
+
+class _LockedModel:
+    """Wraps the shared model so concurrent workers take turns (Grad-CAM hooks are not thread-safe)."""
+
+    def __init__(self, model: Any, lock: threading.Lock) -> None:
+        self._model, self._lock = model, lock
+        self.version: str = model.version
+        self.status: str = model.status
+
+    def predict(self, images: Any, with_cam: bool = False) -> list[Any]:
+        with self._lock:
+            return self._model.predict(images, with_cam=with_cam)
+
+
+def work_once(
+    settings: Settings, engine: Engine, data_dir: DataDir, models: ModelProvider, worker_id: str
+) -> int | None:
+    """Claim and process one job; returns its id, or None when the queue was empty."""
+    with session_scope(engine) as session:
+        job = claim_next_job(session, worker_id, settings.worker.lease_seconds)
+        if job is None:
+            return None
+        job_id, attempts = job.id, job.attempts
+        study = session.get(Study, job.study_id)
+        study_uid = study.study_instance_uid if study else ""
+        sources = [
+            SourceImage(i.sop_instance_uid, i.series_instance_uid, Path(i.path))
+            for i in processable_instances(session, job.study_id)
+        ]
+    with log_context(job_id=job_id, uid=study_uid):
+        log.info("job started (attempt %d, %d images)", attempts, len(sources))
+        heartbeat_stop = threading.Event()
+        heartbeat = threading.Thread(
+            target=_heartbeat, args=(engine, job_id, worker_id, settings.worker.lease_seconds,
+                                     heartbeat_stop), daemon=True,
+        )
+        heartbeat.start()
+        started = time.perf_counter()
+        try:
+            model = _LockedModel(models.get(), models.predict_lock)
+            result = process_study(sources, model, data_dir.outputs / str(job_id),
+                                   explain=settings.worker.explain)
+        except JobError as exc:
+            _fail(engine, job_id, worker_id, exc, attempts, settings.worker.max_attempts)
+            return job_id
+        except Exception as exc:  # noqa: BLE001 - any bug fails this job, not the worker
+            log.exception("job crashed")
+            _fail(engine, job_id, worker_id,
+                  JobError("internal_error", f"{type(exc).__name__}: {exc}", retryable=True),
+                  attempts, settings.worker.max_attempts)
+            return job_id
+        finally:
+            heartbeat_stop.set()
+        _finish(settings, engine, job_id, worker_id, result, model.version, model.status)
+        log.info("job processed in %.2f s: %s, %d outputs", time.perf_counter() - started,
+                 result.predicted_class, len(result.outputs))
+    return job_id
+
+
+def _heartbeat(engine: Engine, job_id: int, worker_id: str, lease: float, stop: threading.Event) -> None:
+    while not stop.wait(max(lease / 3, 0.5)):
+        try:
+            with session_scope(engine) as session:
+                if not renew_lease(session, job_id, worker_id, lease):
+                    return
+        except Exception:  # noqa: BLE001
+            log.warning("lease renewal failed; will retry")
+
+
+def _still_ours(session: Any, job_id: int, worker_id: str) -> Job | None:
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.state != JobState.RUNNING or job.claimed_by != worker_id:
+        log.warning("job no longer ours (lease lost); result discarded")
+        return None
+    return job
+
+
+def _finish(settings: Settings, engine: Engine, job_id: int, worker_id: str,
+            result: StudyResult, model_version: str, model_status: str) -> None:
+    """Record outputs and outbox rows, then hand the job to the exporter, in one transaction."""
+    destinations = [d.name for d in settings.destinations]
+    with session_scope(engine) as session:
+        job = _still_ours(session, job_id, worker_id)
+        if job is None:
+            return
+        for output in result.outputs:
+            add_output(
+                session, job, kind=output.kind, sop_instance_uid=output.sop_instance_uid,
+                series_instance_uid=output.series_instance_uid,
+                sop_class_uid=output.sop_class_uid, path=str(output.path),
+                destinations=destinations,
+            )
+        job.model_version = model_version
+        job.model_status = model_status
+        job.predicted_class = result.predicted_class
+        job.probabilities = result.probabilities
+        job.image_count = result.image_count
+        job.stage_seconds = result.stage_seconds
+        job.results = result.results
+        if result.skipped:
+            job.error = "; ".join(f"image {s['uid_hash']}: {s['reason']}" for s in result.skipped)
+            job.error_code = "images_skipped"
+        set_state(session, job, JobState.EXPORTING if destinations else JobState.DONE)
+
+
+def _fail(engine: Engine, job_id: int, worker_id: str, exc: JobError, attempts: int,
+          max_attempts: int) -> None:
+    with session_scope(engine) as session:
+        job = _still_ours(session, job_id, worker_id)
+        if job is None:
+            return
+        if exc.retryable and attempts < max_attempts:
+            set_state(session, job, JobState.QUEUED, error=str(exc), error_code=exc.code)
+            log.warning("job will be retried (%s)", exc.code)
+        else:
+            set_state(session, job, JobState.FAILED, error=str(exc), error_code=exc.code)
+            log.error("job failed (%s)", exc.code)
+
+
+def run_worker(settings: Settings, engine: Engine, data_dir: DataDir, models: ModelProvider,
+               stop: threading.Event, worker_id: str) -> None:
+    """Loop until `stop`: finish the job in hand, then exit."""
+    while not stop.is_set():
+        try:
+            job_id = work_once(settings, engine, data_dir, models, worker_id)
+        except Exception:  # noqa: BLE001
+            log.exception("worker loop error")
+            job_id = None
+        if job_id is None:
+            stop.wait(settings.worker.poll_seconds)
