@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, load_settings, masked
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "wecare.toml"
+    path.write_text(text)
+    return path
+
+
+def test_load_settings_no_file_embedded_defaults() -> None:
+    s = load_settings(None)
+    assert (s.dicom.ae_title, s.dicom.port, s.web.host, s.web.port) == ("WECARE", 11112, "127.0.0.1", 8000)
+    assert s.study.stable_seconds == 10
+    assert s.storage.resolved_database_url().endswith("wecare-data/wecare.db")
+    assert s.destinations == []
+
+
+def test_load_settings_toml_file_values_used(tmp_path: Path) -> None:
+    path = _write(tmp_path, """
+[dicom]
+ae_title = "AI1"
+port = 11999
+[storage]
+data_dir = "/tmp/x"
+[study]
+stable_seconds = 3
+[[destinations]]
+name = "pacs"
+ae_title = "ORTHANC"
+host = "127.0.0.1"
+port = 4242
+""")
+    s = load_settings(path)
+    assert (s.dicom.ae_title, s.dicom.port, s.study.stable_seconds) == ("AI1", 11999, 3)
+    assert s.destinations[0].ae_title == "ORTHANC" and s.destinations[0].port == 4242
+
+
+def test_load_settings_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path, "[dicom]\nport = 11999\n")
+    monkeypatch.setenv("WECARE_DICOM__PORT", "12000")
+    monkeypatch.setenv("WECARE_WEB__PORT", "8111")
+    s = load_settings(path)
+    assert (s.dicom.port, s.web.port) == (12000, 8111)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[dicom]\nprot = 1\n", "dicom.prot: unknown key"),
+        ("[dicom]\nport = 70000\n", "dicom.port"),
+        ('[dicom]\nae_title = "THIS_IS_WAY_TOO_LONG"\n', "dicom.ae_title"),
+        ("[nonsense]\na = 1\n", "nonsense: unknown key"),
+        ('[[destinations]]\nname = "p"\nae_title = "X"\nhost = "h"\n', "destinations.0.port"),
+    ],
+)
+def test_load_settings_bad_key_message_names_it(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(_write(tmp_path, text))
+
+
+def test_load_settings_missing_file_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_masked_database_password_hidden() -> None:
+    s = load_settings(None, storage={"database_url": "postgresql://u:secret@db/wecare"})
+    assert "secret" not in str(masked(s))
