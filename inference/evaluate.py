@@ -1,0 +1,163 @@
+"""Evaluate a model on a BUSI- or BUS-BRA-layout folder, at each image's full resolution.
+
+``python -m inference.evaluate DATA_DIR [--json] [--weights P] [--split val]``; with ``--json``
+the last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from inference.data import detect_layout, discover, read_grayscale, read_mask, split_samples
+from inference.metrics import CLASSES, compute_metrics
+
+if TYPE_CHECKING:
+    from inference.model import Model
+
+SPLITS: tuple[str, ...] = ("all", "train", "val")
+
+
+def evaluate(
+    data_dir: Path, model: Model, bootstrap: int = 1000, seed: int = 0, split: str = "all",
+    batch_size: int = 8,
+) -> dict:
+    """Run ``model`` on every image of ``data_dir`` (or one side of the training split).
+
+    Parameters
+    ----------
+    data_dir : Path
+        A BUSI layout (``manifest.csv``) or BUS-BRA layout (``bus_data.csv``, ``Images/``,
+        ``Masks/``); detected automatically.
+    model : Model
+        Anything with ``predict(images) -> list[Prediction]`` (and optionally ``version``,
+        ``status`` and ``meta``).
+    bootstrap : int
+        Resamples for the 95 % intervals (resampling duplicate groups / patients, not images).
+    split : str
+        ``"all"``; or ``"val"``/``"train"``: the side of the group-disjoint split the model was
+        trained with (seed and fraction from the model's metadata).
+
+    Returns
+    -------
+    dict
+        :func:`inference.metrics.compute_metrics` output plus ``layout``, ``split``,
+        ``model_version``, ``model_status`` and ``accuracy_note``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    data_dir = Path(data_dir)
+    layout = detect_layout(data_dir)
+    samples = discover(data_dir)
+    if split != "all":
+        cfg = getattr(model, "meta", {}).get("train_config", {})
+        train_s, val_s = split_samples(samples, cfg.get("val_fraction", 0.2), cfg.get("seed", 0))
+        samples = val_s if split == "val" else train_s
+    labels, probs, truths, preds = [], [], [], []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        images = [read_grayscale(s.image) for s in chunk]
+        for s, img, p in zip(chunk, images, model.predict(images)):
+            labels.append(s.label)
+            probs.append([p.probabilities[c] for c in CLASSES])
+            truths.append(read_mask(s.mask, img.shape))
+            preds.append(p.mask)
+    metrics = compute_metrics(labels, np.asarray(probs).reshape(-1, len(CLASSES)), truths, preds,
+                              bootstrap=bootstrap, seed=seed, groups=[s.group for s in samples])
+    has_normals = metrics["n_normal_images"] > 0
+    metrics.update({
+        "data_dir": str(data_dir),
+        "layout": layout,
+        "split": split,
+        "model_version": getattr(model, "version", None),
+        "model_status": getattr(model, "status", None),
+        "accuracy_note": (
+            "3-class accuracy over all images" if has_normals else
+            "no normal images here: accuracy is 3-class argmax over benign/malignant images "
+            "(a 'normal' prediction counts as wrong); see accuracy_benign_malignant"
+        ),
+    })
+    return metrics
+
+
+def _fmt(v: object) -> str:
+    """Three decimals, or n/a for missing / NaN."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def render_table(metrics: dict) -> str:
+    """Plain-text summary of :func:`evaluate` output for humans (point value and 95 % CI)."""
+    ci = metrics.get("ci95", {})
+    lines = [
+        f"data: {metrics.get('data_dir', '?')} ({metrics.get('layout', '?')}, "
+        f"split {metrics.get('split', 'all')}), {metrics['n_images']} images, "
+        f"{metrics['n_lesion_images']} with lesion, {metrics['n_normal_images']} normal",
+        f"model: {metrics.get('model_version')} [{metrics.get('model_status')}]",
+        f"{'metric':<28}{'value':>8}   95% CI",
+    ]
+    for key in ("dice_mean", "iou_mean", "accuracy", "accuracy_benign_malignant",
+                "auc_benign_malignant", "normal_false_positive_rate", "ece"):
+        lo_hi = ci.get(key)
+        interval = f"[{_fmt(lo_hi[0])}, {_fmt(lo_hi[1])}]" if lo_hi else ""
+        lines.append(f"{key:<28}{_fmt(metrics.get(key)):>8}   {interval}")
+    if "accuracy_note" in metrics:
+        lines.append(f"note: {metrics['accuracy_note']}")
+    lines.append(f"{'class':<12}{'precision':>10}{'recall':>8}{'f1':>8}{'n':>6}")
+    for name, pc in metrics["per_class"].items():
+        lines.append(f"{name:<12}{_fmt(pc['precision']):>10}{_fmt(pc['recall']):>8}"
+                     f"{_fmt(pc['f1']):>8}{pc['support']:>6}")
+    lines.append("confusion (rows true, cols predicted): " + " ".join(c[0].upper() for c in CLASSES))
+    for name, row in zip(CLASSES, metrics["confusion_matrix"]):
+        lines.append(f"  {name:<10}" + " ".join(f"{v:>5}" for v in row))
+    return "\n".join(lines)
+
+
+def _json_safe(obj: object) -> object:
+    """Replace NaN with None so the output is strict JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(prog="python -m inference.evaluate", description=__doc__)
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("--weights", type=Path, default=None, help="model.pt (default: bundled)")
+    p.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
+    p.add_argument("--split", choices=SPLITS, default="all")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-threads", type=int, default=None)
+    args = p.parse_args(argv)
+    import torch
+
+    from inference.model import Model
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    model = Model.load(args.weights)
+    metrics = evaluate(args.data_dir, model, args.bootstrap, args.seed, args.split)
+    if args.json:
+        print(json.dumps(_json_safe(metrics)))
+    else:
+        print(render_table(metrics))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

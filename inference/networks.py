@@ -1,0 +1,147 @@
+"""Networks: a lightweight multitask U-Net (shared encoder) and the two-separate-networks option.
+
+Both return ``(seg_logits (B, 1, S, S), class_logits (B, 3))`` so training, evaluation and
+serving do not care which architecture is inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import Convolution, ResidualUnit
+from monai.networks.nets import UNet
+from monai.networks.nets.resnet import ResNet
+from torch import nn
+
+ARCHS: tuple[str, ...] = ("multitask", "separate")
+
+
+class MultiTaskUNet(nn.Module):
+    """Shared residual encoder, a U-Net segmentation decoder and a classification head.
+
+    EFSNet-like: the classifier reads the bottleneck (global average + max pooling), so the
+    encoder learns lesion features from both the masks and the labels, at the cost of one
+    encoder pass. The target layer for Grad-CAM is ``bottleneck``.
+
+    Parameters
+    ----------
+    in_channels : int
+        1 for grayscale B-mode.
+    num_classes : int
+        Classifier outputs (normal, benign, malignant).
+    channels : sequence of int
+        Feature widths from full resolution down to the bottleneck; each level halves the size.
+    dropout : float
+        Dropout before the classifier's linear layer.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 3,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        ch = list(channels)
+        if len(ch) < 2:
+            raise ValueError("channels needs at least two levels")
+        norm = "BATCH"
+        # Downsample from the first block (as MONAI's UNet does): full-resolution convolutions
+        # dominate CPU time, so only the last transposed convolution works at full size.
+        widths = [in_channels, *ch[:-1]]
+        self.down = nn.ModuleList(
+            ResidualUnit(2, widths[i], widths[i + 1], strides=2, subunits=2, norm=norm)
+            for i in range(len(ch) - 1)
+        )
+        self.bottleneck = ResidualUnit(2, ch[-2], ch[-1], strides=1, subunits=2, norm=norm)
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        incoming = ch[-1]
+        for i in range(len(ch) - 2, -1, -1):
+            out = ch[i - 1] if i > 0 else ch[0]
+            self.up.append(
+                Convolution(2, incoming + ch[i], out, strides=2, is_transposed=True, norm=norm)
+            )
+            self.dec.append(
+                ResidualUnit(2, out, out, subunits=1, norm=norm) if i > 0 else nn.Identity()
+            )
+            incoming = out
+        self.seg_head = nn.Conv2d(ch[0], 1, kernel_size=1)
+        self.cls_head = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(2 * ch[-1], 128), nn.PReLU(), nn.Dropout(dropout),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (seg logits (B, 1, H, W), class logits (B, num_classes)); H, W divisible by 16."""
+        skips = []
+        h = x
+        for block in self.down:
+            h = block(h)
+            skips.append(h)
+        h = self.bottleneck(h)
+        pooled = torch.cat([h.mean(dim=(-2, -1)), h.amax(dim=(-2, -1))], dim=1)
+        logits = self.cls_head(pooled)
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips)):
+            h = dec(up(torch.cat([h, skip], dim=1)))
+        return self.seg_head(h), logits
+
+
+class SeparateNets(nn.Module):
+    """Two independent networks: a MONAI ``UNet`` for the mask and a small MONAI ``ResNet``.
+
+    The comparison baseline for :class:`MultiTaskUNet`: twice the encoder compute, no
+    shared features. Grad-CAM target layer: ``classifier.layer4``.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 3) -> None:
+        super().__init__()
+        self.segmenter = UNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=1,
+            channels=(16, 32, 64, 128, 256),
+            strides=(2, 2, 2, 2),
+            num_res_units=2,
+            norm="BATCH",
+        )
+        self.classifier = ResNet(
+            block="basic",
+            layers=(1, 1, 1, 1),
+            block_inplanes=(32, 64, 128, 256),
+            spatial_dims=2,
+            n_input_channels=in_channels,
+            num_classes=num_classes,
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (seg logits (B, 1, H, W), class logits (B, num_classes))."""
+        return self.segmenter(x), self.classifier(x)
+
+
+class ClassLogits(nn.Module):
+    """Expose only the class logits of a two-output network, as ``monai.visualize.GradCAM`` needs."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits (B, num_classes)."""
+        return self.net(x)[1]
+
+
+def build_network(arch: str, num_classes: int = 3) -> nn.Module:
+    """Build the network named ``arch`` (one of :data:`ARCHS`)."""
+    if arch == "multitask":
+        return MultiTaskUNet(num_classes=num_classes)
+    if arch == "separate":
+        return SeparateNets(num_classes=num_classes)
+    raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+
+
+def cam_target_layer(arch: str) -> str:
+    """Name (inside :class:`ClassLogits`) of the layer whose activations Grad-CAM weighs."""
+    return {"multitask": "net.bottleneck", "separate": "net.classifier.layer4"}[arch]

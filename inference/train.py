@@ -1,0 +1,326 @@
+"""Training loop: group-disjoint split, cached arrays, MONAI losses, per-epoch checkpoints, resume.
+
+Run ``python -m inference.train --help``; the service CLI exposes the same options as
+``wecare train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import set_track_meta
+from monai.losses import DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
+from torch import nn
+from tqdm import tqdm
+
+from inference.data import CLASSES, discover, load_arrays, save_split, split_samples
+from inference.metrics import compute_metrics
+from inference.networks import ARCHS, build_network
+from inference.transforms import normalise, train_augmentation
+
+SEG_LOSSES: tuple[str, ...] = ("dice", "dicebce", "focal", "tversky")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved inside every checkpoint.
+
+    ``max_minutes`` bounds wall time (the learning-rate schedule follows whichever of epochs or
+    time runs out first); ``resume`` continues from ``out_dir/last.pt``.
+    """
+
+    data_dirs: list[Path]
+    out_dir: Path
+    epochs: int = 60
+    max_minutes: float | None = None
+    image_size: int = 192
+    batch_size: int = 16
+    lr: float = 2e-3
+    seg_loss: str = "dicebce"
+    arch: str = "multitask"
+    seed: int = 0
+    resume: bool = False
+    num_threads: int = 2
+    val_fraction: float = 0.2
+    cls_weight: float = 1.0
+    weight_decay: float = 1e-4
+    cache_dir: Path | None = None
+    train_limit: int | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.data_dirs = [Path(d) for d in self.data_dirs]
+        self.out_dir = Path(self.out_dir)
+        if self.cache_dir is not None:
+            self.cache_dir = Path(self.cache_dir)
+        if self.seg_loss not in SEG_LOSSES:
+            raise ValueError(f"seg_loss must be one of {SEG_LOSSES}, got {self.seg_loss!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.image_size % 16:
+            raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
+        if not self.data_dirs:
+            raise ValueError("data_dirs needs at least one dataset folder")
+
+    def to_json(self) -> dict:
+        """Plain-JSON form (paths as strings) for checkpoints and logs."""
+        d = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if k == "data_dirs"
+                    else v) for k, v in d.items()}
+
+
+def build_seg_loss(name: str) -> nn.Module:
+    """MONAI segmentation loss on one-channel logits.
+
+    Smoothing terms of 1 keep a gradient on normal images (empty target), where the default
+    1e-5 makes the Dice term flat and lets the network paint lesions on every normal image.
+    """
+    if name == "dice":
+        return DiceLoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0)
+    if name == "dicebce":
+        return DiceCELoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0)
+    if name == "focal":
+        return FocalLoss(gamma=2.0, use_softmax=False)
+    if name == "tversky":
+        return TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, smooth_nr=1.0, smooth_dr=1.0)
+    raise ValueError(f"seg_loss must be one of {SEG_LOSSES}, got {name!r}")
+
+
+def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> torch.Tensor:
+    """Inverse-square-root-frequency weights (mean 1), so the 5 % normals still count."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    w = 1.0 / np.sqrt(np.clip(counts, 1.0, None))
+    w = w * n_classes / w.sum()
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def predict_arrays(
+    net: nn.Module, images: np.ndarray, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the network on (N, S, S) uint8 images: (seg probabilities (N, S, S), logits (N, 3))."""
+    net.eval()
+    probs, logits = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[i : i + batch_size]).float().div_(255.0)[:, None]
+            seg, cls = net(normalise(x))
+            probs.append(torch.sigmoid(seg)[:, 0].numpy())
+            logits.append(cls.numpy())
+    return np.concatenate(probs), np.concatenate(logits)
+
+
+def validation_metrics(
+    net: nn.Module, arrays: dict[str, np.ndarray]
+) -> tuple[dict, np.ndarray]:
+    """Per-source metrics on the model grid; returns (metrics, logits) for later calibration."""
+    seg, logits = predict_arrays(net, arrays["images"])
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    pred_masks = seg > 0.5
+    true_masks = arrays["masks"].astype(bool)
+    out: dict = {}
+    for source, sel in (("busi", arrays["is_busi"]), ("busbra", ~arrays["is_busi"])):
+        if sel.any():
+            m = compute_metrics(arrays["labels"][sel], probs[sel], list(true_masks[sel]),
+                                list(pred_masks[sel]))
+            out[source] = {k: m[k] for k in ("n_images", "dice_mean", "accuracy",
+                                             "auc_benign_malignant", "normal_false_positive_rate",
+                                             "ece")}
+    return out, logits
+
+
+def selection_score(metrics: dict) -> float:
+    """Mean of the validation figures we ship on (Dice both sets, BUSI accuracy, AUC, 1-FPR)."""
+    parts = []
+    busi, bra = metrics.get("busi", {}), metrics.get("busbra", {})
+    for v in (busi.get("dice_mean"), bra.get("dice_mean"), busi.get("accuracy"),
+              busi.get("auc_benign_malignant"), bra.get("auc_benign_malignant")):
+        if v is not None and not math.isnan(v):
+            parts.append(v)
+    fpr = busi.get("normal_false_positive_rate")
+    if fpr is not None and not math.isnan(fpr):
+        parts.append(1.0 - fpr)
+    return float(np.mean(parts)) if parts else 0.0
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    """torch.save to a temp name then rename, so a kill mid-write never leaves a broken file."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed python, numpy, torch and MONAI's transforms' shared generator."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _augment_batch(
+    aug: object, images: np.ndarray, masks: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment each (S, S) uint8 image/mask; return (B, 1, S, S) float tensors."""
+    xs, ys = [], []
+    for img, msk in zip(images, masks):
+        d = aug({"image": torch.from_numpy(img).float().div_(255.0)[None],
+                 "mask": torch.from_numpy(msk).float()[None]})  # type: ignore[operator]
+        xs.append(torch.as_tensor(d["image"]).clamp_(0.0, 1.0))
+        ys.append(torch.as_tensor(d["mask"]))
+    return torch.stack(xs), (torch.stack(ys) > 0.5).float()
+
+
+def _log(out_dir: Path, record: dict) -> None:
+    """Append one JSON line to ``history.jsonl`` and echo it for the log file."""
+    with open(out_dir / "history.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train, checkpointing ``last.pt`` every epoch and ``best.pt`` on the best validation score.
+
+    Returns
+    -------
+    Path
+        The best checkpoint (by :func:`selection_score` on the validation split).
+    """
+    torch.set_num_threads(max(1, cfg.num_threads))
+    set_track_meta(False)
+    _seed_everything(cfg.seed)
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = cfg.cache_dir or out.parent / "cache"
+
+    samples = [s for d in cfg.data_dirs for s in discover(d)]
+    train_s, val_s = split_samples(samples, cfg.val_fraction, cfg.seed)
+    if cfg.train_limit is not None:
+        train_s = train_s[: cfg.train_limit]
+    save_split(out / "split.json", train_s, val_s)
+    tr = load_arrays(train_s, cfg.image_size, cache_dir)
+    va = load_arrays(val_s, cfg.image_size, cache_dir)
+
+    net = build_network(cfg.arch)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    seg_loss = build_seg_loss(cfg.seg_loss)
+    ce = nn.CrossEntropyLoss(weight=class_weights(tr["labels"]), label_smoothing=0.05)
+    aug = train_augmentation(cfg.image_size)
+    aug.set_random_state(seed=cfg.seed)  # type: ignore[attr-defined]
+
+    start_epoch, elapsed, best_score, step = 0, 0.0, -1.0, 0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if cfg.resume and last_path.is_file():
+        ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch, elapsed = ck["epoch"] + 1, ck["elapsed_s"]
+        best_score, step = ck["best_score"], ck["step"]
+        torch.set_rng_state(ck["torch_rng"])
+        aug.set_random_state(seed=cfg.seed + start_epoch)  # type: ignore[attr-defined]
+        print(f"resumed from epoch {ck['epoch']} ({elapsed / 60:.1f} min done)", flush=True)
+
+    n = len(tr["labels"])
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    max_s = cfg.max_minutes * 60.0 if cfg.max_minutes else None
+    warmup = min(200, total_steps // 20 + 1)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if max_s is not None and elapsed >= max_s:
+            print(f"time budget reached before epoch {epoch}", flush=True)
+            break
+        t0 = time.monotonic()
+        net.train()
+        order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(n)
+        sums = {"seg": 0.0, "cls": 0.0}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", file=sys.stderr,
+                   mininterval=30.0, disable=None)
+        for b in bar:
+            idx = np.sort(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+            x, y = _augment_batch(aug, tr["images"][idx], tr["masks"][idx])
+            labels = torch.from_numpy(tr["labels"][idx])
+            progress = step / total_steps
+            if max_s is not None:
+                progress = max(progress, (elapsed + time.monotonic() - t0) / max_s)
+            lr = cfg.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+            for g in opt.param_groups:
+                g["lr"] = max(lr, cfg.lr * 1e-3)
+            seg, cls = net(normalise(x))
+            l_seg = seg_loss(seg, y)
+            l_cls = ce(cls, labels)
+            loss = l_seg + cfg.cls_weight * l_cls
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            sums["seg"] += l_seg.item()
+            sums["cls"] += l_cls.item()
+            bar.set_postfix(seg=f"{float(l_seg):.3f}", cls=f"{float(l_cls):.3f}")
+        train_s_time = time.monotonic() - t0
+        metrics, _ = validation_metrics(net, va)
+        score = selection_score(metrics)
+        elapsed += time.monotonic() - t0
+        record = {
+            "epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"],
+            "loss_seg": sums["seg"] / steps_per_epoch, "loss_cls": sums["cls"] / steps_per_epoch,
+            "train_s": round(train_s_time, 1), "epoch_s": round(time.monotonic() - t0, 1),
+            "elapsed_min": round(elapsed / 60, 2), "score": score, "val": metrics,
+        }
+        state = {
+            "model": net.state_dict(), "arch": cfg.arch, "image_size": cfg.image_size,
+            "classes": list(CLASSES), "epoch": epoch, "metrics": metrics, "score": score,
+            "config": cfg.to_json(), "saved_at": datetime.now(timezone.utc).isoformat(),
+        }
+        if score > best_score:
+            best_score = score
+            _save_atomic(state, best_path)
+            record["best"] = True
+        _save_atomic({**state, "optimizer": opt.state_dict(), "elapsed_s": elapsed,
+                      "best_score": best_score, "step": step,
+                      "torch_rng": torch.get_rng_state()}, last_path)
+        _log(out, record)
+    if not best_path.is_file():
+        raise RuntimeError("no epoch completed: nothing to return")
+    return best_path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m inference.train", description=__doc__)
+    p.add_argument("--data-dir", action="append", type=Path, required=True, dest="data_dirs",
+                   help="dataset folder (BUSI or BUS-BRA layout); repeat for several")
+    p.add_argument("--out", type=Path, required=True, dest="out_dir", help="run folder")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--image-size", type=int, default=192)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seg-loss", choices=SEG_LOSSES, default="dicebce")
+    p.add_argument("--arch", choices=ARCHS, default="multitask")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--num-threads", type=int, default=2)
+    p.add_argument("--cache-dir", type=Path, default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: parse options into a TrainConfig and train."""
+    args = _parser().parse_args(argv)
+    best = train(TrainConfig(**vars(args)))
+    print(f"best checkpoint: {best}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
