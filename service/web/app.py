@@ -1,0 +1,200 @@
+"""The FastAPI app: JSON API under /api, /health, /metrics and the HTML dashboard.
+
+`create_app(settings, runtime)` builds everything; nothing connects at import. Run inside
+`wecare serve` it gets the running service (`runtime`, for the model and listener state);
+run on its own (`wecare web`) it builds its own engine from the settings.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.config import Settings
+from service.errors import JobError
+from service.web.deps import RuntimeView
+from service.web.routes import health, jobs, metrics, pages
+from storage.db import make_engine
+from storage.errors import DiskFullError, InvalidUIDError, StorageError
+from storage.files import DataDir
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+DESCRIPTION = """\
+WeCare receives breast-ultrasound studies from the PACS over DICOM, segments and classifies
+them, and sends a DICOM SEG and a TID 1500 SR back. This API shows every job and lets IT
+push a waiting study into the queue or retry a failed one.
+
+Results are decision support for a radiologist, not a diagnosis.
+"""
+
+TAGS = [
+    {"name": "jobs", "description": "One job per processing of a study: state, results, outputs."},
+    {"name": "health", "description": "Health check and Prometheus metrics for IT monitoring."},
+    {"name": "dashboard", "description": "Server-rendered HTML pages."},
+]
+
+
+def create_app(settings: Settings, runtime: RuntimeView | None = None) -> FastAPI:
+    """Build the web app.
+
+    Parameters
+    ----------
+    settings
+        Validated settings; the database URL and data directory come from `settings.storage`
+        unless `runtime` provides them.
+    runtime
+        The running service (service.runtime.Runtime), read for the model and DICOM listener
+        state on /health. None when the web app runs on its own.
+    """
+    app = FastAPI(
+        title="WeCare",
+        summary="Breast-ultrasound AI for the PACS: jobs, results and deliveries",
+        description=DESCRIPTION,
+        version="0.1.0",
+        openapi_tags=TAGS,
+    )
+    engine = getattr(runtime, "engine", None)
+    if engine is None:
+        engine = make_engine(settings.storage.resolved_database_url())
+    data_dir = getattr(runtime, "data_dir", None)
+    if data_dir is None:
+        data_dir = DataDir(settings.storage.data_dir, settings.storage.min_free_mb * 1024 * 1024)
+    app.state.settings = settings
+    app.state.runtime = runtime
+    app.state.engine = engine
+    app.state.data_dir = data_dir
+    app.state.templates = make_templates()
+    app.state.metrics_registry = metrics.make_registry(engine)
+
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(pages.router)
+    _add_error_handlers(app)
+    return app
+
+
+def _domain_error(exc: Exception) -> tuple[int, str]:
+    """HTTP status and stable code of a domain error."""
+    if isinstance(exc, JobError):
+        return HTTPStatus.CONFLICT, exc.code
+    if isinstance(exc, DiskFullError):
+        return HTTPStatus.SERVICE_UNAVAILABLE, "disk_full"
+    if isinstance(exc, InvalidUIDError):
+        return HTTPStatus.BAD_REQUEST, "invalid_uid"
+    if isinstance(exc, OperationalError):
+        return HTTPStatus.SERVICE_UNAVAILABLE, "database_unavailable"
+    return HTTPStatus.INTERNAL_SERVER_ERROR, "storage_error"
+
+
+_HTTP_CODES = {
+    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
+    503: "unavailable",
+}
+
+
+def _wants_html(request: Request) -> bool:
+    return not request.url.path.startswith("/api") and "text/html" in request.headers.get(
+        "accept", ""
+    )
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
+        status, code = _domain_error(exc)
+        # The message of our own errors carries no PHI (UID hashes at most); a database
+        # error's text may hold SQL and parameters, so it is not echoed.
+        detail = str(exc) if isinstance(exc, JobError | StorageError) else status.phrase
+        return JSONResponse({"detail": detail, "code": code}, status_code=status)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        if _wants_html(request):
+            return app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
+                request, "error.html",
+                {"status_code": exc.status_code, "detail": exc.detail, "refresh": None},
+                status_code=exc.status_code,
+            )
+        return JSONResponse({"detail": exc.detail, "code": code}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    for cls in (JobError, StorageError, OperationalError):
+        app.add_exception_handler(cls, on_domain_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+
+
+# ---- templates -------------------------------------------------------------------------------
+
+
+def make_templates() -> Jinja2Templates:
+    """Jinja2 templates (autoescape on) with the few formatting filters the pages use."""
+    templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+    env = templates.env
+    assert env.autoescape, "templates must autoescape"
+    env.filters["duration"] = format_duration
+    env.filters["utc"] = format_utc
+    env.filters["short_uid"] = short_uid
+    env.filters["pct"] = format_pct
+    env.filters["bar"] = bar_width
+    return templates
+
+
+def format_duration(seconds: float | None) -> str:
+    """'0.4 s', '12 s', '3 min 05 s', '2 h 04 min'; '–' when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def format_utc(value: datetime | None) -> str:
+    """'2026-11-23 19:15:02 UTC'; '–' when unset."""
+    if value is None:
+        return "–"
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def short_uid(uid: str | None, keep: int = 14) -> str:
+    """The end of a UID (where UIDs differ), '…'-prefixed when cut."""
+    if not uid:
+        return "–"
+    return uid if len(uid) <= keep + 1 else "…" + uid[-keep:]
+
+
+def format_pct(value: Any) -> str:
+    """0.8731 → '87.3 %'."""
+    try:
+        return f"{float(value) * 100:.1f} %"
+    except (TypeError, ValueError):
+        return "–"
+
+
+def bar_width(value: Any) -> str:
+    """A probability as a CSS width in percent, clamped to 0..100 (always a plain number)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "0"
+    if not math.isfinite(v):
+        return "0"
+    return f"{min(max(v, 0.0), 1.0) * 100:.1f}"

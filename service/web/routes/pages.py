@@ -1,0 +1,139 @@
+"""The HTML dashboard: the job list, one job's detail, the two buttons and the previews.
+
+Server-rendered, works without JavaScript; pages of unfinished jobs reload themselves every few
+seconds with a meta refresh. Buttons are forms that POST and redirect (303) back.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, HTTPException, Query, Request, status
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from service.web.deps import DataDirDep, SessionDep
+from service.web.jobs import count_by_state, do_process_now, do_retry, get_job, list_jobs
+from service.web.schemas import is_preview_name, job_detail, job_public
+from storage.models import JobState, utcnow
+
+router = APIRouter(tags=["dashboard"], include_in_schema=False)
+
+REFRESH_SECONDS = 5
+PAGE_SIZE = 50
+
+#: Model status of a validated model; anything else gets the warning banner.
+FINAL_MODEL_STATUS = "final"
+
+#: Messages after an action; the redirect carries only the key, never free text.
+NOTICES = {
+    "queued": ("ok", "Job queued: a worker will pick it up shortly."),
+    "requeued": ("ok", "Job put back in the queue."),
+    "exports_retried": ("ok", "Failed deliveries reset: the exporter will send them again now."),
+    "sent_now": ("ok", "Pending deliveries will be tried now."),
+    "refused": ("warn", "Nothing to do: the job's state changed or does not allow that action."),
+    "missing": ("warn", "That job no longer exists."),
+}
+
+_NEXT_RE = re.compile(r"^/(jobs/[0-9]+)?(\?[A-Za-z0-9=&_.-]*)?$")
+
+
+def _back(next_url: str | None, notice: str) -> RedirectResponse:
+    """303 to the page the button was on (only our own pages), with the notice key."""
+    target = next_url if next_url and _NEXT_RE.fullmatch(next_url) else "/"
+    path, _, query = target.partition("?")
+    params = [p for p in query.split("&") if p and not p.startswith("notice=")]
+    params.append(urlencode({"notice": notice}))
+    return RedirectResponse(f"{path}?{'&'.join(params)}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+def _notice(key: str | None) -> tuple[str, str] | None:
+    return NOTICES.get(key) if key else None
+
+
+@router.get("/", summary="Job list")
+def index(
+    request: Request,
+    session: SessionDep,
+    state: Annotated[JobState | None, Query()] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    notice: str | None = None,
+) -> Response:
+    jobs, count = list_jobs(session, state, PAGE_SIZE, offset)
+    now = utcnow()
+    refresh_query = urlencode({k: v for k, v in (("state", state), ("offset", offset)) if v})
+    context: dict[str, Any] = {
+        "jobs": [job_public(j, now) for j in jobs],
+        "count": count,
+        "counts": count_by_state(session),
+        "state": state.value if state else None,
+        "states": [s.value for s in JobState],
+        "offset": offset,
+        "page_size": PAGE_SIZE,
+        "notice": _notice(notice),
+        "refresh": REFRESH_SECONDS,
+        "refresh_url": "/" + (f"?{refresh_query}" if refresh_query else ""),
+        "here": "/" + (f"?{refresh_query}" if refresh_query else ""),
+        "final_status": FINAL_MODEL_STATUS,
+        "now": now,
+    }
+    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
+        request, "index.html", context
+    )
+
+
+@router.get("/jobs/{job_id}", summary="Job detail")
+def job_page(request: Request, job_id: int, session: SessionDep,
+             notice: str | None = None) -> Response:
+    now = utcnow()
+    job = job_detail(get_job(session, job_id), now)
+    finished = job.state in (JobState.DONE, JobState.FAILED)
+    context: dict[str, Any] = {
+        "job": job,
+        "notice": _notice(notice),
+        "refresh": None if finished else REFRESH_SECONDS,
+        "refresh_url": f"/jobs/{job.id}",
+        "here": f"/jobs/{job.id}",
+        "final_status": FINAL_MODEL_STATUS,
+        "classes": sorted((job.probabilities or {}).items(), key=lambda kv: -kv[1]),
+        "now": now,
+    }
+    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
+        request, "job.html", context
+    )
+
+
+@router.post("/jobs/{job_id}/process-now", summary="Button: process now")
+def process_now_form(
+    job_id: int, session: SessionDep, next: Annotated[str | None, Form()] = None
+) -> RedirectResponse:
+    try:
+        result = do_process_now(session, job_id)
+    except HTTPException as exc:
+        return _back(next, "missing" if exc.status_code == 404 else "refused")
+    return _back(next, result.action)
+
+
+@router.post("/jobs/{job_id}/retry", summary="Button: retry")
+def retry_form(
+    job_id: int, session: SessionDep, next: Annotated[str | None, Form()] = None
+) -> RedirectResponse:
+    try:
+        result = do_retry(session, job_id)
+    except HTTPException as exc:
+        return _back(next, "missing" if exc.status_code == 404 else "refused")
+    return _back(next, result.action)
+
+
+@router.get("/jobs/{job_id}/preview/{name}", summary="Preview PNG")
+def preview(job_id: int, name: str, data_dir: DataDirDep) -> FileResponse:
+    """`<data_dir>/outputs/<job>/preview/<name>`; `name` must be a preview file name, so nothing
+    else on disk can be reached."""
+    if not is_preview_name(name):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "not a preview name")
+    path = data_dir.outputs / str(int(job_id)) / "preview" / name
+    if not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "preview not found")
+    return FileResponse(path, media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=300"})
