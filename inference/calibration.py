@@ -44,7 +44,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         return loss
 
     opt.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def calibration_report(

@@ -264,9 +264,10 @@ def train(cfg: TrainConfig) -> Path:
             loss.backward()
             opt.step()
             step += 1
-            sums["seg"] += l_seg.item()
-            sums["cls"] += l_cls.item()
-            bar.set_postfix(seg=f"{float(l_seg):.3f}", cls=f"{float(l_cls):.3f}")
+            seg_v, cls_v = l_seg.item(), l_cls.item()
+            sums["seg"] += seg_v
+            sums["cls"] += cls_v
+            bar.set_postfix(seg=f"{seg_v:.3f}", cls=f"{cls_v:.3f}")
         train_s_time = time.monotonic() - t0
         metrics, _ = validation_metrics(net, va)
         score = selection_score(metrics)

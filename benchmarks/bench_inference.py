@@ -1,0 +1,54 @@
+"""Throughput of the bundled model on CPU: segmentation + classification, batch 1 and batch 8.
+
+Run: ``python benchmarks/bench_inference.py [--threads N] [--seconds S]``. Images are 300x400
+float32 (a typical B-mode crop), so the figure includes the resize in, the resize of the mask
+back and post-processing: what the service pays per frame. Prints measured figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from inference.model import Model
+
+
+def _rate(model: Model, batch: int, seconds: float, with_cam: bool) -> tuple[float, int]:
+    """Images per second over repeated calls of ``predict`` on ``batch`` images (after warm-up)."""
+    rng = np.random.default_rng(0)
+    images = [rng.random((300, 400), dtype=np.float32) for _ in range(batch)]
+    model.predict(images, with_cam=with_cam)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        model.predict(images, with_cam=with_cam)
+        n += batch
+    return n / (time.perf_counter() - t0), n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=10.0)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = Model.load(device="cpu")
+    results = []
+    for with_cam in (False, True):
+        for batch in (1, 8):
+            rate, n = _rate(model, batch, args.seconds, with_cam)
+            results.append({"batch": batch, "with_cam": with_cam, "images_per_s": round(rate, 1),
+                            "images": n})
+            print(f"batch {batch:>2} cam={str(with_cam):<5} {rate:7.1f} img/s ({n} images)",
+                  flush=True)
+    print(json.dumps({"model": model.version, "image_size": model.image_size,
+                      "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+                      "torch": torch.__version__, "results": results}))
+
+
+if __name__ == "__main__":
+    main()

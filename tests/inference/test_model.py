@@ -1,0 +1,102 @@
+"""The bundled model: load once, predict shapes and probabilities, post-processing, dataset check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pytest
+
+from inference.data import discover, read_grayscale, read_mask, split_samples
+from inference.metrics import dice_iou
+from inference.model import CLASSES, WEIGHTS_DIR, Model, Prediction, postprocess_mask
+
+from .conftest import datasets_dir
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return Model.load(device="cpu")
+
+
+def test_model_load_twice_returns_same_object(model: Model) -> None:
+    assert Model.load(device="cpu") is model
+
+
+def test_model_version_names_weights_hash(model: Model) -> None:
+    digest = hashlib.sha256((WEIGHTS_DIR / "model.pt").read_bytes()).hexdigest()[:8]
+    assert re.fullmatch(r"wecare-\S+ \d{4}-\d{2}-\d{2} [0-9a-f]{8}", model.version)
+    assert model.version.endswith(digest)
+    meta = json.loads((WEIGHTS_DIR / "model.json").read_text())
+    assert model.status == meta["status"] and model.status
+
+
+def test_model_weights_file_under_25_mb() -> None:
+    assert (WEIGHTS_DIR / "model.pt").stat().st_size < 25 * 1024 * 1024
+
+
+@pytest.mark.parametrize("shapes", [[(120, 160)], [(64, 64), (200, 150), (97, 131)]])
+def test_predict_shapes_and_probabilities(model: Model, shapes: list[tuple[int, int]]) -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.random(s, dtype=np.float32) for s in shapes]
+    preds = model.predict(images)
+    assert len(preds) == len(images)
+    for p, shape in zip(preds, shapes):
+        assert p.mask.shape == shape and p.mask.dtype == bool
+        assert tuple(p.probabilities) == CLASSES
+        assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+        assert all(0.0 <= v <= 1.0 for v in p.probabilities.values())
+        assert p.predicted_class == max(p.probabilities, key=p.probabilities.get)
+        assert p.cam is None
+
+
+def test_predict_with_cam_gives_unit_range_map(model: Model) -> None:
+    rng = np.random.default_rng(1)
+    images = [rng.random((90, 110), dtype=np.float32), rng.random((70, 70), dtype=np.float32)]
+    for p, img in zip(model.predict(images, with_cam=True), images):
+        assert p.cam is not None and p.cam.shape == img.shape and p.cam.dtype == np.float32
+        assert 0.0 <= float(p.cam.min()) and float(p.cam.max()) <= 1.0
+
+
+def test_predict_rejects_color_image(model: Model) -> None:
+    with pytest.raises(ValueError, match=r"images\[0\]"):
+        model.predict([np.zeros((10, 10, 3), np.float32)])
+
+
+def test_postprocess_mask_drops_specks_and_fills_holes() -> None:
+    mask = np.zeros((100, 100), bool)
+    mask[20:60, 20:60] = True
+    mask[35:40, 35:40] = False  # hole
+    mask[90, 90] = True  # speck: 1 px < 0.2 % of 10000
+    out = postprocess_mask(mask, min_area_fraction=0.002, fill_holes=True)
+    assert not out[90, 90] and out[37, 37] and out[20:60, 20:60].all()
+    two = np.zeros((50, 50), bool)
+    two[0:10, 0:10] = True
+    two[30:35, 30:35] = True
+    assert postprocess_mask(two, keep_largest=True).sum() == 100
+
+
+def test_prediction_rejects_probabilities_not_summing_to_one() -> None:
+    with pytest.raises(ValueError, match="sum to 1"):
+        Prediction(mask=np.zeros((2, 2), bool),
+                   probabilities={"normal": 0.5, "benign": 0.1, "malignant": 0.1},
+                   predicted_class="normal", cam=None)
+
+
+@pytest.mark.dataset
+def test_bundled_weights_find_lesions_on_real_validation_images(model: Model) -> None:
+    root = datasets_dir()
+    if root is None:
+        pytest.skip("shared datasets not found (set WECARE_DATASETS)")
+    cfg = model.meta.get("train_config", {})
+    _, val = split_samples(discover(root / "busbra"), cfg.get("val_fraction", 0.2),
+                           cfg.get("seed", 0))
+    chosen = val[:8]
+    images = [read_grayscale(s.image) for s in chosen]
+    preds = model.predict(images)
+    dices = [dice_iou(read_mask(s.mask, img.shape), p.mask)[0]
+             for s, img, p in zip(chosen, images, preds)]
+    assert sum(p.mask.any() for p in preds) >= 6
+    assert float(np.mean(dices)) > 0.5
