@@ -1,0 +1,137 @@
+"""The DICOM listener over a real loopback association (pynetdicom SCU and dcmtk storescu)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from sqlalchemy import Engine, func, select
+
+from service.scp import StoreContext, StoreStatus, start_scp
+from storage.db import session_scope
+from storage.files import DataDir
+from storage.models import Instance, Job
+from tests.integration.peers import free_port, storescu
+from tests.realfiles import deid_ultrasound, pydicom_data_file
+
+
+@pytest.fixture()
+def scp(data_dir: DataDir, engine: Engine) -> Iterator[tuple[int, StoreContext]]:
+    ctx = StoreContext(data_dir, engine)
+    port = free_port()
+    server = start_scp(ctx, ae_title="WECARE", host="127.0.0.1", port=port)
+    yield port, ctx
+    server.shutdown()
+
+
+def _send(port: int, ds: Dataset) -> int | None:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="WECARE")
+    assert assoc.is_established
+    try:
+        rsp = assoc.send_c_store(ds)
+        return int(rsp.Status) if "Status" in rsp else None
+    finally:
+        assoc.release()
+
+
+def _count(engine: Engine, model: type) -> int:
+    with session_scope(engine) as s:
+        return s.scalar(select(func.count(model.id))) or 0
+
+
+def test_echo_verification_success(scp: tuple[int, StoreContext]) -> None:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", scp[0], ae_title="WECARE")
+    assert assoc.is_established
+    status = assoc.send_c_echo()
+    assoc.release()
+    assert status.Status == 0
+
+
+def test_store_real_us_file_durable_and_recorded_before_success(
+    scp: tuple[int, StoreContext], engine: Engine
+) -> None:
+    port, ctx = scp
+    ds = dcmread(deid_ultrasound("GREYSCALE_IMAGE.dcm"))
+    assert _send(port, ds) == StoreStatus.SUCCESS
+    path = ctx.data_dir.incoming_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert path.exists()
+    assert dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
+    with session_scope(engine) as s:
+        row = s.scalars(select(Instance)).one()
+        assert row.sop_instance_uid == ds.SOPInstanceUID and row.skip_reason is None
+        assert row.calling_ae_title == "TESTSCU"
+    assert _count(engine, Job) == 1
+
+
+def test_store_resent_instance_idempotent(scp: tuple[int, StoreContext], engine: Engine) -> None:
+    ds = dcmread(pydicom_data_file("US1_UNCR.dcm"))
+    assert _send(scp[0], ds) == StoreStatus.SUCCESS
+    assert _send(scp[0], ds) == StoreStatus.SUCCESS
+    assert (_count(engine, Instance), _count(engine, Job)) == (1, 1)
+
+
+def test_store_write_fails_failure_status_and_nothing_recorded(
+    scp: tuple[int, StoreContext], engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_fsync(fd: int) -> None:
+        raise OSError("I/O error")
+
+    monkeypatch.setattr("storage.files.os.fsync", broken_fsync)
+    ds = dcmread(pydicom_data_file("US1_UNCR.dcm"))
+    assert _send(scp[0], ds) == StoreStatus.OUT_OF_RESOURCES
+    assert _count(engine, Instance) == 0
+    assert not any(p.suffix == ".dcm" for p in scp[1].data_dir.incoming.rglob("*"))
+
+
+def test_store_disk_below_floor_out_of_resources(scp: tuple[int, StoreContext], engine: Engine) -> None:
+    scp[1].data_dir.min_free_bytes = 10**18
+    ds = dcmread(pydicom_data_file("US1_UNCR.dcm"))
+    assert _send(scp[0], ds) == StoreStatus.OUT_OF_RESOURCES
+    assert _count(engine, Instance) == 0
+
+
+def test_store_database_unavailable_failure_status_not_success(
+    scp: tuple[int, StoreContext], engine: Engine
+) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE instances")
+    ds = dcmread(pydicom_data_file("US1_UNCR.dcm"))
+    assert _send(scp[0], ds) == StoreStatus.OUT_OF_RESOURCES
+
+
+def test_store_hostile_uid_refused(scp: tuple[int, StoreContext], engine: Engine) -> None:
+    ds = dcmread(pydicom_data_file("US1_UNCR.dcm"))
+    ds.StudyInstanceUID = "../../../../tmp/evil"
+    assert _send(scp[0], ds) == StoreStatus.CANNOT_UNDERSTAND
+    assert _count(engine, Instance) == 0
+
+
+def test_store_our_own_seg_stored_but_no_job(scp: tuple[int, StoreContext], engine: Engine) -> None:
+    ds = dcmread(pydicom_data_file("US1_UNCR.dcm"))
+    ds.Manufacturer = "WeCare"
+    ds.SOPInstanceUID = generate_uid()
+    assert _send(scp[0], ds) == StoreStatus.SUCCESS
+    with session_scope(engine) as s:
+        row = s.scalars(select(Instance)).one()
+        assert row.skip_reason
+    assert _count(engine, Job) == 0
+
+
+@pytest.mark.integration
+def test_store_dcmtk_storescu_several_files_all_stored(scp: tuple[int, StoreContext], engine: Engine) -> None:
+    uncompressed = [pydicom_data_file("US1_UNCR.dcm"), deid_ultrasound("GREYSCALE_IMAGE.dcm"),
+                    deid_ultrasound("ultrasound-multiframe.dcm")]
+    jpeg2000 = [pydicom_data_file("US1_J2KR.dcm")]
+    for files, options in ((uncompressed, ()), (jpeg2000, ("-xv",))):
+        result = storescu(scp[0], files, extra=options)
+        assert result.returncode == 0, result.stderr
+    files = uncompressed + jpeg2000
+    assert _count(engine, Instance) == len({dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files})
