@@ -715,5 +715,5 @@ def test_format_duration_various_lengths_reads_naturally(seconds: float | None,
 
 
 def test_short_uid_long_uid_keeps_the_end() -> None:
-    assert short_uid("1.2.826.0.1.3680043.8.498.12345") == "…043.8.498.12345"
+    assert short_uid("1.2.826.0.1.3680043.8.498.12345") == "…43.8.498.12345"
     assert short_uid("1.2.3") == "1.2.3"
