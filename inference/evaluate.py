@@ -7,6 +7,7 @@ the last line of stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -27,7 +28,7 @@ SPLITS: tuple[str, ...] = ("all", "train", "val")
 
 def evaluate(
     data_dir: Path, model: Model, bootstrap: int = 1000, seed: int = 0, split: str = "all",
-    batch_size: int = 8,
+    batch_size: int = 8, postprocess: dict | None = None,
 ) -> dict:
     """Run ``model`` on every image of ``data_dir`` (or one side of the training split).
 
@@ -44,6 +45,10 @@ def evaluate(
     split : str
         ``"all"``; or ``"val"``/``"train"``: the side of the group-disjoint split the model was
         trained with (seed and fraction from the model's metadata).
+    postprocess : dict, optional
+        Overrides of the model's mask post-processing settings (``threshold``,
+        ``min_area_fraction``, ``keep_largest``, ``fill_holes``, ``empty_if_normal``), to
+        measure what each step does.
 
     Returns
     -------
@@ -53,6 +58,9 @@ def evaluate(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if postprocess:
+        meta = {**model.meta, "postprocess": {**model.meta.get("postprocess", {}), **postprocess}}
+        model = dataclasses.replace(model, meta=meta)
     data_dir = Path(data_dir)
     layout = detect_layout(data_dir)
     samples = discover(data_dir)
@@ -78,6 +86,7 @@ def evaluate(
         "split": split,
         "model_version": getattr(model, "version", None),
         "model_status": getattr(model, "status", None),
+        "postprocess": getattr(model, "postprocess", None),
         "accuracy_note": (
             "3-class accuracy over all images" if has_normals else
             "no normal images here: accuracy is 3-class argmax over benign/malignant images "
@@ -142,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-threads", type=int, default=None)
+    p.add_argument("--postprocess", type=json.loads, default=None,
+                   help='JSON overrides, e.g. \'{"empty_if_normal": false}\'')
     args = p.parse_args(argv)
     import torch
 
@@ -150,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     model = Model.load(args.weights)
-    metrics = evaluate(args.data_dir, model, args.bootstrap, args.seed, args.split)
+    metrics = evaluate(args.data_dir, model, args.bootstrap, args.seed, args.split,
+                       postprocess=args.postprocess)
     if args.json:
         print(json.dumps(_json_safe(metrics)))
     else:
