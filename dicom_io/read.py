@@ -1,0 +1,264 @@
+"""Reading source instances: what to skip, headers, and decoded grayscale frames.
+
+Supported SOP classes (see :data:`SUPPORTED_SOP_CLASSES`): Ultrasound Image,
+Ultrasound Multi-frame Image, their retired predecessors, Secondary Capture and the
+multi-frame grayscale/true-colour Secondary Captures. A Secondary Capture is taken only
+when its Modality is US, OT or absent (a screen capture of a CT is not ultrasound).
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder
+
+from dicom_io.errors import UnsupportedObjectError, uid_hash
+from dicom_io.regions import tissue_regions
+from dicom_io.types import Frames
+from dicom_io.uids import WECARE_MANUFACTURER, is_our_uid
+
+__all__ = [
+    "SECONDARY_CAPTURE_SOP_CLASSES",
+    "SUPPORTED_SOP_CLASSES",
+    "ULTRASOUND_SOP_CLASSES",
+    "is_our_object",
+    "read_frames",
+    "decode_pixels",
+    "read_header",
+    "skip_reason",
+    "to_grayscale",
+]
+
+ULTRASOUND_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
+    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image Storage",
+    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
+}
+SECONDARY_CAPTURE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
+}
+SUPPORTED_SOP_CLASSES = {**ULTRASOUND_SOP_CLASSES, **SECONDARY_CAPTURE_SOP_CLASSES}
+_SC_MODALITIES = {"US", "OT", ""}
+# Non-image objects: SEG, SR family, KO, PR, RT structure sets, parametric maps.
+_DERIVED_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.66",  # Segmentation, surface segmentation, ...
+    "1.2.840.10008.5.1.4.1.1.88",  # SR, KO
+    "1.2.840.10008.5.1.4.1.1.11",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.481",  # RT
+    "1.2.840.10008.5.1.4.1.1.30",  # parametric map
+)
+_PALETTE = "PALETTE COLOR"
+_LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601, as YBR_FULL
+
+
+def read_header(path: str | PathLike[str]) -> Dataset:
+    """Read a file's attributes without Pixel Data (fast; for routing and indexing).
+
+    Raises
+    ------
+    UnsupportedObjectError
+        ``unreadable`` when the file is not DICOM.
+    """
+    try:
+        return pydicom.dcmread(Path(path), stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
+        raise UnsupportedObjectError("unreadable", type(exc).__name__) from exc
+
+
+def is_our_object(ds: Dataset) -> bool:
+    """True for objects WeCare made or that are SEG/SR: we never process those.
+
+    Checks Manufacturer "WeCare", our UID marker in the SOP/Series Instance UID
+    (:func:`dicom_io.uids.is_our_uid`) and the SEG/SR/KO/PR SOP classes.
+    """
+    if str(ds.get("Manufacturer", "") or "").strip() == WECARE_MANUFACTURER:
+        return True
+    if is_our_uid(ds.get("SOPInstanceUID")) or is_our_uid(ds.get("SeriesInstanceUID")):
+        return True
+    return str(ds.get("SOPClassUID", "")).startswith(_DERIVED_PREFIXES)
+
+
+def skip_reason(ds: Dataset) -> str | None:
+    """Return why ``ds`` is not processed (a code of ``errors.SKIP_REASONS``) or None.
+
+    Only attributes are inspected (works on a header read with ``stop_before_pixels``,
+    so ``no_pixel_data`` is reported only when the element list is complete).
+    """
+    sop_class_uid = str(ds.get("SOPClassUID", ""))
+    manufacturer = str(ds.get("Manufacturer", "") or "").strip()
+    if manufacturer == WECARE_MANUFACTURER or any(
+        is_our_uid(ds.get(keyword)) for keyword in ("SOPInstanceUID", "SeriesInstanceUID")
+    ):
+        return "our_own_object"
+    if sop_class_uid.startswith(_DERIVED_PREFIXES):
+        return "derived_object"
+    if sop_class_uid not in SUPPORTED_SOP_CLASSES:
+        return "not_ultrasound"
+    if sop_class_uid in SECONDARY_CAPTURE_SOP_CLASSES:
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+        if modality not in _SC_MODALITIES:
+            return "not_ultrasound"
+    if not all(ds.get(k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")):
+        return "missing_uid"
+    if "Rows" not in ds or "Columns" not in ds:
+        return "no_pixel_data"
+    return None
+
+
+def _laterality(ds: Dataset) -> str | None:
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(ds.get(keyword, "") or "").strip().upper()
+        if value in ("L", "R"):
+            return value
+    return None
+
+
+def _max_value(bits: int) -> float:
+    return float((1 << bits) - 1)
+
+
+def to_grayscale(array: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    """Convert decoded pixels to ``(N, H, W) float32`` luminance in 0..1.
+
+    Parameters
+    ----------
+    array: numpy.ndarray
+        ``(N, H, W)`` or ``(N, H, W, 3)`` as decoded (no colour conversion applied yet
+        beyond what ``photometric`` says).
+    ds: pydicom.dataset.Dataset
+        The source, for Bits Stored, Pixel Representation and palette LUTs.
+    photometric: str
+        Photometric Interpretation of ``array`` (may differ from the dataset's when
+        the decoder already converted YBR to RGB).
+    """
+    bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    if photometric == _PALETTE:
+        rgb = apply_color_lut(array, ds)
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+        lut_bits = int(descriptor[2]) if descriptor is not None else 8
+        scale = _max_value(16 if lut_bits > 8 else 8)
+        # Some writers declare 16 bit LUT entries but store 8 bit values.
+        if lut_bits > 8 and rgb.max() <= 255:
+            scale = 255.0
+        gray = (rgb.astype(np.float64) @ _LUMINANCE) / scale
+        return np.clip(gray, 0.0, 1.0).astype(np.float32)
+    values = array.astype(np.float64)
+    if signed:
+        values = values + float(1 << (bits_stored - 1))
+    values = values / _max_value(bits_stored)
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        gray = values if photometric == "MONOCHROME2" else 1.0 - values
+    elif photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT"):
+        if values.ndim < 4 or values.shape[-1] != 3:
+            raise UnsupportedObjectError("unsupported_pixel_format", "colour without 3 samples")
+        if photometric.startswith("YBR_FULL"):
+            # Y of YBR_FULL is already BT.601 luminance (PS3.3 C.7.6.3.1.2).
+            gray = values[..., 0]
+        else:
+            gray = values @ _LUMINANCE
+    else:
+        raise UnsupportedObjectError("unsupported_pixel_format", photometric)
+    return np.clip(gray, 0.0, 1.0).astype(np.float32)
+
+
+def decode_pixels(ds: Dataset) -> np.ndarray:
+    """Decode every frame of ``ds`` to ``(N, H, W) float32`` luminance in 0..1.
+
+    The decoding half of :func:`read_frames`, for a dataset already in memory (no SOP
+    class or UID checks).
+
+    Raises
+    ------
+    UnsupportedObjectError
+        ``no_pixel_data``, ``undecodable`` or ``unsupported_pixel_format``.
+    """
+    if "PixelData" not in ds:
+        raise UnsupportedObjectError("no_pixel_data", f"sop={uid_hash(ds.get('SOPInstanceUID'))}")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in (
+        "MONOCHROME1",
+        "MONOCHROME2",
+        "RGB",
+        "YBR_FULL",
+        "YBR_FULL_422",
+        "YBR_RCT",
+        "YBR_ICT",
+        _PALETTE,
+    ):
+        raise UnsupportedObjectError("unsupported_pixel_format", photometric or "none")
+    try:
+        decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+        array, meta = decoder.as_array(ds, as_rgb=True)
+    except UnsupportedObjectError:
+        raise
+    except Exception as exc:  # any decoder failure: corrupt stream, missing plugin, ...
+        raise UnsupportedObjectError(
+            "undecodable", f"{type(exc).__name__}, sop={uid_hash(ds.get('SOPInstanceUID'))}"
+        ) from exc
+    number_of_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if number_of_frames == 1:
+        array = array[np.newaxis]
+    decoded_photometric = str(meta.get("photometric_interpretation", photometric))
+    if samples == 3 and decoded_photometric in ("YBR_FULL", "YBR_FULL_422"):
+        # The decoder left YBR as is (e.g. uncompressed YBR_FULL_422): Y is luminance.
+        pass
+    elif samples == 3 and decoded_photometric not in ("RGB", "YBR_FULL", "YBR_FULL_422"):
+        array = convert_color_space(array, decoded_photometric, "RGB")
+        decoded_photometric = "RGB"
+    return to_grayscale(array, ds, decoded_photometric)
+
+
+def read_frames(path: str | PathLike[str]) -> Frames:
+    """Read and decode every frame of a supported instance.
+
+    Decodes all transfer syntaxes pydicom and the pylibjpeg plugins handle (implicit and
+    explicit VR little endian, big endian, deflate, JPEG baseline/extended/lossless,
+    JPEG-LS, JPEG 2000, RLE). Photometric interpretations: MONOCHROME1 (inverted),
+    MONOCHROME2, RGB, YBR_FULL, YBR_FULL_422, YBR_RCT/ICT (JPEG 2000), PALETTE COLOR
+    (LUT applied); colour becomes BT.601 luminance. 8 to 32 bit.
+
+    Parameters
+    ----------
+    path: str | os.PathLike
+        A DICOM file.
+
+    Returns
+    -------
+    Frames
+        ``pixels`` is ``(N, H, W) float32`` in 0..1; ``frame_numbers`` 1..N.
+
+    Raises
+    ------
+    UnsupportedObjectError
+        With the code of :func:`skip_reason`, or ``no_pixel_data``, ``undecodable``,
+        ``unsupported_pixel_format``, ``unreadable``.
+    """
+    try:
+        ds = pydicom.dcmread(Path(path))
+    except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
+        raise UnsupportedObjectError("unreadable", type(exc).__name__) from exc
+    reason = skip_reason(ds)
+    if reason is not None:
+        raise UnsupportedObjectError(reason, f"sop={uid_hash(ds.get('SOPInstanceUID'))}")
+    pixels = decode_pixels(ds)
+    return Frames(
+        study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        pixels=pixels,
+        frame_numbers=tuple(range(1, pixels.shape[0] + 1)),
+        regions=tissue_regions(ds),
+        laterality=_laterality(ds),
+    )
