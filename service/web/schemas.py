@@ -165,11 +165,12 @@ def stage_durations(job: Job, now: datetime) -> StageTimesPublic:
             later = [s for s in (*starts[i + 1:current + 1], job.finished_at)
                      if s is not None and s >= start]
             end = min(later) if later else None
-        out[name] = None if end is None else round((end - start).total_seconds(), 1)
+        # max(0, …): another node's clock may run slightly ahead of ours.
+        out[name] = None if end is None else round(max((end - start).total_seconds(), 0.0), 1)
     terminal = state in (JobState.DONE, JobState.FAILED)
     end_total = job.finished_at if terminal else now
     out["total"] = (
-        round((end_total - job.created_at).total_seconds(), 1)
+        round(max((end_total - job.created_at).total_seconds(), 0.0), 1)
         if end_total is not None and job.created_at is not None else None
     )
     return StageTimesPublic(**out)

@@ -717,3 +717,11 @@ def test_format_duration_various_lengths_reads_naturally(seconds: float | None,
 def test_short_uid_long_uid_keeps_the_end() -> None:
     assert short_uid("1.2.826.0.1.3680043.8.498.12345") == "…43.8.498.12345"
     assert short_uid("1.2.3") == "1.2.3"
+
+
+def test_stage_durations_clock_ahead_of_ours_never_negative() -> None:
+    job = Job(state=JobState.WAITING, created_at=T0 + timedelta(seconds=3))
+
+    durations = stage_durations(job, now=T0)
+
+    assert durations.waiting == 0.0 and durations.total == 0.0
