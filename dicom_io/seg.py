@@ -1,0 +1,374 @@
+"""DICOM Segmentation (PS3.3 A.51) of the lesion mask, built with highdicom.
+
+Geometry of ultrasound sources
+------------------------------
+Most ultrasound images have no Frame of Reference, Image Position/Orientation (Patient)
+or Pixel Spacing. highdicom 0.28 then (a) writes no Pixel Measures and no Plane
+Orientation functional group, which OHIF 3 cannot display (see
+``shared/tools/viewer-check/README.md``) and (b) accepts only one source frame
+(highdicom issue #284), so a cine clip cannot be segmented at all.
+
+We therefore give the SEG its own, explicitly synthetic planar geometry (the approach
+suggested in highdicom #284): highdicom receives header-only copies of the sources to
+which we add a new Frame of Reference UID that belongs to this SEG only (derived from the
+source series and model version), Image Orientation (Patient) 1\\0\\0\\0\\1\\0 (the
+orientation viewers assume for images without one), Image Position (Patient) 0\\0\\-k for
+the k-th source frame, Slice Thickness 1 and, as Pixel Spacing, the calibration of the B-mode region
+(Physical Delta X/Y) when every source shares one, else 1\\1 (pixel units). No attribute
+of the source is changed and no source shares that Frame of Reference, so the SEG claims
+no spatial relation to anything else; the frame-to-frame link stays where PS3.3 A.51.5.1
+puts it for sources without a Frame of Reference: the per-frame Derivation Image
+Sequence (Source Image Sequence with Referenced Frame Number). Sources that already carry
+a complete patient geometry (Frame of Reference, position, orientation, spacing) are
+passed to highdicom unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+from dicom_io import codes
+from dicom_io.errors import DicomIOError, EmptySegmentationError
+from dicom_io.regions import bmode_region, tissue_regions
+from dicom_io.uids import WECARE_MANUFACTURER, output_uid
+
+__all__ = [
+    "SEGMENT_LABEL",
+    "SEG_SERIES_DESCRIPTION",
+    "AlgorithmInfo",
+    "SegmentationInputError",
+    "build_seg",
+    "seg_frame_for_source",
+]
+
+SEG_SERIES_DESCRIPTION = "WeCare AI lesion segmentation"
+SEGMENT_LABEL = "lesion"
+#: RecommendedDisplayCIELabValue of the lesion segment: a saturated yellow, visible on
+#: grey ultrasound (sRGB ≈ 255, 221, 0).
+LESION_DISPLAY_COLOR = hd.color.CIELabColor(88.0, -5.0, 88.0)
+_IDENTITY_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Synthetic frames are 1 mm slabs 1 mm apart (z = k); readers (highdicom's own among
+# them) require Slice Thickness in Pixel Measures once a Frame of Reference is present.
+_SYNTHETIC_SLICE_MM = 1.0
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """The model that produced the outputs (SEG Algorithm Identification, SR observer).
+
+    Attributes
+    ----------
+    name: str
+        Algorithm Name (0066,0036), e.g. "wecare-multitask".
+    version: str
+        Algorithm Version (0066,0031): the model version string (name, training date,
+        weights hash). Also the seed of our deterministic output UIDs.
+    family: str
+        A key of :data:`dicom_io.codes.ALGORITHM_FAMILIES` (CID 7162).
+    """
+
+    name: str
+    version: str
+    family: str = "Artificial Intelligence"
+
+    def __post_init__(self) -> None:
+        for field in ("name", "version"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"AlgorithmInfo.{field} must be a non-empty str")
+            if len(value) > 64:
+                raise ValueError(f"AlgorithmInfo.{field} must be at most 64 characters (LO)")
+            if "\\" in value:
+                raise ValueError(f"AlgorithmInfo.{field} must not contain a backslash")
+        if self.family not in codes.ALGORITHM_FAMILIES:
+            raise ValueError(
+                f"AlgorithmInfo.family must be one of {sorted(codes.ALGORITHM_FAMILIES)}"
+            )
+
+    @property
+    def family_code(self) -> hd.sr.CodedConcept:
+        """Algorithm Family Code Sequence item (CID 7162)."""
+        code = codes.ALGORITHM_FAMILIES[self.family]
+        return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+class SegmentationInputError(DicomIOError):
+    """The sources cannot be encoded in one SEG (e.g. two cine clips with lesions)."""
+
+    code = "seg_unsupported_input"
+
+
+def _number_of_frames(ds: Dataset) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def _has_patient_geometry(ds: Dataset) -> bool:
+    # Complete single-frame patient geometry that highdicom can use as is.
+    return _number_of_frames(ds) == 1 and all(
+        keyword in ds
+        for keyword in (
+            "FrameOfReferenceUID",
+            "ImagePositionPatient",
+            "ImageOrientationPatient",
+            "PixelSpacing",
+        )
+    )
+
+
+def _pixel_spacing(sources: Sequence[Dataset]) -> tuple[float, float]:
+    # (row spacing, column spacing) in mm when one calibration fits all, else 1\1.
+    spacings = set()
+    for ds in sources:
+        region = bmode_region(tissue_regions(ds), (int(ds.Rows), int(ds.Columns)))
+        if region is None or not region.is_calibrated:
+            return (1.0, 1.0)
+        spacings.add((round(region.mm_per_pixel_y, 9), round(region.mm_per_pixel_x, 9)))  # type: ignore[arg-type]
+    if len(spacings) != 1:
+        return (1.0, 1.0)
+    return spacings.pop()
+
+
+def _header_copy(ds: Dataset) -> Dataset:
+    # Everything but the pixels: highdicom needs attributes only, and we must not
+    # modify the caller's dataset.
+    header = Dataset()
+    for element in ds:
+        if element.tag.group == 0x7FE0:
+            continue
+        header.add(copy.deepcopy(element))
+    header.file_meta = copy.deepcopy(getattr(ds, "file_meta", Dataset()))
+    return header
+
+
+def _with_synthetic_geometry(
+    sources: Sequence[Dataset], frame_of_reference_uid: str
+) -> list[Dataset]:
+    spacing = [f"{value:.10g}" for value in _pixel_spacing(sources)]
+    proxies = []
+    position = 0
+    for ds in sources:
+        proxy = _header_copy(ds)
+        proxy.FrameOfReferenceUID = frame_of_reference_uid
+        proxy.PositionReferenceIndicator = ""
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+                        "SliceThickness", "SharedFunctionalGroupsSequence",
+                        "PerFrameFunctionalGroupsSequence"):
+            if keyword in proxy:
+                delattr(proxy, keyword)
+        if _number_of_frames(ds) == 1:
+            proxy.ImageOrientationPatient = list(_IDENTITY_ORIENTATION)
+            proxy.ImagePositionPatient = [0.0, 0.0, -float(position)]
+            proxy.PixelSpacing = spacing
+            proxy.SliceThickness = _SYNTHETIC_SLICE_MM
+            position += 1
+        else:
+            measures = Dataset()
+            measures.PixelSpacing = spacing
+            measures.SliceThickness = _SYNTHETIC_SLICE_MM
+            orientation = Dataset()
+            orientation.ImageOrientationPatient = list(_IDENTITY_ORIENTATION)
+            shared = Dataset()
+            shared.PixelMeasuresSequence = DicomSequence([measures])
+            shared.PlaneOrientationSequence = DicomSequence([orientation])
+            proxy.SharedFunctionalGroupsSequence = DicomSequence([shared])
+            per_frame = []
+            for _ in range(_number_of_frames(ds)):
+                plane = Dataset()
+                plane.ImagePositionPatient = [0.0, 0.0, -float(position)]
+                item = Dataset()
+                item.PlanePositionSequence = DicomSequence([plane])
+                per_frame.append(item)
+                position += 1
+            proxy.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+        proxies.append(proxy)
+    return proxies
+
+
+def _validate(
+    sources: Sequence[Dataset],
+    masks: Sequence[np.ndarray],
+    frame_numbers: Sequence[Sequence[int]],
+    series_number: int,
+) -> list[np.ndarray]:
+    if not sources:
+        raise ValueError("sources must not be empty")
+    if not (len(sources) == len(masks) == len(frame_numbers)):
+        raise ValueError("sources, masks and frame_numbers must have the same length")
+    if not isinstance(series_number, int) or isinstance(series_number, bool) or series_number < 0:
+        raise ValueError("series_number must be a non-negative int")
+    series = {str(ds.SeriesInstanceUID) for ds in sources}
+    studies = {str(ds.StudyInstanceUID) for ds in sources}
+    if len(series) != 1 or len(studies) != 1:
+        raise ValueError("sources must be instances of one series")
+    if len({str(ds.SOPInstanceUID) for ds in sources}) != len(sources):
+        raise ValueError("sources must not repeat an instance")
+    full_masks = []
+    for index, (ds, mask, numbers) in enumerate(zip(sources, masks, frame_numbers, strict=True)):
+        mask = np.asarray(mask)
+        rows, columns, total = int(ds.Rows), int(ds.Columns), _number_of_frames(ds)
+        if mask.ndim == 2:
+            mask = mask[np.newaxis]
+        if mask.ndim != 3 or mask.shape[1:] != (rows, columns):
+            raise ValueError(
+                f"masks[{index}] must be (N, {rows}, {columns}) for its source, got {mask.shape}"
+            )
+        if mask.dtype != bool:
+            raise TypeError(f"masks[{index}] must be a bool array, got {mask.dtype}")
+        numbers = [int(n) for n in numbers]
+        if len(numbers) != mask.shape[0]:
+            raise ValueError(f"frame_numbers[{index}] must have one number per mask frame")
+        if len(set(numbers)) != len(numbers) or any(n < 1 or n > total for n in numbers):
+            raise ValueError(f"frame_numbers[{index}] must be distinct values in 1..{total}")
+        full = np.zeros((total, rows, columns), dtype=bool)
+        full[np.array(numbers, dtype=int) - 1] = mask
+        full_masks.append(full)
+    return full_masks
+
+
+def build_seg(
+    sources: Sequence[Dataset],
+    masks: Sequence[np.ndarray],
+    frame_numbers: Sequence[Sequence[int]],
+    algorithm: AlgorithmInfo,
+    series_number: int,
+) -> Dataset:
+    """Build a BINARY Segmentation with one segment "lesion".
+
+    Parameters
+    ----------
+    sources: Sequence[pydicom.Dataset]
+        Source instances of one series (headers suffice; Pixel Data is not read).
+    masks: Sequence[numpy.ndarray]
+        ``masks[i]`` is ``(N_i, Rows, Columns) bool`` for ``sources[i]``, on the source's
+        full pixel grid.
+    frame_numbers: Sequence[Sequence[int]]
+        ``frame_numbers[i]`` are the 1-based source frame numbers of ``masks[i]``
+        (frames not listed are treated as "no lesion").
+    algorithm: AlgorithmInfo
+        Model identity: Segment Algorithm Name/Version, Manufacturer Model Name and
+        Software Versions.
+    series_number: int
+        Series Number of the SEG series.
+
+    Returns
+    -------
+    pydicom.Dataset
+        A ``highdicom.seg.Segmentation``: Manufacturer "WeCare", Series Description
+        :data:`SEG_SERIES_DESCRIPTION`, one frame per source frame that contains lesion
+        pixels, each referencing its source instance and frame (Derivation Image
+        Sequence). Series/SOP Instance UIDs are :func:`output_uid` of the source Series
+        Instance UID, ``algorithm.version`` and "seg-series"/"seg", so a re-run
+        reproduces them.
+
+    Raises
+    ------
+    EmptySegmentationError
+        No mask has a positive pixel. By design no SEG is built for a normal study: an
+        empty SEG shows nothing in the viewer yet adds a series the radiologist must
+        open, and several PACS refuse or mis-display SEGs without frames. The SR states
+        "no lesion found" instead.
+    SegmentationInputError
+        Lesions on frames of more than one multi-frame instance, or on both multi-frame
+        and single-frame instances (not representable in one SEG by highdicom); call
+        once per instance instead.
+    ValueError, TypeError
+        Inconsistent arguments (shapes, frame numbers, several series).
+    """
+    if not isinstance(algorithm, AlgorithmInfo):
+        raise TypeError("algorithm must be an AlgorithmInfo")
+    full_masks = _validate(sources, masks, frame_numbers, series_number)
+    keep = [index for index, mask in enumerate(full_masks) if mask.any()]
+    if not keep:
+        raise EmptySegmentationError("no frame contains a lesion: no SEG is built")
+    kept_sources = [sources[index] for index in keep]
+    kept_masks = [full_masks[index] for index in keep]
+    multi = [ds for ds in kept_sources if _number_of_frames(ds) > 1]
+    if multi and len(kept_sources) > 1:
+        raise SegmentationInputError(
+            "lesions on a multi-frame instance and on other instances: build one SEG per "
+            "instance"
+        )
+
+    series_uid = str(kept_sources[0].SeriesInstanceUID)
+    if all(_has_patient_geometry(ds) for ds in kept_sources):
+        proxies = [_header_copy(ds) for ds in kept_sources]
+        for proxy in proxies:
+            if "SliceThickness" not in proxy:
+                proxy.SliceThickness = None
+    else:
+        proxies = _with_synthetic_geometry(
+            kept_sources, output_uid(series_uid, algorithm.version, "seg-frame-of-reference")
+        )
+    pixel_array = np.concatenate(kept_masks, axis=0)
+
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        segmented_property_type=codes.LESION,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=algorithm.name, family=algorithm.family_code, version=algorithm.version
+        ),
+        tracking_id="lesion",
+        tracking_uid=output_uid(series_uid, algorithm.version, "seg-tracking"),
+        anatomic_regions=[codes.BREAST],
+        display_color=LESION_DISPLAY_COLOR,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=proxies,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=output_uid(series_uid, algorithm.version, "seg-series"),
+        series_number=series_number,
+        sop_instance_uid=output_uid(series_uid, algorithm.version, "seg"),
+        instance_number=1,
+        manufacturer=WECARE_MANUFACTURER,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=output_uid(algorithm.name, algorithm.version, "device")[-16:],
+        content_label="LESION",
+        content_description=SEG_SERIES_DESCRIPTION,
+        series_description=SEG_SERIES_DESCRIPTION,
+        omit_empty_frames=True,
+    )
+    return seg
+
+
+def seg_frame_for_source(
+    seg: Dataset, sop_instance_uid: str, frame_number: int | None = None
+) -> int | None:
+    """Return the SEG frame number (1-based) derived from a source instance/frame.
+
+    ``frame_number`` None matches a single-frame source (no Referenced Frame Number, or
+    frame 1). Returns None when the SEG has no frame for it (no lesion there).
+    """
+    for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        for derivation in item.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                if source.ReferencedSOPInstanceUID != sop_instance_uid:
+                    continue
+                numbers = source.get("ReferencedFrameNumber")
+                if numbers is None:
+                    if frame_number in (None, 1):
+                        return index
+                    continue
+                values = {int(n) for n in _as_list(numbers)}
+                if (frame_number or 1) in values:
+                    return index
+    return None
+
+
+def _as_list(value: object) -> list[object]:
+    # Referenced Frame Number is IS with VM 1-n: a MultiValue or a single value.
+    if isinstance(value, str | int | float):  # IS values are str/int subclasses
+        return [value]
+    return list(value)  # type: ignore[call-overload]
