@@ -8,7 +8,7 @@ run on its own (`wecare web`) it builds its own engine from the settings.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,7 @@ def create_app(settings: Settings, runtime: RuntimeView | None = None) -> FastAP
     return app
 
 
-def _domain_error(exc: Exception) -> tuple[int, str]:
+def _domain_error(exc: Exception) -> tuple[HTTPStatus, str]:
     """HTTP status and stable code of a domain error."""
     if isinstance(exc, JobError):
         return HTTPStatus.CONFLICT, exc.code
@@ -157,7 +157,7 @@ def format_duration(seconds: float | None) -> str:
         return "–"
     if seconds < 10:
         return f"{seconds:.1f} s"
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s} s"
     if s < 3600:
@@ -170,7 +170,7 @@ def format_utc(value: datetime | None) -> str:
     if value is None:
         return "–"
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
     return value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 

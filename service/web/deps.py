@@ -14,7 +14,6 @@ from storage.db import session_scope
 from storage.files import DataDir
 
 
-
 class ModelView(Protocol):
     """What /health reads of service.worker.ModelProvider."""
 

@@ -193,27 +193,27 @@ def _output_public(output: Output) -> OutputPublic:
 
 
 def _job_fields(job: Job, now: datetime) -> dict[str, Any]:
-    return dict(
-        id=job.id,
-        study_instance_uid=job.study.study_instance_uid,
-        accession_number=job.study.accession_number,
-        state=job.state,
-        created_at=job.created_at,
-        queued_at=job.queued_at,
-        running_at=job.running_at,
-        exporting_at=job.exporting_at,
-        finished_at=job.finished_at,
-        durations=stage_durations(job, now),
-        attempts=job.attempts,
-        forced=bool(job.forced),
-        error=job.error,
-        error_code=job.error_code,
-        model_version=job.model_version,
-        model_status=job.model_status,
-        image_count=job.image_count,
-        predicted_class=job.predicted_class,
-        probabilities=job.probabilities,
-    )
+    return {
+        "id": job.id,
+        "study_instance_uid": job.study.study_instance_uid,
+        "accession_number": job.study.accession_number,
+        "state": job.state,
+        "created_at": job.created_at,
+        "queued_at": job.queued_at,
+        "running_at": job.running_at,
+        "exporting_at": job.exporting_at,
+        "finished_at": job.finished_at,
+        "durations": stage_durations(job, now),
+        "attempts": job.attempts,
+        "forced": bool(job.forced),
+        "error": job.error,
+        "error_code": job.error_code,
+        "model_version": job.model_version,
+        "model_status": job.model_status,
+        "image_count": job.image_count,
+        "predicted_class": job.predicted_class,
+        "probabilities": job.probabilities,
+    }
 
 
 def job_public(job: Job, now: datetime) -> JobPublic:

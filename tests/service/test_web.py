@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ from storage.db import make_engine, session_scope
 from storage.files import DataDir
 from storage.models import Job, JobState, OutboxItem, OutboxState, Output, Study
 
-T0 = datetime(2026, 11, 23, 19, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 23, 19, 0, 0, tzinfo=UTC)
 HTML = {"accept": "text/html"}
 
 
@@ -323,7 +323,7 @@ def test_api_retry_failed_processing_requeues_job(client: TestClient, engine: En
 def test_api_retry_exporting_job_makes_pending_rows_due_now(client: TestClient,
                                                            engine: Engine) -> None:
     job_id = add_job(engine, state=JobState.EXPORTING, outbox=[("pacs", OutboxState.PENDING)])
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
 
     response = client.post(f"/api/jobs/{job_id}/retry")
 
@@ -331,7 +331,7 @@ def test_api_retry_exporting_job_makes_pending_rows_due_now(client: TestClient,
     assert response.json()["action"] == "sent_now"
     rows = outbox_rows(engine, job_id)
     assert len(rows) == 2
-    assert all(before - timedelta(seconds=1) <= r.next_try_at <= datetime.now(timezone.utc)
+    assert all(before - timedelta(seconds=1) <= r.next_try_at <= datetime.now(UTC)
                for r in rows)
     assert job_state(engine, job_id) == JobState.EXPORTING
 

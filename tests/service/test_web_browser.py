@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +123,7 @@ def _distinct_colours(png: Path) -> int:
 def test_dashboard_in_chromium_job_list_and_detail_render(
     base_url: str, engine: Engine, data_dir: DataDir, tmp_path: Path
 ) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     waiting = add_job(engine, study_uid="1.2.826.0.1.3680043.8.498.1001", accession="ACC-1001",
                       created_at=now - timedelta(seconds=4))
     failed = add_job(engine, study_uid="1.2.826.0.1.3680043.8.498.1002", accession="ACC-1002",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
@@ -20,8 +20,8 @@ from storage.models import JobState, utcnow
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
-_NOT_FOUND = {404: {"model": ErrorPublic, "description": "No such job"}}
-_CONFLICT = {409: {"model": ErrorPublic, "description": "The job is not in a state that allows it"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic, "description": "No such job"}}
+_CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorPublic, "description": "The job is not in a state that allows it"}}
 
 
 @router.get("", response_model=JobsPublic, summary="List jobs, newest first")

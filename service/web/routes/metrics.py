@@ -45,15 +45,15 @@ class StorageCollector(Collector):
                         select(OutboxItem.state, func.count(OutboxItem.id)).group_by(OutboxItem.state)
                     ).all()
                 )
-        except Exception:  # noqa: BLE001 - a scrape must not fail; it reports the database down
+        except Exception:
             log.warning("metrics: database query failed", exc_info=True)
             up.add_metric([], 0)
             yield up
             return
         for state in JobState:
             jobs.add_metric([state.value], job_counts.get(state.value, 0))
-        for state in OutboxState:
-            outbox.add_metric([state.value], outbox_counts.get(state.value, 0))
+        for row_state in OutboxState:
+            outbox.add_metric([row_state.value], outbox_counts.get(row_state.value, 0))
         up.add_metric([], 1)
         yield jobs
         yield outbox
