@@ -94,9 +94,13 @@ class StudyResult:
 
 
 def algorithm_info(model: ModelLike) -> AlgorithmInfo:
-    """The model identity carried by SEG and SR; an unfinished model says so in its version."""
-    version = model.version if model.status == "final" else f"{model.version} ({model.status})"
-    return AlgorithmInfo(name=ALGORITHM_NAME, version=version[:64])
+    """The model identity carried by SEG and SR; an unfinished model says so in its version.
+
+    AlgorithmVersion is an LO (64 characters): the full status goes to the job and dashboard,
+    the DICOM objects carry the short "unvalidated checkpoint" marker.
+    """
+    suffix = "" if model.status == "final" else " (unvalidated checkpoint)"
+    return AlgorithmInfo(name=ALGORITHM_NAME, version=model.version[: 64 - len(suffix)] + suffix)
 
 
 def tissue_boxes(frames: Frames) -> list[tuple[tuple[int, int, int, int], UltrasoundRegion | None]]:

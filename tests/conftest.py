@@ -21,6 +21,35 @@ def data_dir(tmp_path: Path) -> DataDir:
     return d
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One PostgreSQL server for the session; each test gets its own database in it."""
+    from tests.postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db_url(request: pytest.FixtureRequest, data_dir: DataDir) -> str:
+    """A migrated, empty database of each supported kind (storage tests run on both)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{data_dir.root / 'wecare.db'}"
+    else:
+        import uuid
+
+        import psycopg
+
+        server = request.getfixturevalue("postgres_url")
+        name = f"t{uuid.uuid4().hex[:12]}"
+        dsn = server.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        url = server.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    return url
+
+
 @pytest.fixture()
 def db_url(data_dir: DataDir) -> str:
     url = f"sqlite:///{data_dir.root / 'wecare.db'}"
@@ -31,5 +60,12 @@ def db_url(data_dir: DataDir) -> str:
 @pytest.fixture()
 def engine(db_url: str) -> Iterator[Engine]:
     eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture()
+def any_engine(any_db_url: str) -> Iterator[Engine]:
+    eng = make_engine(any_db_url)
     yield eng
     eng.dispose()

@@ -19,8 +19,8 @@ from storage.queue import set_state
 POLICY = RetryPolicy(base_seconds=5, max_seconds=60, max_attempts=3)
 
 
-def _exporting_job(engine: Engine, destinations: list[str]) -> int:
-    with session_scope(engine) as s:
+def _exporting_job(any_engine: Engine, destinations: list[str]) -> int:
+    with session_scope(any_engine) as s:
         record_instance(s, ReceivedInstance(
             study_instance_uid="1.2", series_instance_uid="1.2.3", sop_instance_uid="1.2.3.4",
             sop_class_uid="1.2.840.10008.5.1.4.1.1.6.1", transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -34,9 +34,9 @@ def _exporting_job(engine: Engine, destinations: list[str]) -> int:
         return job.id
 
 
-def test_add_output_twice_same_uid_one_row_per_destination(engine: Engine) -> None:
-    job_id = _exporting_job(engine, ["pacs", "archive"])
-    with session_scope(engine) as s:
+def test_add_output_twice_same_uid_one_row_per_destination(any_engine: Engine) -> None:
+    job_id = _exporting_job(any_engine, ["pacs", "archive"])
+    with session_scope(any_engine) as s:
         job = s.get(Job, job_id)
         assert job is not None
         add_output(s, job, kind="seg", sop_instance_uid="2.25.1", series_instance_uid="2.25.1.1",
@@ -44,23 +44,23 @@ def test_add_output_twice_same_uid_one_row_per_destination(engine: Engine) -> No
         assert len(s.scalars(select(OutboxItem)).all()) == 4
 
 
-def test_claim_due_claimed_rows_not_claimed_again(engine: Engine) -> None:
-    _exporting_job(engine, ["pacs"])
-    with session_scope(engine) as s:
+def test_claim_due_claimed_rows_not_claimed_again(any_engine: Engine) -> None:
+    _exporting_job(any_engine, ["pacs"])
+    with session_scope(any_engine) as s:
         first = claim_due(s)
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         second = claim_due(s)
     assert len(first) == 2 and second == []
 
 
-def test_record_attempt_failure_backs_off_and_never_marks_sent(engine: Engine) -> None:
-    job_id = _exporting_job(engine, ["pacs"])
+def test_record_attempt_failure_backs_off_and_never_marks_sent(any_engine: Engine) -> None:
+    job_id = _exporting_job(any_engine, ["pacs"])
     now = utcnow()
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         for item in claim_due(s, now=now):
             record_attempt(s, item, delivered=False, status=None, error="association rejected",
                            policy=POLICY, now=now)
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         items = s.scalars(select(OutboxItem)).all()
         assert all(i.state == OutboxState.PENDING and i.sent_at is None for i in items)
         assert all(i.next_try_at >= now + timedelta(seconds=5) for i in items)
@@ -68,31 +68,31 @@ def test_record_attempt_failure_backs_off_and_never_marks_sent(engine: Engine) -
         assert s.scalars(select(ExportAttempt.success)).all() == [False, False]
 
 
-def test_record_attempt_all_sent_job_done(engine: Engine) -> None:
-    job_id = _exporting_job(engine, ["pacs"])
-    with session_scope(engine) as s:
+def test_record_attempt_all_sent_job_done(any_engine: Engine) -> None:
+    job_id = _exporting_job(any_engine, ["pacs"])
+    with session_scope(any_engine) as s:
         for item in claim_due(s):
             record_attempt(s, item, delivered=True, status=0, error=None, policy=POLICY)
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         job = s.get(Job, job_id)
         assert job is not None and job.state == JobState.DONE and job.finished_at is not None
 
 
-def test_record_attempt_exhausted_job_failed_then_manual_retry_pending(engine: Engine) -> None:
-    job_id = _exporting_job(engine, ["pacs"])
+def test_record_attempt_exhausted_job_failed_then_manual_retry_pending(any_engine: Engine) -> None:
+    job_id = _exporting_job(any_engine, ["pacs"])
     now = utcnow()
     for attempt in range(POLICY.max_attempts):
         t = now + timedelta(hours=attempt)
-        with session_scope(engine) as s:
+        with session_scope(any_engine) as s:
             for item in claim_due(s, now=t):
                 record_attempt(s, item, delivered=False, status=0xA700, error=None, policy=POLICY, now=t)
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         job = s.get(Job, job_id)
         assert job is not None and job.state == JobState.FAILED and job.error_code == "export_failed"
         assert "0xA700" in (job.error or "")
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         assert retry_failed_exports(s, job_id) == 2
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         job = s.get(Job, job_id)
         assert job is not None and job.state == JobState.EXPORTING
         assert {i.state for i in s.scalars(select(OutboxItem))} == {OutboxState.PENDING}

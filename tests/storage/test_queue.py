@@ -27,63 +27,63 @@ def _received(sop: str, study: str = "1.2.3", series: str = "1.2.3.4", skip: str
     )
 
 
-def _job_count(engine: Engine) -> int:
-    with session_scope(engine) as s:
+def _job_count(any_engine: Engine) -> int:
+    with session_scope(any_engine) as s:
         return s.scalar(select(func.count(Job.id))) or 0
 
 
-def test_record_instance_resent_same_uid_no_second_row_or_job(engine: Engine) -> None:
-    with session_scope(engine) as s:
+def test_record_instance_resent_same_uid_no_second_row_or_job(any_engine: Engine) -> None:
+    with session_scope(any_engine) as s:
         _, created1 = record_instance(s, _received("1.2.3.4.5"))
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         row, created2 = record_instance(s, _received("1.2.3.4.5"))
         assert row.times_received == 2
     assert (created1, created2) == (True, False)
-    assert _job_count(engine) == 1
+    assert _job_count(any_engine) == 1
 
 
-def test_record_instance_skipped_object_creates_no_job(engine: Engine) -> None:
-    with session_scope(engine) as s:
+def test_record_instance_skipped_object_creates_no_job(any_engine: Engine) -> None:
+    with session_scope(any_engine) as s:
         record_instance(s, _received("1.9", skip="our own object"))
-    assert _job_count(engine) == 0
+    assert _job_count(any_engine) == 0
 
 
-def test_record_instance_several_instances_one_waiting_job(engine: Engine) -> None:
-    with session_scope(engine) as s:
+def test_record_instance_several_instances_one_waiting_job(any_engine: Engine) -> None:
+    with session_scope(any_engine) as s:
         for n in range(3):
             record_instance(s, _received(f"1.2.3.9.{n}"))
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         states = list(s.scalars(select(Job.state)))
     assert states == [JobState.WAITING]
 
 
-def test_queue_stable_studies_waits_for_quiet_period(engine: Engine) -> None:
+def test_queue_stable_studies_waits_for_quiet_period(any_engine: Engine) -> None:
     now = utcnow()
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         record_instance(s, _received("1.5"), now=now)
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         assert queue_stable_studies(s, 10, now=now + timedelta(seconds=5)) == []
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         queued = queue_stable_studies(s, 10, now=now + timedelta(seconds=11))
         assert len(queued) == 1
         job = s.get(Job, queued[0])
         assert job is not None and job.state == JobState.QUEUED and job.queued_at is not None
 
 
-def test_process_now_waiting_job_is_queued_and_other_states_refused(engine: Engine) -> None:
-    with session_scope(engine) as s:
+def test_process_now_waiting_job_is_queued_and_other_states_refused(any_engine: Engine) -> None:
+    with session_scope(any_engine) as s:
         record_instance(s, _received("1.6"))
         job_id = s.scalars(select(Job.id)).one()
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         assert process_now(s, job_id) is True
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         assert process_now(s, job_id) is False
         job = s.get(Job, job_id)
         assert job is not None and job.state == JobState.QUEUED and job.forced
 
 
-def test_claim_next_job_concurrent_workers_each_job_claimed_once(engine: Engine) -> None:
-    with session_scope(engine) as s:
+def test_claim_next_job_concurrent_workers_each_job_claimed_once(any_engine: Engine) -> None:
+    with session_scope(any_engine) as s:
         for n in range(6):
             record_instance(s, _received(f"2.{n}", study=f"9.{n}"))
         for job_id in s.scalars(select(Job.id)):
@@ -93,7 +93,7 @@ def test_claim_next_job_concurrent_workers_each_job_claimed_once(engine: Engine)
 
     def worker(name: str) -> None:
         while True:
-            with session_scope(engine) as s:
+            with session_scope(any_engine) as s:
                 job = claim_next_job(s, name, 60)
                 if job is None:
                     return
@@ -108,41 +108,41 @@ def test_claim_next_job_concurrent_workers_each_job_claimed_once(engine: Engine)
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 6
 
 
-def test_requeue_expired_lease_returns_job_to_queue(engine: Engine) -> None:
-    with session_scope(engine) as s:
+def test_requeue_expired_lease_returns_job_to_queue(any_engine: Engine) -> None:
+    with session_scope(any_engine) as s:
         record_instance(s, _received("3.1"))
         job_id = s.scalars(select(Job.id)).one()
         process_now(s, job_id)
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         job = claim_next_job(s, "host:0", lease_seconds=1)
         assert job is not None and job.attempts == 1
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         assert requeue_expired(s, now=utcnow()) == []
         assert requeue_expired(s, now=utcnow() + timedelta(seconds=5)) == [job_id]
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         job = s.get(Job, job_id)
         assert job is not None and job.state == JobState.QUEUED and job.claimed_by is None
 
 
-def test_requeue_orphans_running_job_of_this_node_requeued_at_start(engine: Engine) -> None:
-    with session_scope(engine) as s:
+def test_requeue_orphans_running_job_of_this_node_requeued_at_start(any_engine: Engine) -> None:
+    with session_scope(any_engine) as s:
         record_instance(s, _received("4.1"))
         job_id = s.scalars(select(Job.id)).one()
         process_now(s, job_id)
         claim_next_job(s, "hostA:0", lease_seconds=3600)
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         assert requeue_orphans(s, "hostB:") == []
         assert requeue_orphans(s, "hostA:") == [job_id]
 
 
-def test_retry_job_failed_job_requeued_with_attempts_reset(engine: Engine) -> None:
-    with session_scope(engine) as s:
+def test_retry_job_failed_job_requeued_with_attempts_reset(any_engine: Engine) -> None:
+    with session_scope(any_engine) as s:
         record_instance(s, _received("5.1"))
         job = s.scalars(select(Job)).one()
         set_state(s, job, JobState.FAILED, error="boom", error_code="internal_error")
         job.attempts = 3
         job_id = job.id
-    with session_scope(engine) as s:
+    with session_scope(any_engine) as s:
         assert retry_job(s, job_id) is True
         job = s.get(Job, job_id)
         assert job is not None and job.state == JobState.QUEUED and job.attempts == 0
