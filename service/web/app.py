@@ -8,10 +8,12 @@ run on its own (`wecare web`) it builds its own engine from the settings.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -76,12 +78,40 @@ def create_app(settings: Settings, runtime: RuntimeView | None = None) -> FastAP
     app.state.templates = make_templates()
     app.state.metrics_registry = metrics.make_registry(engine)
 
+    app.middleware("http")(_refuse_cross_site_writes)
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(pages.router)
     _add_error_handlers(app)
     return app
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _is_cross_site(request: Request) -> bool:
+    """True for a browser request sent by another site (CSRF), by Sec-Fetch-Site or Origin.
+
+    Requests without either header (curl, scripts, old browsers) are not cross-site.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:  # modern browsers; survives proxies that rewrite Host
+        return fetch_site == "cross-site"
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    return origin == "null" or urlsplit(origin).netloc != request.headers.get("host")
+
+
+async def _refuse_cross_site_writes(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """The dashboard has no login yet: at least another web page must not press its buttons."""
+    if request.method not in _SAFE_METHODS and _is_cross_site(request):
+        return JSONResponse({"detail": "cross-site request refused", "code": "cross_site"},
+                            status_code=HTTPStatus.FORBIDDEN)
+    return await call_next(request)
 
 
 def _domain_error(exc: Exception) -> tuple[HTTPStatus, str]:

@@ -725,3 +725,51 @@ def test_stage_durations_clock_ahead_of_ours_never_negative() -> None:
     durations = stage_durations(job, now=T0)
 
     assert durations.waiting == 0.0 and durations.total == 0.0
+
+
+@pytest.mark.parametrize("headers", [
+    {"origin": "http://evil.example"},
+    {"origin": "null"},
+    {"sec-fetch-site": "cross-site", "origin": "http://testserver"},
+])
+def test_post_from_another_site_is_refused(client: TestClient, engine: Engine,
+                                           headers: dict[str, str]) -> None:
+    job_id = add_job(engine)
+
+    for url in (f"/api/jobs/{job_id}/process-now", f"/jobs/{job_id}/process-now"):
+        response = client.post(url, headers=headers, follow_redirects=False)
+        assert response.status_code == 403
+        assert response.json()["code"] == "cross_site"
+    assert job_state(engine, job_id) == JobState.WAITING
+
+
+@pytest.mark.parametrize("headers", [
+    {"origin": "http://testserver"},
+    {"sec-fetch-site": "same-origin", "origin": "http://proxy.example"},
+    {},
+])
+def test_post_from_own_pages_or_scripts_is_allowed(client: TestClient, engine: Engine,
+                                                   headers: dict[str, str]) -> None:
+    job_id = add_job(engine)
+
+    response = client.post(f"/jobs/{job_id}/process-now", headers=headers,
+                           follow_redirects=False)
+
+    assert response.status_code == 303
+    assert job_state(engine, job_id) == JobState.QUEUED
+
+
+def test_create_app_real_runtime_health_reads_model_provider(settings: Settings, engine: Engine,
+                                                             data_dir: DataDir) -> None:
+    runtime_module = pytest.importorskip("service.runtime")
+    worker = pytest.importorskip("service.worker")
+    runtime = runtime_module.Runtime(settings=settings, engine=engine, data_dir=data_dir,
+                                     models=worker.ModelProvider(None, "cpu", None))
+
+    response = TestClient(create_app(settings, runtime)).get("/health")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == {"loaded": False, "error": None}
+    assert body["listener"] == "down"  # no SCP started
+    assert body["status"] == "degraded"
