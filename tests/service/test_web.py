@@ -431,10 +431,12 @@ def test_dashboard_accession_with_script_renders_escaped(
 
 
 def test_dashboard_job_page_checkpoint_model_shows_everything(
-    client: TestClient, engine: Engine
+    client: TestClient, engine: Engine, data_dir: DataDir
 ) -> None:
     job_id = add_job(engine, state=JobState.EXPORTING, model_status="checkpoint: epoch 12",
                      outbox=[("pacs", OutboxState.FAILED), ("archive", OutboxState.PENDING)])
+    for name in ("000_0001_mask.png", "000_0001_cam.png"):
+        write_png(data_dir, job_id, name)
 
     page = client.get(f"/jobs/{job_id}").text
 
@@ -445,6 +447,8 @@ def test_dashboard_job_page_checkpoint_model_shows_everything(
     assert f'src="/jobs/{job_id}/preview/000_0001_mask.png"' in page
     assert f'src="/jobs/{job_id}/preview/000_0001_cam.png"' in page
     assert "no Grad-CAM" in page  # image 2 has none
+    assert "no mask preview" in page  # image 2's file was not written
+    assert f'src="/jobs/{job_id}/preview/001_0001_mask.png"' not in page
     assert "56.7 mm²" in page and "12.3 mm" in page and "1234 px" in page
     assert "not measured" in page
     assert "80.0 %" in page and "70.0 %" in page  # image and study probabilities

@@ -84,10 +84,18 @@ def index(
 
 
 @router.get("/jobs/{job_id}", summary="Job detail")
-def job_page(request: Request, job_id: int, session: SessionDep,
+def job_page(request: Request, job_id: int, session: SessionDep, data_dir: DataDirDep,
              notice: str | None = None) -> Response:
     now = utcnow()
     job = job_detail(get_job(session, job_id), now)
+    # A preview the pipeline did not (or not yet) write shows a placeholder, not a broken image.
+    preview_dir = data_dir.outputs / str(job.id) / "preview"
+    available = {p.name for p in preview_dir.glob("*.png")} if preview_dir.is_dir() else set()
+    for result in job.results:
+        if result.mask_png not in available:
+            result.mask_url = None
+        if result.cam_png not in available:
+            result.cam_url = None
     finished = job.state in (JobState.DONE, JobState.FAILED)
     context: dict[str, Any] = {
         "job": job,
