@@ -63,3 +63,7 @@ SIZE_NOT_MEASURED = Code(
     WECARE_SCHEME,
     "Not measured: no calibrated ultrasound region",
 )
+LESION_SEGMENTED = Code("WCR-LESION-SEGMENTED", WECARE_SCHEME, "Lesion segmented by AI")
+YES = Code("373066001", "SCT", "Yes")
+NO = Code("373067005", "SCT", "No")
+DEVICE = Code("121007", "DCM", "Device")

@@ -1,0 +1,368 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) of the model's findings, via highdicom.
+
+Content tree (codes in :mod:`dicom_io.codes`, listed in docs/CONFORMANCE.md)::
+
+    Imaging Measurement Report (DCM 126000), procedure: Ultrasonography of breast
+    ├─ observer: Device = the model (name, manufacturer "WeCare", model name = version)
+    ├─ Image Library: every source image
+    └─ Imaging Measurements
+       ├─ Measurement group "AI study classification" (TID 1501)
+       │    Finding (DCM 121071) = Normal | Benign | Malignant (SCT)
+       │    Lesion segmented by AI (99WECARE) = Yes | No (SCT)
+       │    Probability of normal / of benign lesion (99WECARE), of cancer (DCM 111047),
+       │    unit UCUM "1"; source images referenced
+       └─ per lesion: Measurement group "Lesion k" (TID 1410), finding Lesion (SCT),
+            site Breast (+ laterality), referencing the SEG segment frame and source frame;
+            Long axis, Short axis (mm), Area (mm2) when the image has a calibrated
+            ultrasound region, else "Lesion size measurement = Not measured: no
+            calibrated ultrasound region" (99WECARE).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import highdicom as hd
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from dicom_io import codes
+from dicom_io.seg import AlgorithmInfo, seg_frame_for_source
+from dicom_io.uids import WECARE_MANUFACTURER, output_uid
+
+__all__ = [
+    "CLASSES",
+    "SR_SERIES_DESCRIPTION",
+    "LesionFinding",
+    "StudyClassification",
+    "build_sr",
+]
+
+CLASSES = ("normal", "benign", "malignant")
+SR_SERIES_DESCRIPTION = "WeCare AI breast ultrasound report"
+_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _concept(code: Code) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+@dataclass(frozen=True)
+class LesionFinding:
+    """One segmented lesion on one source frame.
+
+    Attributes
+    ----------
+    source_sop_instance_uid: str
+        The source instance the lesion was found on.
+    frame_number: int | None
+        1-based source frame for multi-frame sources, None for single-frame ones.
+    area_mm2, long_axis_mm, short_axis_mm: float | None
+        Sizes (see :func:`dicom_io.measure.mask_measurements`); None when the image has
+        no calibrated ultrasound region.
+    area_px: int
+        Number of mask pixels (> 0).
+    """
+
+    source_sop_instance_uid: str
+    frame_number: int | None
+    area_mm2: float | None
+    long_axis_mm: float | None
+    short_axis_mm: float | None
+    area_px: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source_sop_instance_uid, str) or not self.source_sop_instance_uid:
+            raise ValueError("LesionFinding.source_sop_instance_uid must be a non-empty str")
+        if self.frame_number is not None and (
+            not isinstance(self.frame_number, int) or self.frame_number < 1
+        ):
+            raise ValueError("LesionFinding.frame_number must be None or an int >= 1")
+        for name in ("area_mm2", "long_axis_mm", "short_axis_mm"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"LesionFinding.{name} must be None or a finite number >= 0")
+        if not isinstance(self.area_px, int) or self.area_px <= 0:
+            raise ValueError("LesionFinding.area_px must be a positive int")
+
+    @property
+    def is_measured(self) -> bool:
+        """True when at least one size in mm is known."""
+        return any(v is not None for v in (self.area_mm2, self.long_axis_mm, self.short_axis_mm))
+
+
+@dataclass(frozen=True)
+class StudyClassification:
+    """Study-level class and calibrated probabilities.
+
+    Attributes
+    ----------
+    predicted_class: str
+        One of :data:`CLASSES`.
+    probabilities: dict[str, float]
+        Calibrated probability of each of :data:`CLASSES` (sums to 1 within 1e-3).
+    """
+
+    predicted_class: str
+    probabilities: dict[str, float] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        if self.predicted_class not in CLASSES:
+            raise ValueError(f"StudyClassification.predicted_class must be one of {CLASSES}")
+        if set(self.probabilities) != set(CLASSES):
+            raise ValueError(f"StudyClassification.probabilities must have the keys {CLASSES}")
+        values = [float(self.probabilities[c]) for c in CLASSES]
+        if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+            raise ValueError("StudyClassification.probabilities must be in 0..1")
+        if abs(sum(values) - 1.0) > 1e-3:
+            raise ValueError("StudyClassification.probabilities must sum to 1")
+
+
+def _laterality_code(datasets: Sequence[Dataset]) -> Code | None:
+    values = set()
+    for ds in datasets:
+        for keyword in ("ImageLaterality", "Laterality"):
+            value = str(ds.get(keyword, "") or "").strip().upper()
+            if value:
+                values.add(value)
+                break
+    if values == {"L"}:
+        return codes.LEFT
+    if values == {"R"}:
+        return codes.RIGHT
+    return None
+
+
+def _finding_site(datasets: Sequence[Dataset]) -> hd.sr.FindingSite:
+    laterality = _laterality_code(datasets)
+    return hd.sr.FindingSite(
+        anatomic_location=_concept(codes.BREAST),
+        laterality=_concept(laterality) if laterality is not None else None,
+    )
+
+
+def _is_multiframe(ds: Dataset) -> bool:
+    return "NumberOfFrames" in ds and int(ds.NumberOfFrames or 1) > 1
+
+
+def _lesion_group(
+    index: int,
+    finding: LesionFinding,
+    source: Dataset,
+    segs: Sequence[Dataset],
+    algorithm_id: hd.sr.AlgorithmIdentification,
+    version: str,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    frame = finding.frame_number if _is_multiframe(source) else None
+    for seg in segs:
+        seg_frame = seg_frame_for_source(seg, finding.source_sop_instance_uid, frame)
+        if seg_frame is not None:
+            break
+    else:
+        raise ValueError(
+            f"findings[{index}] has no SEG frame derived from its source instance/frame"
+        )
+    referenced_segment = hd.sr.ReferencedSegmentationFrame(
+        sop_class_uid=str(seg.SOPClassUID),
+        sop_instance_uid=str(seg.SOPInstanceUID),
+        frame_number=seg_frame,
+        segment_number=1,
+        source_image=hd.sr.SourceImageForSegmentation(
+            referenced_sop_class_uid=str(source.SOPClassUID),
+            referenced_sop_instance_uid=str(source.SOPInstanceUID),
+            referenced_frame_numbers=[frame] if frame is not None else None,
+        ),
+    )
+    # PS3.3 Table 10-3 (Image SOP Instance Reference Macro): Referenced Segment Number is
+    # 1C "required if ... Referenced Frame Number is not present", so the two must not
+    # both be present (dciodvfy: "Shall not be present when ReferencedFrameNumber is
+    # present"); highdicom writes both. A frame of a BINARY SEG belongs to exactly one
+    # segment (its Segment Identification Sequence), so the frame reference alone is
+    # unambiguous: drop the segment number.
+    for item in referenced_segment:
+        for reference in item.get("ReferencedSOPSequence", []):
+            if reference.ReferencedSOPInstanceUID == seg.SOPInstanceUID:
+                if "ReferencedSegmentNumber" in reference:
+                    del reference.ReferencedSegmentNumber
+    measurements = []
+    for value, name, unit in (
+        (finding.long_axis_mm, codes.LONG_AXIS, codes.MILLIMETER),
+        (finding.short_axis_mm, codes.SHORT_AXIS, codes.MILLIMETER),
+        (finding.area_mm2, codes.AREA, codes.SQUARE_MILLIMETER),
+    ):
+        if value is not None:
+            measurements.append(
+                hd.sr.Measurement(
+                    name=_concept(name), value=round(float(value), 2), unit=_concept(unit)
+                )
+            )
+    evaluations = []
+    if not finding.is_measured:
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                name=_concept(codes.SIZE_MEASUREMENT), value=_concept(codes.SIZE_NOT_MEASURED)
+            )
+        )
+    key = f"{finding.source_sop_instance_uid}/{frame or 1}/{index}"
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=output_uid(key, version, "sr-lesion-tracking"),
+            identifier=f"Lesion {index + 1}",
+        ),
+        referenced_segment=referenced_segment,
+        finding_type=_concept(codes.LESION),
+        algorithm_id=algorithm_id,
+        finding_sites=[_finding_site([source])],
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations or None,
+    )
+
+
+def build_sr(
+    sources: Sequence[Dataset],
+    segs: Sequence[Dataset],
+    classification: StudyClassification,
+    findings: Sequence[LesionFinding],
+    algorithm: AlgorithmInfo,
+    series_number: int,
+) -> Dataset:
+    """Build the TID 1500 Measurement Report of one study.
+
+    Parameters
+    ----------
+    sources: Sequence[pydicom.Dataset]
+        Every source instance analysed (one study; headers suffice).
+    segs: Sequence[pydicom.Dataset]
+        SEGs built by :func:`dicom_io.seg.build_seg` for these sources (may be empty
+        when no lesion was found).
+    classification: StudyClassification
+        Study-level class and calibrated probabilities.
+    findings: Sequence[LesionFinding]
+        One per lesion; each must have a frame in one of ``segs``.
+    algorithm: AlgorithmInfo
+        The model: device observer (name, manufacturer "WeCare", model name = version)
+        and Algorithm Identification of every measurement group.
+    series_number: int
+        Series Number of the SR series.
+
+    Returns
+    -------
+    pydicom.Dataset
+        A ``highdicom.sr.Comprehensive3DSR`` (COMPLETE, UNVERIFIED), Manufacturer
+        "WeCare", Series/SOP Instance UIDs :func:`output_uid` of the Study Instance UID,
+        ``algorithm.version`` and "sr-series"/"sr".
+
+    Raises
+    ------
+    ValueError, TypeError
+        Inconsistent arguments (several studies, finding on an unknown source or
+        without a SEG frame, ...).
+    """
+    if not isinstance(algorithm, AlgorithmInfo):
+        raise TypeError("algorithm must be an AlgorithmInfo")
+    if not isinstance(classification, StudyClassification):
+        raise TypeError("classification must be a StudyClassification")
+    if not sources:
+        raise ValueError("sources must not be empty")
+    if not isinstance(series_number, int) or isinstance(series_number, bool) or series_number < 0:
+        raise ValueError("series_number must be a non-negative int")
+    studies = {str(ds.StudyInstanceUID) for ds in [*sources, *segs]}
+    if len(studies) != 1:
+        raise ValueError("sources and segs must belong to one study")
+    for seg in segs:
+        if str(seg.SOPClassUID) != _SEG_SOP_CLASS:
+            raise ValueError("segs must be Segmentation instances")
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    study_uid = studies.pop()
+    version = algorithm.version
+
+    algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm.name, version=version)
+    observer = hd.sr.ObserverContext(
+        observer_type=_concept(codes.DEVICE),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=output_uid(algorithm.name, version, "device"),
+            name=algorithm.name,
+            manufacturer_name=WECARE_MANUFACTURER,
+            model_name=version,
+        ),
+    )
+    groups: list[
+        hd.sr.MeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = []
+    probabilities = [
+        hd.sr.Measurement(
+            name=_concept(codes.PROBABILITY_CODES[name]),
+            value=round(float(classification.probabilities[name]), 6),
+            unit=_concept(codes.NO_UNITS),
+        )
+        for name in CLASSES
+    ]
+    groups.append(
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=output_uid(study_uid, version, "sr-classification-tracking"),
+                identifier="AI study classification",
+            ),
+            finding_type=_concept(codes.STUDY_CLASSIFICATION),
+            algorithm_id=algorithm_id,
+            finding_sites=[_finding_site(sources)],
+            measurements=probabilities,
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(
+                    name=_concept(codes.FINDING),
+                    value=_concept(codes.CLASS_CODES[classification.predicted_class]),
+                ),
+                hd.sr.QualitativeEvaluation(
+                    name=_concept(codes.LESION_SEGMENTED),
+                    value=_concept(codes.YES if findings else codes.NO),
+                ),
+            ],
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup(
+                    referenced_sop_class_uid=str(ds.SOPClassUID),
+                    referenced_sop_instance_uid=str(ds.SOPInstanceUID),
+                )
+                for ds in sources
+            ],
+        )
+    )
+    for index, finding in enumerate(findings):
+        if not isinstance(finding, LesionFinding):
+            raise TypeError(f"findings[{index}] must be a LesionFinding")
+        source = by_uid.get(finding.source_sop_instance_uid)
+        if source is None:
+            raise ValueError(f"findings[{index}] refers to an instance not in sources")
+        groups.append(_lesion_group(index, finding, source, segs, algorithm_id, version))
+
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=_concept(codes.ULTRASONOGRAPHY_OF_BREAST),
+        imaging_measurements=groups,
+        referenced_images=list(sources),
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*sources, *segs],
+        content=report,
+        series_instance_uid=output_uid(study_uid, version, "sr-series"),
+        series_number=series_number,
+        sop_instance_uid=output_uid(study_uid, version, "sr"),
+        instance_number=1,
+        manufacturer=WECARE_MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=SR_SERIES_DESCRIPTION,
+        manufacturer_model_name=algorithm.name,
+        software_versions=version,
+        coding_schemes=[
+            CodingSchemeIdentificationItem(
+                designator=codes.WECARE_SCHEME,
+                name="WeCare private codes",
+                responsible_organization=WECARE_MANUFACTURER,
+            )
+        ],
+    )
