@@ -39,12 +39,14 @@ ULTRASONOGRAPHY_OF_BREAST = Code("47079000", "SCT", "Ultrasonography of breast")
 LONG_AXIS = Code("103339001", "SCT", "Long axis")
 SHORT_AXIS = Code("103340004", "SCT", "Short axis")
 AREA = Code("42798000", "SCT", "Area")
-FINDING = Code("121071", "DCM", "Finding")
+# Concept of the predicted class. Not "Finding" (DCM 121071): TID 1501 already uses that
+# concept for the group's Finding type, and readers (highdicom) take it as such.
+IMPRESSION = Code("121073", "DCM", "Impression")
 MILLIMETER = Code("mm", "UCUM", "millimeter")
 SQUARE_MILLIMETER = Code("mm2", "UCUM", "square millimeter")
 NO_UNITS = Code("1", "UCUM", "no units")
 
-#: Predicted class → value of the "Finding" qualitative evaluation.
+#: Predicted class → value of the "Impression" qualitative evaluation.
 CLASS_CODES: dict[str, Code] = {
     "normal": Code("17621005", "SCT", "Normal"),
     "benign": Code("30807003", "SCT", "Benign"),
@@ -59,11 +61,11 @@ PROBABILITY_CODES: dict[str, Code] = {
 STUDY_CLASSIFICATION = Code("WCR-STUDY-CLASS", WECARE_SCHEME, "AI study classification")
 SIZE_MEASUREMENT = Code("WCR-SIZE", WECARE_SCHEME, "Lesion size measurement")
 SIZE_NOT_MEASURED = Code(
-    "WCR-SIZE-NOT-MEASURED",
+    "WCR-SIZE-NM",
     WECARE_SCHEME,
     "Not measured: no calibrated ultrasound region",
 )
-LESION_SEGMENTED = Code("WCR-LESION-SEGMENTED", WECARE_SCHEME, "Lesion segmented by AI")
+LESION_SEGMENTED = Code("WCR-LESION-SEG", WECARE_SCHEME, "Lesion segmented by AI")
 YES = Code("373066001", "SCT", "Yes")
 NO = Code("373067005", "SCT", "No")
 DEVICE = Code("121007", "DCM", "Device")

@@ -26,7 +26,6 @@ passed to highdicom unchanged.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,10 +33,10 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.multival import MultiValue
 
 from dicom_io import codes
 from dicom_io.errors import DicomIOError, EmptySegmentationError
+from dicom_io.headers import RETIRED_SOP_CLASSES, restore_referenced_sop_classes, source_header
 from dicom_io.regions import bmode_region, tissue_regions
 from dicom_io.uids import WECARE_MANUFACTURER, output_uid
 
@@ -137,86 +136,6 @@ def _pixel_spacing(sources: Sequence[Dataset]) -> tuple[float, float]:
     return spacings.pop()
 
 
-_TYPE2_COPIED = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "AccessionNumber",
-)
-
-
-def _header_copy(ds: Dataset) -> Dataset:
-    # Everything but the pixels: highdicom needs attributes only, and we must not
-    # modify the caller's dataset.
-    header = Dataset()
-    for element in ds:
-        if element.tag.group == 0x7FE0:
-            continue
-        header.add(copy.deepcopy(element))
-    header.file_meta = copy.deepcopy(getattr(ds, "file_meta", Dataset()))
-    # Type 2 Patient/Study attributes that highdicom copies by attribute access; real
-    # files sometimes lack them. Empty (zero length) is what Type 2 allows.
-    for keyword in _TYPE2_COPIED:
-        if keyword not in header:
-            setattr(header, keyword, None)
-    _repair_dates_and_times(header)
-    header.SOPClassUID = _RETIRED_SOP_CLASSES.get(str(ds.SOPClassUID), ds.SOPClassUID)
-    return header
-
-
-_DA_PATTERN = re.compile(r"\d{8}")
-_TM_PATTERN = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
-# Retired SOP classes highdicom has no IOD table for → their current equivalent.
-_RETIRED_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.6": "1.2.840.10008.5.1.4.1.1.6.1",
-    "1.2.840.10008.5.1.4.1.1.3": "1.2.840.10008.5.1.4.1.1.3.1",
-}
-
-
-def _restore_referenced_sop_classes(ds: Dataset, classes: dict[str, str]) -> None:
-    # References to retired-class sources must carry the class the source really has.
-    for element in ds:
-        if element.VR != "SQ":
-            continue
-        for item in element.value:
-            uid = item.get("ReferencedSOPInstanceUID")
-            if uid in classes and "ReferencedSOPClassUID" in item:
-                item.ReferencedSOPClassUID = classes[uid]
-            _restore_referenced_sop_classes(item, classes)
-
-
-def _repair_dates_and_times(ds: Dataset) -> None:
-    # Old (ACR-NEMA style) values such as "11:20:00" or "1994.11.05" are invalid DA/TM
-    # (highdicom raises, validators flag them): normalise them, or leave the Type 2
-    # attribute empty when still invalid. Single-valued Type 2 study attributes with
-    # several values keep the first (e.g. Accession Number "PR\\US").
-    for keyword in ("StudyDate", "StudyTime", "SeriesDate", "SeriesTime",
-                    "PatientBirthDate", "ContentDate", "ContentTime"):
-        value = ds.get(keyword)
-        if value in (None, ""):
-            continue
-        pattern = _DA_PATTERN if keyword.endswith("Date") else _TM_PATTERN
-        text = str(value).strip()
-        stripped = text.replace(":", "")
-        if keyword.endswith("Date"):
-            stripped = stripped.replace(".", "").replace("-", "")
-        for candidate in (text, stripped):
-            if pattern.fullmatch(candidate):
-                setattr(ds, keyword, candidate)
-                break
-        else:
-            setattr(ds, keyword, None)
-    for keyword in ("AccessionNumber", "PatientID", "StudyID"):
-        element = ds.get(keyword)
-        if element is not None and isinstance(element, MultiValue):
-            setattr(ds, keyword, element[0] if len(element) else None)
-
-
 def _with_synthetic_geometry(
     sources: Sequence[Dataset], frame_of_reference_uid: str
 ) -> list[Dataset]:
@@ -224,7 +143,7 @@ def _with_synthetic_geometry(
     proxies = []
     position = 0
     for ds in sources:
-        proxy = _header_copy(ds)
+        proxy = source_header(ds)
         proxy.FrameOfReferenceUID = frame_of_reference_uid
         proxy.PositionReferenceIndicator = ""
         for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
@@ -368,7 +287,7 @@ def build_seg(
 
     series_uid = str(kept_sources[0].SeriesInstanceUID)
     if all(_has_patient_geometry(ds) for ds in kept_sources):
-        proxies = [_header_copy(ds) for ds in kept_sources]
+        proxies = [source_header(ds) for ds in kept_sources]
         for proxy in proxies:
             if "SliceThickness" not in proxy:
                 proxy.SliceThickness = None
@@ -413,10 +332,10 @@ def build_seg(
     retired = {
         str(ds.SOPInstanceUID): str(ds.SOPClassUID)
         for ds in kept_sources
-        if str(ds.SOPClassUID) in _RETIRED_SOP_CLASSES
+        if str(ds.SOPClassUID) in RETIRED_SOP_CLASSES
     }
     if retired:
-        _restore_referenced_sop_classes(seg, retired)
+        restore_referenced_sop_classes(seg, retired)
     return seg
 
 

@@ -7,7 +7,7 @@ Content tree (codes in :mod:`dicom_io.codes`, listed in docs/CONFORMANCE.md)::
     ├─ Image Library: every source image
     └─ Imaging Measurements
        ├─ Measurement group "AI study classification" (TID 1501)
-       │    Finding (DCM 121071) = Normal | Benign | Malignant (SCT)
+       │    Impression (DCM 121073) = Normal | Benign | Malignant (SCT)
        │    Lesion segmented by AI (99WECARE) = Yes | No (SCT)
        │    Probability of normal / of benign lesion (99WECARE), of cancer (DCM 111047),
        │    unit UCUM "1"; source images referenced
@@ -30,6 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from dicom_io import codes
+from dicom_io.headers import RETIRED_SOP_CLASSES, restore_referenced_sop_classes, source_header
 from dicom_io.seg import AlgorithmInfo, seg_frame_for_source
 from dicom_io.uids import WECARE_MANUFACTURER, output_uid
 
@@ -275,6 +276,12 @@ def build_sr(
     for seg in segs:
         if str(seg.SOPClassUID) != _SEG_SOP_CLASS:
             raise ValueError("segs must be Segmentation instances")
+    retired = {
+        str(ds.SOPInstanceUID): str(ds.SOPClassUID)
+        for ds in sources
+        if str(ds.SOPClassUID) in RETIRED_SOP_CLASSES
+    }
+    sources = [source_header(ds) for ds in sources]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     study_uid = studies.pop()
     version = algorithm.version
@@ -313,7 +320,7 @@ def build_sr(
             measurements=probabilities,
             qualitative_evaluations=[
                 hd.sr.QualitativeEvaluation(
-                    name=_concept(codes.FINDING),
+                    name=_concept(codes.IMPRESSION),
                     value=_concept(codes.CLASS_CODES[classification.predicted_class]),
                 ),
                 hd.sr.QualitativeEvaluation(
@@ -344,7 +351,7 @@ def build_sr(
         imaging_measurements=groups,
         referenced_images=list(sources),
     )
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, *segs],
         content=report,
         series_instance_uid=output_uid(study_uid, version, "sr-series"),
@@ -366,3 +373,6 @@ def build_sr(
             )
         ],
     )
+    if retired:
+        restore_referenced_sop_classes(sr, retired)
+    return sr

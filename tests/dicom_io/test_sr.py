@@ -1,0 +1,283 @@
+"""Tests of dicom_io.sr: TID 1500 content, dciodvfy conformance and round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+import highdicom as hd
+from dicom_io import codes
+from dicom_io.measure import mask_measurements
+from dicom_io.read import read_header, skip_reason
+from dicom_io.seg import AlgorithmInfo, build_seg
+from dicom_io.sr import (
+    SR_SERIES_DESCRIPTION,
+    LesionFinding,
+    StudyClassification,
+    build_sr,
+)
+from dicom_io.uids import output_uid
+from tests.dciodvfy import dciodvfy_available, validate_dataset
+from tests.dicom_io.conftest import real_file
+from tests.dicom_io.test_seg import ALGORITHM, REAL_SOURCES, _masks_for, roundtrip
+from tests.factories import MM_PER_PIXEL, lesion_mask, make_us_dataset
+
+needs_dciodvfy = pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy not installed")
+MALIGNANT = StudyClassification("malignant", {"normal": 0.05, "benign": 0.25, "malignant": 0.7})
+NORMAL = StudyClassification("normal", {"normal": 0.9, "benign": 0.06, "malignant": 0.04})
+# Only our private coding scheme may draw warnings (dciodvfy knows no "99WECARE").
+PRIVATE_SCHEME_WARNING = "Unrecognized defined term = <99WECARE>"
+
+
+def _finding(source: Dataset, mask: np.ndarray, frame: int | None, calibrated: bool
+             ) -> LesionFinding:
+    area, long_axis, short_axis = (
+        mask_measurements(mask, MM_PER_PIXEL, MM_PER_PIXEL) if calibrated else (None,) * 3)
+    return LesionFinding(str(source.SOPInstanceUID), frame, area, long_axis, short_axis,
+                         int(mask.sum()))
+
+
+def _case(kind: str) -> tuple[list[Dataset], list[Dataset], list[LesionFinding]]:
+    """Sources, SEGs and findings of a named scenario."""
+    mask = lesion_mask()
+    if kind == "normal":
+        return [make_us_dataset(lesion=None)], [], []
+    if kind in ("calibrated", "uncalibrated"):
+        source = make_us_dataset(regions=kind == "calibrated")
+        seg = build_seg([source], [mask[np.newaxis]], [[1]], ALGORITHM, 900)
+        return [source], [seg], [_finding(source, mask, None, kind == "calibrated")]
+    if kind == "multiframe":
+        source = make_us_dataset(frames=4)
+        masks = np.zeros((4, 256, 320), bool)
+        masks[[1, 3]] = mask
+        seg = build_seg([source], [masks], [[1, 2, 3, 4]], ALGORITHM, 900)
+        return [source], [seg], [_finding(source, mask, 2, True), _finding(source, mask, 4, True)]
+    if kind == "two_series":
+        study = pydicom.uid.generate_uid()
+        first = make_us_dataset(study_instance_uid=study, laterality="L")
+        second = make_us_dataset(study_instance_uid=study, laterality="R", lesion=None)
+        seg = build_seg([first], [mask[np.newaxis]], [[1]], ALGORITHM, 900)
+        return [first, second], [seg], [_finding(first, mask, None, True)]
+    raise ValueError(kind)
+
+
+CASES = ["normal", "calibrated", "uncalibrated", "multiframe", "two_series"]
+
+
+@needs_dciodvfy
+@pytest.mark.parametrize("kind", CASES)
+def test_build_sr_scenarios_pass_dciodvfy(kind: str) -> None:
+    sources, segs, findings = _case(kind)
+    classification = NORMAL if kind == "normal" else MALIGNANT
+    errors, warnings = validate_dataset(
+        build_sr(sources, segs, classification, findings, ALGORITHM, 901))
+    assert errors == []
+    assert all(PRIVATE_SCHEME_WARNING in line for line in warnings), warnings
+
+
+@pytest.mark.usefixtures("strict_writing")
+@pytest.mark.parametrize("kind", CASES)
+def test_build_sr_roundtrip_gives_classification_and_findings(kind: str) -> None:
+    sources, segs, findings = _case(kind)
+    classification = NORMAL if kind == "normal" else MALIGNANT
+    sr = roundtrip(build_sr(sources, segs, classification, findings, ALGORITHM, 901))
+    assert sr.Manufacturer == "WeCare"
+    assert sr.SeriesDescription == SR_SERIES_DESCRIPTION
+    assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
+    assert sr.SOPInstanceUID == output_uid(sources[0].StudyInstanceUID, ALGORITHM.version, "sr")
+    assert skip_reason(sr) == "our_own_object"
+    content = _flatten(sr)
+    # Observer device = the model.
+    assert ("Device Observer Name", ALGORITHM.name) in content["text"]
+    assert ("Device Observer Model Name", ALGORITHM.version) in content["text"]
+    assert ("Device Observer Manufacturer", "WeCare") in content["text"]
+    # Study classification and probabilities.
+    assert ("Impression", codes.CLASS_CODES[classification.predicted_class].value) in content["code"]
+    for name, probability in classification.probabilities.items():
+        concept = codes.PROBABILITY_CODES[name].meaning
+        assert content["num"][concept] == [pytest.approx(probability)]
+    segmented = codes.YES.value if findings else codes.NO.value
+    assert ("Lesion segmented by AI", segmented) in content["code"]
+    # Source images are referenced (image library + measurement group).
+    referenced = content["image"]
+    for source in sources:
+        assert str(source.SOPInstanceUID) in referenced
+    for seg in segs:
+        assert str(seg.SOPInstanceUID) in referenced
+    # Lesion sizes or the "not measured" statement.
+    measured = [f for f in findings if f.is_measured]
+    assert len(content["num"].get("Long axis", [])) == len(measured)
+    for finding, value in zip(measured, content["num"].get("Long axis", []), strict=True):
+        assert value == pytest.approx(finding.long_axis_mm, abs=0.01)
+    not_measured = sum(1 for f in findings if not f.is_measured)
+    assert content["code"].count(("Lesion size measurement",
+                                  codes.SIZE_NOT_MEASURED.value)) == not_measured
+    evidence = {item.ReferencedSOPInstanceUID
+                for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence
+                for item in series.ReferencedSOPSequence}
+    assert evidence == {str(ds.SOPInstanceUID) for ds in [*sources, *segs]}
+
+
+def test_build_sr_multiframe_finding_references_seg_frame_and_source_frame() -> None:
+    sources, segs, findings = _case("multiframe")
+    sr = roundtrip(build_sr(sources, segs, MALIGNANT, findings, ALGORITHM, 901))
+    references = _segmentation_references(sr)
+    assert references == [(segs[0].SOPInstanceUID, 1, sources[0].SOPInstanceUID, 2),
+                          (segs[0].SOPInstanceUID, 2, sources[0].SOPInstanceUID, 4)]
+
+
+def test_build_sr_lesion_groups_parse_with_highdicom() -> None:
+    sources, segs, findings = _case("calibrated")
+    sr = roundtrip(build_sr(sources, segs, MALIGNANT, findings, ALGORITHM, 901))
+    parsed = hd.sr.srread(_to_bytes(sr))
+    groups = parsed.content.get_planar_roi_measurement_groups()
+    assert len(groups) == 1
+    (group,) = groups
+    names = {m.name.value: m.value for m in group.get_measurements()}
+    assert names[codes.AREA.value] == pytest.approx(findings[0].area_mm2, abs=0.01)
+    assert names[codes.SHORT_AXIS.value] == pytest.approx(findings[0].short_axis_mm, abs=0.01)
+    assert group.finding_sites[0].laterality.value == codes.LEFT.value
+    (classification_group,) = parsed.content.get_image_measurement_groups()
+    evaluations = {e.name.value: e.value.value
+                   for e in classification_group.get_qualitative_evaluations()}
+    assert evaluations[codes.IMPRESSION.value] == codes.CLASS_CODES["malignant"].value
+
+
+def test_build_sr_same_inputs_gives_same_uids() -> None:
+    sources, segs, findings = _case("calibrated")
+    first = build_sr(sources, segs, MALIGNANT, findings, ALGORITHM, 901)
+    second = build_sr(sources, segs, MALIGNANT, findings, ALGORITHM, 901)
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (
+        second.SOPInstanceUID, second.SeriesInstanceUID)
+
+
+@needs_dciodvfy
+@pytest.mark.parametrize("name", sorted(REAL_SOURCES))
+def test_build_sr_real_source_passes_dciodvfy(name: str) -> None:
+    from tests.dicom_io.test_seg import assert_only_inherited
+
+    source = read_header(real_file(name))
+    masks, frames = _masks_for(source, REAL_SOURCES[name])
+    seg = build_seg([source], [masks], [frames], ALGORITHM, 900)
+    multiframe = int(source.get("NumberOfFrames", 1) or 1) > 1
+    findings = [LesionFinding(str(source.SOPInstanceUID), frame if multiframe else None,
+                              12.5, 5.0, 3.0, int(mask.sum()))
+                for mask, frame in zip(masks, frames, strict=True)]
+    sr = build_sr([source], [seg], MALIGNANT, findings, ALGORITHM, 901)
+    errors, warnings = validate_dataset(sr)
+    assert_only_inherited(source, errors,
+                          [w for w in warnings if PRIVATE_SCHEME_WARNING not in w])
+    assert len(_segmentation_references(roundtrip(sr))) == len(findings)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ("unknown_source", ValueError, "not in sources"),
+        ("no_seg_frame", ValueError, "no SEG frame"),
+        ("two_studies", ValueError, "one study"),
+        ("no_sources", ValueError, "must not be empty"),
+        ("not_seg", ValueError, "Segmentation"),
+    ],
+)
+def test_build_sr_invalid_arguments_raise(change: str, error: type, match: str) -> None:
+    sources, segs, findings = _case("calibrated")
+    if change == "unknown_source":
+        findings = [LesionFinding("1.2.3.4", None, None, None, None, 10)]
+    elif change == "no_seg_frame":
+        segs = []
+    elif change == "two_studies":
+        sources = [*sources, make_us_dataset()]
+    elif change == "no_sources":
+        sources = []
+    elif change == "not_seg":
+        segs = [sources[0]]
+    with pytest.raises(error, match=match):
+        build_sr(sources, segs, MALIGNANT, findings, ALGORITHM, 901)
+
+
+@pytest.mark.parametrize(
+    ("predicted", "probabilities", "match"),
+    [
+        ("cancer", {"normal": 0.2, "benign": 0.3, "malignant": 0.5}, "predicted_class"),
+        ("benign", {"normal": 0.2, "benign": 0.3}, "keys"),
+        ("benign", {"normal": 0.2, "benign": 0.3, "malignant": 0.6}, "sum to 1"),
+        ("benign", {"normal": -0.2, "benign": 0.7, "malignant": 0.5}, "0..1"),
+    ],
+)
+def test_study_classification_invalid_values_raise(
+    predicted: str, probabilities: dict[str, float], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        StudyClassification(predicted, probabilities)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"area_px": 0}, "area_px"), ({"frame_number": 0}, "frame_number"),
+     ({"long_axis_mm": float("nan")}, "long_axis_mm"), ({"source_sop_instance_uid": ""}, "uid")],
+)
+def test_lesion_finding_invalid_values_raise(kwargs: dict, match: str) -> None:
+    values = dict(source_sop_instance_uid="1.2.3", frame_number=None, area_mm2=1.0,
+                  long_axis_mm=1.0, short_axis_mm=1.0, area_px=10)
+    values.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        LesionFinding(**values)
+
+
+def _to_bytes(ds: Dataset):  # type: ignore[no-untyped-def]
+    import io
+
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return buffer
+
+
+def _flatten(sr: Dataset) -> dict:
+    """Collect (concept meaning, value) of TEXT/UIDREF, CODE, NUM and IMAGE items."""
+    out: dict = {"text": [], "code": [], "num": {}, "image": set()}
+
+    def walk(items: list[Dataset]) -> None:
+        for item in items:
+            name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" \
+                in item else ""
+            kind = item.ValueType
+            if kind in ("TEXT", "UIDREF"):
+                out["text"].append((name, str(item.get("TextValue", item.get("UID", "")))))
+            elif kind == "CODE":
+                out["code"].append((name, item.ConceptCodeSequence[0].CodeValue))
+            elif kind == "NUM":
+                value = float(item.MeasuredValueSequence[0].NumericValue)
+                out["num"].setdefault(name, []).append(value)
+            elif kind == "IMAGE":
+                out["image"].add(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            walk(list(item.get("ContentSequence", [])))
+
+    walk(list(sr.ContentSequence))
+    return out
+
+
+def _segmentation_references(sr: Dataset) -> list[tuple[str, int, str, int | None]]:
+    """(SEG UID, SEG frame, source UID, source frame) of every Referenced Segmentation Frame."""
+    found = []
+
+    def walk(items: list[Dataset]) -> None:
+        for index, item in enumerate(items):
+            concept = item.get("ConceptNameCodeSequence")
+            if item.ValueType == "IMAGE" and concept and concept[0].CodeValue == "121214":
+                seg_ref = item.ReferencedSOPSequence[0]
+                source_item = items[index + 1]
+                source_ref = source_item.ReferencedSOPSequence[0]
+                frame = source_ref.get("ReferencedFrameNumber")
+                found.append((seg_ref.ReferencedSOPInstanceUID,
+                              int(seg_ref.ReferencedFrameNumber),
+                              source_ref.ReferencedSOPInstanceUID,
+                              int(frame) if frame is not None else None))
+            walk(list(item.get("ContentSequence", [])))
+
+    walk(list(sr.ContentSequence))
+    return found
