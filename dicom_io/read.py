@@ -152,20 +152,25 @@ def to_grayscale(array: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray
             scale = 255.0
         gray = (rgb.astype(np.float64) @ _LUMINANCE) / scale
         return np.clip(gray, 0.0, 1.0).astype(np.float32)
-    values = array.astype(np.float64)
+    if photometric.startswith("YBR_FULL"):
+        if array.ndim < 4 or array.shape[-1] != 3:
+            raise UnsupportedObjectError("unsupported_pixel_format", "colour without 3 samples")
+        # Y of YBR_FULL is already BT.601 luminance (PS3.3 C.7.6.3.1.2): skip Cb, Cr.
+        array = array[..., 0]
+    # float32 is exact for ≤ 16 bit values and halves memory for long cine clips.
+    dtype = np.float32 if bits_stored <= 16 else np.float64
+    values = array.astype(dtype)
     if signed:
-        values = values + float(1 << (bits_stored - 1))
-    values = values / _max_value(bits_stored)
+        values += dtype(1 << (bits_stored - 1))
+    values /= dtype(_max_value(bits_stored))
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         gray = values if photometric == "MONOCHROME2" else 1.0 - values
-    elif photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT"):
+    elif photometric.startswith("YBR_FULL"):
+        gray = values
+    elif photometric in ("RGB", "YBR_RCT", "YBR_ICT"):
         if values.ndim < 4 or values.shape[-1] != 3:
             raise UnsupportedObjectError("unsupported_pixel_format", "colour without 3 samples")
-        if photometric.startswith("YBR_FULL"):
-            # Y of YBR_FULL is already BT.601 luminance (PS3.3 C.7.6.3.1.2).
-            gray = values[..., 0]
-        else:
-            gray = values @ _LUMINANCE
+        gray = values @ _LUMINANCE.astype(dtype)
     else:
         raise UnsupportedObjectError("unsupported_pixel_format", photometric)
     return np.clip(gray, 0.0, 1.0).astype(np.float32)
@@ -198,7 +203,10 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
         raise UnsupportedObjectError("unsupported_pixel_format", photometric or "none")
     try:
         decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
-        array, meta = decoder.as_array(ds, as_rgb=True)
+        # YBR_FULL(_422): keep YCbCr (4x faster than converting) and use Y, which is
+        # BT.601 luminance. Other colour models are converted to RGB by the decoder.
+        as_rgb = photometric not in ("YBR_FULL", "YBR_FULL_422")
+        array, meta = decoder.as_array(ds, as_rgb=as_rgb)
     except UnsupportedObjectError:
         raise
     except Exception as exc:  # any decoder failure: corrupt stream, missing plugin, ...
