@@ -227,6 +227,8 @@ def build_seg(
     frame_numbers: Sequence[Sequence[int]],
     algorithm: AlgorithmInfo,
     series_number: int,
+    *,
+    uid_source: str | None = None,
 ) -> Dataset:
     """Build a BINARY Segmentation with one segment "lesion".
 
@@ -245,6 +247,10 @@ def build_seg(
         Software Versions.
     series_number: int
         Series Number of the SEG series.
+    uid_source: str, optional
+        UID the output UIDs derive from; default the sources' Series Instance UID. Pass
+        the source SOP Instance UID when building one SEG per instance of a series
+        (after :class:`SegmentationInputError`), so the SEGs get distinct UIDs.
 
     Returns
     -------
@@ -253,8 +259,8 @@ def build_seg(
         :data:`SEG_SERIES_DESCRIPTION`, one frame per source frame that contains lesion
         pixels, each referencing its source instance and frame (Derivation Image
         Sequence). Series/SOP Instance UIDs are :func:`output_uid` of the source Series
-        Instance UID, ``algorithm.version`` and "seg-series"/"seg", so a re-run
-        reproduces them.
+        Instance UID (or ``uid_source``), ``algorithm.version`` and "seg-series"/"seg",
+        so a re-run reproduces them.
 
     Raises
     ------
@@ -264,9 +270,9 @@ def build_seg(
         open, and several PACS refuse or mis-display SEGs without frames. The SR states
         "no lesion found" instead.
     SegmentationInputError
-        Lesions on frames of more than one multi-frame instance, or on both multi-frame
-        and single-frame instances (not representable in one SEG by highdicom); call
-        once per instance instead.
+        Lesions on frames of more than one multi-frame instance, on both multi-frame
+        and single-frame instances, or on images of different sizes (not representable
+        in one SEG by highdicom); call once per instance with ``uid_source`` instead.
     ValueError, TypeError
         Inconsistent arguments (shapes, frame numbers, several series).
     """
@@ -285,7 +291,13 @@ def build_seg(
             "instance"
         )
 
-    series_uid = str(kept_sources[0].SeriesInstanceUID)
+    if len({(int(ds.Rows), int(ds.Columns)) for ds in kept_sources}) > 1:
+        raise SegmentationInputError(
+            "lesions on images of different sizes: build one SEG per instance"
+        )
+    if uid_source is not None and (not isinstance(uid_source, str) or not uid_source):
+        raise ValueError("uid_source must be a non-empty str or None")
+    series_uid = uid_source or str(kept_sources[0].SeriesInstanceUID)
     if all(_has_patient_geometry(ds) for ds in kept_sources):
         proxies = [source_header(ds) for ds in kept_sources]
         for proxy in proxies:

@@ -206,6 +206,20 @@ def test_build_seg_two_multiframe_sources_with_lesions_raises() -> None:
         build_seg(sources, masks, [[1, 2], [1, 2]], ALGORITHM, 900)
 
 
+def test_build_seg_images_of_different_sizes_raise_then_per_instance_uids_differ() -> None:
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    small = make_us_dataset(study_instance_uid=study, series_instance_uid=series)
+    large = make_us_dataset(study_instance_uid=study, series_instance_uid=series, rows=300,
+                            columns=400)
+    masks = [lesion_mask()[np.newaxis], lesion_mask(300, 400)[np.newaxis]]
+    with pytest.raises(SegmentationInputError, match="different sizes"):
+        build_seg([small, large], masks, [[1], [1]], ALGORITHM, 900)
+    segs = [build_seg([ds], [mask], [[1]], ALGORITHM, 900, uid_source=str(ds.SOPInstanceUID))
+            for ds, mask in zip([small, large], masks, strict=True)]
+    assert segs[0].SOPInstanceUID != segs[1].SOPInstanceUID
+    assert segs[0].SOPInstanceUID == output_uid(small.SOPInstanceUID, ALGORITHM.version, "seg")
+
+
 @pytest.mark.parametrize(
     ("change", "error", "match"),
     [
