@@ -236,10 +236,12 @@ def process_study(
     )
 
 
-def _mm_per_pixel(tile: _Tile) -> tuple[float | None, float | None]:
-    if tile.region is None:
-        return None, None
-    return tile.region.mm_per_pixel_x, tile.region.mm_per_pixel_y
+def _measure(mask: np.ndarray, tile: _Tile) -> tuple[float | None, float | None, float | None]:
+    """(area mm², long axis mm, short axis mm); all None without a calibrated region or lesion."""
+    region = tile.region
+    if region is None or not region.mm_per_pixel_x or not region.mm_per_pixel_y or not mask.any():
+        return None, None, None
+    return mask_measurements(mask, region.mm_per_pixel_x, region.mm_per_pixel_y)
 
 
 def _findings(
@@ -257,8 +259,7 @@ def _findings(
             best_per_source[tile.source_index] = (area, tile, pred)
     findings = []
     for index, (area, tile, pred) in sorted(best_per_source.items()):
-        mm_x, mm_y = _mm_per_pixel(tile)
-        area_mm2, long_mm, short_mm = mask_measurements(pred.mask, mm_x, mm_y)
+        area_mm2, long_mm, short_mm = _measure(pred.mask, tile)
         frames = frames_list[index]
         findings.append(
             LesionFinding(
@@ -292,8 +293,7 @@ def _previews_and_results(
         if key in cams:
             cam_png = f"{name}_cam.png"
             save_png(preview_dir / cam_png, cam_overlay(image, cams[key]))
-        mm_x, mm_y = _mm_per_pixel(tile)
-        area_mm2, long_mm, short_mm = mask_measurements(pred.mask, mm_x, mm_y)
+        area_mm2, long_mm, short_mm = _measure(pred.mask, tile)
         rows.append({
             "image": tile.source_index + 1,
             "series_uid_hash": uid_hash(sources[tile.source_index].series_instance_uid),

@@ -196,9 +196,11 @@ class WeCareProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def write_config(tmp: Path, destinations: dict[str, tuple[str, int]], **sections: dict[str, Any]) -> tuple[Path, int, int]:
+def write_config(tmp: Path, destinations: dict[str, tuple[str, int]], dicom_port: int | None = None,
+                 **sections: dict[str, Any]) -> tuple[Path, int, int]:
     """A WeCare TOML config on free ports; returns (path, dicom port, web port)."""
-    dicom_port, web_port = free_port(), free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    dicom_port, web_port = dicom_port or free_port(), free_port()
     data = {
         "dicom": {"ae_title": "WECARE", "host": "127.0.0.1", "port": dicom_port},
         "storage": {"data_dir": str(tmp / "wecare-data"), "min_free_mb": 0},
@@ -222,9 +224,10 @@ def write_config(tmp: Path, destinations: dict[str, tuple[str, int]], **sections
 
 
 @contextmanager
-def wecare(tmp: Path, destinations: dict[str, tuple[str, int]], **sections: dict[str, Any]) -> Iterator[WeCareProcess]:
+def wecare(tmp: Path, destinations: dict[str, tuple[str, int]], dicom_port: int | None = None,
+           **sections: dict[str, Any]) -> Iterator[WeCareProcess]:
     """Run `wecare serve` as its own process (the real CLI) until the test ends."""
-    config, dicom_port, web_port = write_config(tmp, destinations, **sections)
+    config, dicom_port, web_port = write_config(tmp, destinations, dicom_port, **sections)
     log_path = tmp / "wecare.stderr"
     log = open(log_path, "wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

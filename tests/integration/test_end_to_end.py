@@ -18,6 +18,7 @@ from tests.integration.peers import (
     orthanc,
     storescp,
     storescu,
+    WeCareProcess,
     wait_for,
     wecare,
 )
@@ -43,6 +44,14 @@ def _referenced_sops(ds: object) -> set[str]:
 
     walk(ds)
     return found
+
+
+def _job_finished(service: WeCareProcess) -> bool:
+    """True once the (only) job is done; fails at once, with its error, if it failed."""
+    jobs = service.api("/api/jobs")["data"]
+    if jobs and jobs[0]["state"] == "failed":
+        raise AssertionError(f"job failed: {jobs[0].get('error_code')}: {jobs[0].get('error')}")
+    return bool(jobs) and jobs[0]["state"] == "done"
 
 
 def _assert_valid(path: Path) -> list[str]:
@@ -73,8 +82,7 @@ def test_orthanc_autoforward_study_gets_seg_and_sr_back(tmp_path: Path) -> None:
             print(f"\nend-to-end (upload to Orthanc → SEG+SR stored in Orthanc): {elapsed:.1f} s; "
                   f"stages: {job.get('stage_seconds')}; timestamps: "
                   f"{ {k: job.get(k) for k in ('created_at', 'queued_at', 'running_at', 'exporting_at', 'finished_at')} }")
-            wait_for(lambda: service.api(f"/api/jobs/{jobs[0]['id']}")["state"] == "done", 30,
-                     what="job done")
+            wait_for(lambda: _job_finished(service), 30, what="job done")
             # Orthanc sees the study change and forwards it again after StableAge: WeCare keeps
             # the instances it already holds, makes no new job and sends nothing twice.
             time.sleep(5)
@@ -103,8 +111,7 @@ def test_dcmtk_storescu_to_wecare_to_storescp(tmp_path: Path) -> None:
     with storescp(received) as (aet, port), wecare(tmp_path / "w", {"peer": (aet, port)}) as service:
         result = storescu(service.dicom_port, [pydicom_data_file("US1_UNCR.dcm")], extra=())
         assert result.returncode == 0, result.stderr
-        wait_for(lambda: any(j["state"] == "done" for j in service.api("/api/jobs")["data"]), 180,
-                 interval=1, what="job done")
+        wait_for(lambda: _job_finished(service), 180, interval=1, what="job done")
     files = [dcmread(p) for p in received.rglob("*") if p.is_file()]
     classes = sorted(str(ds.SOPClassUID) for ds in files)
     assert COMPREHENSIVE_3D_SR in classes
