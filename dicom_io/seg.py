@@ -130,7 +130,8 @@ def _pixel_spacing(sources: Sequence[Dataset]) -> tuple[float, float]:
         region = bmode_region(tissue_regions(ds), (int(ds.Rows), int(ds.Columns)))
         if region is None or not region.is_calibrated:
             return (1.0, 1.0)
-        spacings.add((round(region.mm_per_pixel_y, 9), round(region.mm_per_pixel_x, 9)))  # type: ignore[arg-type]
+        assert region.mm_per_pixel_x is not None and region.mm_per_pixel_y is not None
+        spacings.add((round(region.mm_per_pixel_y, 9), round(region.mm_per_pixel_x, 9)))
     if len(spacings) != 1:
         return (1.0, 1.0)
     return spacings.pop()

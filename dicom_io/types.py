@@ -95,7 +95,8 @@ class Frames:
             raise TypeError("Frames.pixels must be a numpy array")
         if self.pixels.ndim != 3 or self.pixels.dtype != np.float32:
             raise ValueError(
-                f"Frames.pixels must be (N, H, W) float32, got {self.pixels.shape} {self.pixels.dtype}"
+                "Frames.pixels must be (N, H, W) float32, "
+                f"got {self.pixels.shape} {self.pixels.dtype}"
             )
         if len(self.frame_numbers) != self.pixels.shape[0]:
             raise ValueError("Frames.frame_numbers must have one number per frame in pixels")

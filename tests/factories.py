@@ -338,8 +338,8 @@ def make_us_series(
     series = str(kwargs.pop("series_instance_uid", None) or generate_uid())
     paths = []
     for index in range(count):
-        ds = make_us_dataset(
-            study_instance_uid=study, series_instance_uid=series, seed=index, **kwargs  # type: ignore[arg-type]
+        ds = make_us_dataset(  # type: ignore[arg-type]
+            study_instance_uid=study, series_instance_uid=series, seed=index, **kwargs
         )
         ds.InstanceNumber = index + 1
         paths.append(write_dataset(ds, directory / f"{index + 1:03d}.dcm"))

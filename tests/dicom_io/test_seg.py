@@ -26,7 +26,12 @@ from tests.dicom_io.conftest import real_file
 from tests.factories import lesion_mask, make_us_dataset
 
 ALGORITHM = AlgorithmInfo("wecare-multitask", "wecare-multitask 2026-11-23 ab12cd34")
-needs_dciodvfy = pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy not installed")
+
+
+def needs_dciodvfy(test):  # type: ignore[no-untyped-def]
+    """Mark a test as using the dciodvfy binary (integration; skipped when absent)."""
+    test = pytest.mark.integration(test)
+    return pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy not installed")(test)
 
 # Real sources (headers only: build_seg reads no pixels), with frames given a lesion.
 REAL_SOURCES = {

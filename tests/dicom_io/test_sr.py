@@ -24,7 +24,12 @@ from tests.dicom_io.conftest import real_file
 from tests.dicom_io.test_seg import ALGORITHM, REAL_SOURCES, _masks_for, roundtrip
 from tests.factories import MM_PER_PIXEL, lesion_mask, make_us_dataset
 
-needs_dciodvfy = pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy not installed")
+
+
+def needs_dciodvfy(test):  # type: ignore[no-untyped-def]
+    """Mark a test as using the dciodvfy binary (integration; skipped when absent)."""
+    test = pytest.mark.integration(test)
+    return pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy not installed")(test)
 MALIGNANT = StudyClassification("malignant", {"normal": 0.05, "benign": 0.25, "malignant": 0.7})
 NORMAL = StudyClassification("normal", {"normal": 0.9, "benign": 0.06, "malignant": 0.04})
 # Only our private coding scheme may draw warnings (dciodvfy knows no "99WECARE").
@@ -94,7 +99,8 @@ def test_build_sr_roundtrip_gives_classification_and_findings(kind: str) -> None
     assert ("Device Observer Model Name", ALGORITHM.version) in content["text"]
     assert ("Device Observer Manufacturer", "WeCare") in content["text"]
     # Study classification and probabilities.
-    assert ("Impression", codes.CLASS_CODES[classification.predicted_class].value) in content["code"]
+    predicted = codes.CLASS_CODES[classification.predicted_class].value
+    assert ("Impression", predicted) in content["code"]
     for name, probability in classification.probabilities.items():
         concept = codes.PROBABILITY_CODES[name].meaning
         assert content["num"][concept] == [pytest.approx(probability)]
