@@ -5,11 +5,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from pydicom.dataset import Dataset
 
-__all__ = ["dciodvfy_available", "run_dciodvfy", "validate_dataset"]
+__all__ = ["dciodvfy_available", "needs_dciodvfy", "run_dciodvfy", "validate_dataset"]
 
 
 def dciodvfy_available() -> bool:
@@ -45,3 +47,10 @@ def validate_dataset(ds: Dataset) -> tuple[list[str], list[str]]:
         path = Path(tmp) / "object.dcm"
         ds.save_as(path, enforce_file_format=True)
         return run_dciodvfy(path)
+
+
+def needs_dciodvfy(test: Callable[..., None]) -> Callable[..., None]:
+    """Decorate a test that runs dciodvfy: marked ``integration``, skipped when absent."""
+    test = pytest.mark.integration(test)
+    skip = pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy not installed")
+    return skip(test)  # type: ignore[no-any-return]

@@ -21,17 +21,11 @@ from dicom_io.seg import (
     seg_frame_for_source,
 )
 from dicom_io.uids import WECARE_MANUFACTURER, is_our_uid, output_uid
-from tests.dciodvfy import dciodvfy_available, validate_dataset
+from tests.dciodvfy import needs_dciodvfy, validate_dataset
 from tests.dicom_io.conftest import real_file
 from tests.factories import lesion_mask, make_us_dataset
 
 ALGORITHM = AlgorithmInfo("wecare-multitask", "wecare-multitask 2026-11-23 ab12cd34")
-
-
-def needs_dciodvfy(test):  # type: ignore[no-untyped-def]
-    """Mark a test as using the dciodvfy binary (integration; skipped when absent)."""
-    test = pytest.mark.integration(test)
-    return pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy not installed")(test)
 
 # Real sources (headers only: build_seg reads no pixels), with frames given a lesion.
 REAL_SOURCES = {

@@ -19,17 +19,11 @@ from dicom_io.sr import (
     build_sr,
 )
 from dicom_io.uids import output_uid
-from tests.dciodvfy import dciodvfy_available, validate_dataset
+from tests.dciodvfy import needs_dciodvfy, validate_dataset
 from tests.dicom_io.conftest import real_file
 from tests.dicom_io.test_seg import ALGORITHM, REAL_SOURCES, _masks_for, roundtrip
 from tests.factories import MM_PER_PIXEL, lesion_mask, make_us_dataset
 
-
-
-def needs_dciodvfy(test):  # type: ignore[no-untyped-def]
-    """Mark a test as using the dciodvfy binary (integration; skipped when absent)."""
-    test = pytest.mark.integration(test)
-    return pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy not installed")(test)
 MALIGNANT = StudyClassification("malignant", {"normal": 0.05, "benign": 0.25, "malignant": 0.7})
 NORMAL = StudyClassification("normal", {"normal": 0.9, "benign": 0.06, "malignant": 0.04})
 # Only our private coding scheme may draw warnings (dciodvfy knows no "99WECARE").
