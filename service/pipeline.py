@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from dicom_io.errors import DicomIOError
 from dicom_io.measure import mask_measurements
 from dicom_io.read import read_frames
-from dicom_io.seg import AlgorithmInfo, build_seg
+from dicom_io.seg import AlgorithmInfo, SegmentationInputError, build_seg
 from dicom_io.sr import LesionFinding, StudyClassification, build_sr
 from dicom_io.types import Frames, UltrasoundRegion
 from service.errors import JobError
@@ -200,14 +200,21 @@ def process_study(
         with_lesion = [i for i in indices if masks[i].any()]
         if not with_lesion:
             continue  # no SEG for a series without a lesion: the SR says "no lesion found"
-        seg = build_seg(
-            [datasets[i] for i in with_lesion],
-            [masks[i] for i in with_lesion],
-            [frames_list[i].frame_numbers for i in with_lesion],
-            algorithm,
-            SEG_SERIES_NUMBER,
-        )
-        seg_datasets.append(seg)
+        try:
+            seg_datasets.append(build_seg(
+                [datasets[i] for i in with_lesion],
+                [masks[i] for i in with_lesion],
+                [frames_list[i].frame_numbers for i in with_lesion],
+                algorithm,
+                SEG_SERIES_NUMBER,
+            ))
+        except SegmentationInputError:
+            # One SEG cannot hold this series (several cine loops, mixed sizes): one per image.
+            for i in with_lesion:
+                seg_datasets.append(build_seg(
+                    [datasets[i]], [masks[i]], [frames_list[i].frame_numbers], algorithm,
+                    SEG_SERIES_NUMBER, uid_source=kept[i].sop_instance_uid,
+                ))
 
     findings = _findings(tiles, predictions, frames_list, masks)
     sr = build_sr(datasets, seg_datasets, classification, findings, algorithm, SR_SERIES_NUMBER)

@@ -33,11 +33,12 @@ def node_id() -> str:
 class ModelProvider:
     """Loads the model once per process, on first use, and serialises access to it."""
 
-    def __init__(self, weights: Path | None, device: str, torch_threads: int | None) -> None:
+    def __init__(self, weights: Path | None, device: str, torch_threads: int | None,
+                 model: Any = None) -> None:
         self._weights = weights
         self._device = None if device == "auto" else device
         self._torch_threads = torch_threads
-        self._model: Any = None
+        self._model: Any = model  # given: used as is (tests, or a caller that loaded it)
         self._error: str | None = None
         self.lock = threading.Lock()  # guards loading
         self.predict_lock = threading.Lock()  # one predict at a time across worker threads

@@ -1,0 +1,94 @@
+"""The `wecare` command as a user runs it (subprocesses where signals and exit codes matter)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom import dcmread
+from typer.testing import CliRunner
+
+from service.cli import app
+from tests.dciodvfy import run_dciodvfy
+from tests.factories import make_us_image
+from tests.integration.peers import REPO_ROOT, wecare
+
+runner = CliRunner()
+
+
+def test_config_check_bad_key_exit_2_names_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[dicom]\nportt = 5\n")
+    result = runner.invoke(app, ["config", "check", "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert "dicom.portt: unknown key" in result.output
+
+
+def test_config_show_defaults_json() -> None:
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 0
+    shown = json.loads(result.output)
+    assert shown["dicom"]["port"] == 11112 and shown["web"]["host"] == "127.0.0.1"
+
+
+def test_db_upgrade_creates_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WECARE_STORAGE__DATA_DIR", str(tmp_path / "d"))
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "d" / "wecare.db").exists()
+
+
+def test_infer_dicom_writes_valid_seg_and_sr_and_json_lines(tmp_path: Path) -> None:
+    src = make_us_image(tmp_path / "us.dcm")
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "infer", str(src), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    image_rows = [r for r in lines if "predicted_class" in r]
+    assert len(image_rows) == 1
+    row = image_rows[0]
+    assert row["predicted_class"] in {"normal", "benign", "malignant"}
+    assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    outputs = {r["output"]: Path(r["path"]) for r in lines if "output" in r}
+    assert "sr" in outputs
+    for path in outputs.values():
+        assert run_dciodvfy(path)[0] == []
+        assert dcmread(path).Manufacturer == "WeCare"
+
+
+def test_infer_png_writes_mask_overlay_and_cam(tmp_path: Path) -> None:
+    image = np.zeros((200, 240), dtype=np.uint8) + 40
+    image[80:130, 90:160] = 200
+    Image.fromarray(image).save(tmp_path / "scan.png")
+    result = runner.invoke(app, ["infer", str(tmp_path / "scan.png"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output.strip().splitlines()[-1])
+    assert row["file"] == "scan.png" and "lesion_area_px" in row
+    mask = np.asarray(Image.open(tmp_path / "out" / "scan_mask.png"))
+    assert mask.shape == (200, 240) and set(np.unique(mask)) <= {0, 255}
+    assert (tmp_path / "out" / "scan_overlay.png").exists()
+    assert (tmp_path / "out" / "scan_cam.png").exists()
+
+
+def test_infer_unreadable_file_error_line_exit_1(tmp_path: Path) -> None:
+    bad = tmp_path / "junk.dcm"
+    bad.write_bytes(b"not dicom at all" * 10)
+    result = runner.invoke(app, ["infer", str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "error" in json.loads(result.output.strip().splitlines()[-1])
+
+
+@pytest.mark.integration
+def test_serve_sigterm_stops_cleanly_exit_0(tmp_path: Path) -> None:
+    with wecare(tmp_path, {}) as service:
+        service.proc.send_signal(signal.SIGTERM)
+        assert service.proc.wait(30) == 0
+    assert '"stopped"' in service.log_text()

@@ -1,0 +1,140 @@
+"""Worker: claim → pipeline → outputs + outbox in one transaction; failures recorded per job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from service.config import load_settings
+from service.errors import JobError
+from service.worker import ModelProvider, work_once
+from storage.db import session_scope
+from storage.files import DataDir
+from storage.instances import ReceivedInstance, record_instance
+from storage.models import Job, JobState, OutboxItem, Output
+from storage.queue import process_now
+from tests.factories import make_us_image
+from tests.service.test_pipeline import ThresholdModel
+
+
+def _receive(engine: Engine, data_dir: DataDir, tmp_path: Path, **kwargs: Any) -> int:
+    """Store one generated image as the SCP would and queue its job; returns the job id."""
+    from pydicom import dcmread
+
+    src = make_us_image(tmp_path / "src.dcm", **kwargs)
+    ds = dcmread(src, stop_before_pixels=True)
+    path = data_dir.incoming_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(src.read_bytes())
+    with session_scope(engine) as s:
+        record_instance(s, ReceivedInstance(
+            study_instance_uid=ds.StudyInstanceUID, series_instance_uid=ds.SeriesInstanceUID,
+            sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+            transfer_syntax_uid="1.2.840.10008.1.2.1", path=str(path), size_bytes=path.stat().st_size,
+        ))
+        job_id = s.scalars(select(Job.id)).one()
+        process_now(s, job_id)
+    return job_id
+
+
+def _settings(destinations: bool = True, **worker: Any) -> Any:
+    dest = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}] if destinations else []
+    return load_settings(None, destinations=dest, worker={"max_attempts": 2, **worker})
+
+
+def test_work_once_success_outputs_recorded_and_queued_for_export(
+    engine: Engine, data_dir: DataDir, tmp_path: Path
+) -> None:
+    job_id = _receive(engine, data_dir, tmp_path)
+    models = ModelProvider(None, "cpu", None, model=ThresholdModel())
+    assert work_once(_settings(), engine, data_dir, models, "host:0") == job_id
+    with session_scope(engine) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.state == JobState.EXPORTING
+        assert job.model_version == ThresholdModel.version and job.predicted_class == "malignant"
+        assert job.running_at and job.exporting_at and job.attempts == 1
+        kinds = sorted(o.kind for o in s.scalars(select(Output)))
+        assert kinds == ["seg", "sr"]
+        assert all(Path(o.path).exists() for o in s.scalars(select(Output)))
+        assert len(s.scalars(select(OutboxItem)).all()) == 2
+
+
+def test_work_once_no_destinations_job_done(engine: Engine, data_dir: DataDir, tmp_path: Path) -> None:
+    job_id = _receive(engine, data_dir, tmp_path)
+    models = ModelProvider(None, "cpu", None, model=ThresholdModel())
+    work_once(_settings(destinations=False), engine, data_dir, models, "host:0")
+    with session_scope(engine) as s:
+        assert s.get(Job, job_id).state == JobState.DONE  # type: ignore[union-attr]
+
+
+def test_work_once_empty_queue_returns_none(engine: Engine, data_dir: DataDir) -> None:
+    models = ModelProvider(None, "cpu", None, model=ThresholdModel())
+    assert work_once(_settings(), engine, data_dir, models, "host:0") is None
+
+
+class _CrashingModel(ThresholdModel):
+    def predict(self, images: Any, with_cam: bool = False) -> Any:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+
+def test_work_once_crash_retried_then_failed_after_max_attempts(
+    engine: Engine, data_dir: DataDir, tmp_path: Path
+) -> None:
+    job_id = _receive(engine, data_dir, tmp_path)
+    models = ModelProvider(None, "cpu", None, model=_CrashingModel())
+    settings = _settings()
+    work_once(settings, engine, data_dir, models, "host:0")
+    with session_scope(engine) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.state == JobState.QUEUED and job.error_code == "internal_error"
+    work_once(settings, engine, data_dir, models, "host:0")
+    with session_scope(engine) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.state == JobState.FAILED and job.attempts == 2
+        assert "out of memory" in (job.error or "")
+
+
+def test_work_once_undecodable_study_fails_without_retry(
+    engine: Engine, data_dir: DataDir, tmp_path: Path
+) -> None:
+    job_id = _receive(engine, data_dir, tmp_path)
+    with session_scope(engine) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        path = Path(job.study.instances[0].path)
+    path.write_bytes(path.read_bytes()[:1500])
+    work_once(_settings(), engine, data_dir, ModelProvider(None, "cpu", None, model=ThresholdModel()),
+              "host:0")
+    with session_scope(engine) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.state == JobState.FAILED
+        assert job.error_code == "no_processable_images" and job.attempts == 1
+
+
+def test_model_provider_load_failure_is_retryable_job_error(tmp_path: Path) -> None:
+    provider = ModelProvider(tmp_path / "missing.pt", "cpu", None)
+    with pytest.raises(JobError) as info:
+        provider.get()
+    assert info.value.retryable and info.value.code == "model_unavailable"
+    assert provider.error and not provider.loaded
+
+
+def test_work_once_lease_lost_result_discarded(engine: Engine, data_dir: DataDir, tmp_path: Path) -> None:
+    """If the job was re-queued under the worker (lease expired), its late result is not recorded."""
+    job_id = _receive(engine, data_dir, tmp_path)
+
+    class _SlowModel(ThresholdModel):
+        def predict(self, images: Any, with_cam: bool = False) -> Any:
+            with session_scope(engine) as s:  # another process took over meanwhile
+                job = s.get(Job, job_id)
+                assert job is not None
+                job.state, job.claimed_by = JobState.QUEUED, None
+            return super().predict(images, with_cam)
+
+    work_once(_settings(), engine, data_dir, ModelProvider(None, "cpu", None, model=_SlowModel()), "host:0")
+    with session_scope(engine) as s:
+        assert s.get(Job, job_id).state == JobState.QUEUED  # type: ignore[union-attr]
+        assert s.scalars(select(Output)).all() == []
