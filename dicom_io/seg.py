@@ -19,8 +19,8 @@ of the source is changed and no source shares that Frame of Reference, so the SE
 no spatial relation to anything else; the frame-to-frame link stays where PS3.3 A.51.5.1
 puts it for sources without a Frame of Reference: the per-frame Derivation Image
 Sequence (Source Image Sequence with Referenced Frame Number). Sources that already carry
-a complete patient geometry (Frame of Reference, position, orientation, spacing) are
-passed to highdicom unchanged.
+a complete patient geometry (Frame of Reference, position, orientation, spacing, distinct
+positions) are passed to highdicom unchanged.
 """
 
 from __future__ import annotations
@@ -299,7 +299,10 @@ def build_seg(
     if uid_source is not None and (not isinstance(uid_source, str) or not uid_source):
         raise ValueError("uid_source must be a non-empty str or None")
     series_uid = uid_source or str(kept_sources[0].SeriesInstanceUID)
-    if all(_has_patient_geometry(ds) for ds in kept_sources):
+    positions = {tuple(float(v) for v in ds.get("ImagePositionPatient", [])) for ds in kept_sources}
+    if all(_has_patient_geometry(ds) for ds in kept_sources) and len(positions) == len(
+        kept_sources
+    ):
         proxies = [source_header(ds) for ds in kept_sources]
         for proxy in proxies:
             if "SliceThickness" not in proxy:

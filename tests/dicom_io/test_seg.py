@@ -190,6 +190,32 @@ def test_build_seg_source_with_patient_geometry_keeps_its_frame_of_reference() -
     assert [float(v) for v in position.ImagePositionPatient] == [10.0, 20.0, 30.0]
 
 
+def test_build_seg_sources_at_same_position_get_synthetic_geometry() -> None:
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    sources = []
+    for index in range(2):
+        ds = make_us_dataset(study_instance_uid=study, series_instance_uid=series, seed=index,
+                             frame_of_reference=True)
+        ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [0.1, 0.1]
+        sources.append(ds)
+    seg = build_seg(sources, [lesion_mask()[np.newaxis]] * 2, [[1], [1]], ALGORITHM, 900)
+    assert int(seg.NumberOfFrames) == 2
+    assert seg.FrameOfReferenceUID == output_uid(series, ALGORITHM.version,
+                                                 "seg-frame-of-reference")
+
+
+def test_build_seg_retired_sop_class_source_referenced_with_its_class() -> None:
+    source = make_us_dataset(sop_class_uid="1.2.840.10008.5.1.4.1.1.6")
+    seg = build_seg([source], [lesion_mask()[np.newaxis]], [[1]], ALGORITHM, 900)
+    frame_ref = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+    assert frame_ref.SourceImageSequence[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.6"
+    series_ref = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert series_ref.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.6"
+    assert source.SOPClassUID == "1.2.840.10008.5.1.4.1.1.6"
+
+
 def test_build_seg_all_masks_empty_raises_empty_segmentation() -> None:
     with pytest.raises(EmptySegmentationError, match="no frame contains a lesion") as info:
         build_seg([make_us_dataset()], [np.zeros((1, 256, 320), bool)], [[1]], ALGORITHM, 900)
