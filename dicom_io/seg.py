@@ -8,24 +8,23 @@ Orientation functional group, which OHIF 3 cannot display (see
 ``shared/tools/viewer-check/README.md``) and (b) accepts only one source frame
 (highdicom issue #284), so a cine clip cannot be segmented at all.
 
-We therefore give the SEG its own, explicitly synthetic planar geometry (the approach
-suggested in highdicom #284): highdicom receives header-only copies of the sources to
-which we add a new Frame of Reference UID that belongs to this SEG only (derived from the
-source series and model version), Image Orientation (Patient) 1\\0\\0\\0\\1\\0 (the
-orientation viewers assume for images without one), Image Position (Patient) 0\\0\\-k for
-the k-th source frame, Slice Thickness 1 and, as Pixel Spacing, the calibration of the B-mode region
-(Physical Delta X/Y) when every source shares one, else 1\\1 (pixel units). No attribute
-of the source is changed and no source shares that Frame of Reference, so the SEG claims
-no spatial relation to anything else; the frame-to-frame link stays where PS3.3 A.51.5.1
-puts it for sources without a Frame of Reference: the per-frame Derivation Image
-Sequence (Source Image Sequence with Referenced Frame Number). Sources that already carry
-a complete patient geometry (Frame of Reference, position, orientation, spacing, distinct
-positions) are passed to highdicom unchanged.
+We therefore give the SEG its own, explicitly synthetic planar geometry: highdicom
+receives header-only copies of the sources to which we add a new Frame of Reference UID
+that belongs to this SEG only (derived from the source series and model version), Image
+Orientation (Patient) 1\\0\\0\\0\\1\\0 (the orientation viewers assume for images
+without one), Image Position (Patient) 0\\0\\-k for the k-th source frame, Slice
+Thickness 1 and, as Pixel Spacing, the calibration of the B-mode region (Physical Delta
+X/Y) when every source shares one, else 1\\1 (pixel units). No attribute of the source
+is changed and no source shares that Frame of Reference, so the SEG claims no spatial
+relation to anything else; the frame-to-frame link stays where PS3.3 A.51.5.1 puts it
+for sources without a Frame of Reference: the per-frame Derivation Image Sequence
+(Source Image Sequence with Referenced Frame Number). Sources that already carry a
+complete patient geometry (Frame of Reference, position, orientation, pixel spacing,
+slice thickness, distinct positions) are passed to highdicom unchanged.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -119,8 +118,9 @@ def _has_patient_geometry(ds: Dataset) -> bool:
             "ImagePositionPatient",
             "ImageOrientationPatient",
             "PixelSpacing",
+            "SliceThickness",  # required in Pixel Measures once there is a Frame of Reference
         )
-    )
+    ) and ds.SliceThickness not in (None, "")
 
 
 def _pixel_spacing(sources: Sequence[Dataset]) -> tuple[float, float]:
@@ -304,9 +304,6 @@ def build_seg(
         kept_sources
     ):
         proxies = [source_header(ds) for ds in kept_sources]
-        for proxy in proxies:
-            if "SliceThickness" not in proxy:
-                proxy.SliceThickness = None
     else:
         proxies = _with_synthetic_geometry(
             kept_sources, output_uid(series_uid, algorithm.version, "seg-frame-of-reference")

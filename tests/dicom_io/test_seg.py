@@ -206,6 +206,23 @@ def test_build_seg_sources_at_same_position_get_synthetic_geometry() -> None:
                                                  "seg-frame-of-reference")
 
 
+@needs_dciodvfy
+@pytest.mark.parametrize("slice_thickness", [2.0, None])
+def test_build_seg_source_patient_geometry_passes_dciodvfy(slice_thickness: float | None
+                                                           ) -> None:
+    source = make_us_dataset(frame_of_reference=True)
+    source.ImagePositionPatient = [0.0, 0.0, 0.0]
+    source.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    source.PixelSpacing = [0.1, 0.1]
+    if slice_thickness is not None:
+        source.SliceThickness = slice_thickness
+    seg = build_seg([source], [lesion_mask()[np.newaxis]], [[1]], ALGORITHM, 900)
+    native = slice_thickness is not None
+    assert (seg.FrameOfReferenceUID == source.FrameOfReferenceUID) == native
+    assert validate_dataset(seg) == ([], [])
+    hd.seg.Segmentation.from_dataset(roundtrip(seg))
+
+
 def test_build_seg_retired_sop_class_source_referenced_with_its_class() -> None:
     source = make_us_dataset(sop_class_uid="1.2.840.10008.5.1.4.1.1.6")
     seg = build_seg([source], [lesion_mask()[np.newaxis]], [[1]], ALGORITHM, 900)
