@@ -157,7 +157,9 @@ def make_us_dataset(
     frame_of_reference: bool
         Add a Frame of Reference UID (most US has none).
 
-    The ground-truth lesion mask is :func:`lesion_mask` with the same arguments.
+    The ground-truth lesion mask is :func:`lesion_mask` with the same arguments. The
+    defaults, RGB and PALETTE COLOR pass dciodvfy without findings; 16 bit and uncompressed
+    YBR_FULL are outside the US Image IOD (PS3.3 C.8.5.6) and exist to test the reader.
     """
     photometric = photometric.upper()
     if bits not in (8, 16):
@@ -176,7 +178,7 @@ def make_us_dataset(
     ds.SOPInstanceUID = sop_instance_uid or generate_uid()
     ds.StudyInstanceUID = study_instance_uid or generate_uid()
     ds.SeriesInstanceUID = series_instance_uid or generate_uid()
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "", "0001"]
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "BREAST", "0001"]
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20261123"
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "101500"
     ds.Modality = "US"
@@ -213,11 +215,12 @@ def make_us_dataset(
         ds.PlanarConfiguration = 0
     elif photometric == "PALETTE COLOR":
         # Index i maps to grey level 255 - i: the LUT matters (identity would hide bugs).
+        # 16 bit LUT entries, as the US Palette Color module requires.
         data = (255 - np.round(gray * 255)).astype(np.uint8)
-        lut = (255 - np.arange(256)).astype(np.uint16)
+        lut = ((255 - np.arange(256)) * 257).astype(np.uint16)
         ds.SamplesPerPixel = 1
         for colour in ("Red", "Green", "Blue"):
-            setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 8])
+            setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
             setattr(ds, f"{colour}PaletteColorLookupTableData", lut.astype("<u2").tobytes())
     else:
         raise ValueError(f"Unsupported photometric {photometric!r}")
