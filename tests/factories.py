@@ -194,6 +194,8 @@ def make_us_dataset(
     ds.BodyPartExamined = "BREAST"
     if laterality is not None:
         ds.ImageLaterality = laterality
+    else:
+        ds.Laterality = ""  # Type 2C for a paired body part: present, unknown
     if frame_of_reference:
         ds.FrameOfReferenceUID = generate_uid()
         ds.PositionReferenceIndicator = ""

@@ -345,3 +345,18 @@ def test_dicom_io_imports_no_torch_database_or_network() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, cwd=Path(__file__).parents[2])
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"frames": 3}, {"photometric": "RGB"}, {"photometric": "PALETTE COLOR"},
+     {"regions": False, "laterality": None}],
+    ids=["default", "multiframe", "rgb", "palette", "plain"],
+)
+def test_make_us_image_variants_pass_dciodvfy(tmp_path: Path, kwargs: dict) -> None:
+    from tests.dciodvfy import dciodvfy_available, run_dciodvfy
+
+    if not dciodvfy_available():
+        pytest.skip("dciodvfy not installed")
+    errors, warnings = run_dciodvfy(make_us_image(tmp_path / "us.dcm", **kwargs))
+    assert (errors, warnings) == ([], [])
