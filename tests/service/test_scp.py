@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
@@ -135,3 +136,31 @@ def test_store_dcmtk_storescu_several_files_all_stored(scp: tuple[int, StoreCont
         assert result.returncode == 0, result.stderr
     files = uncompressed + jpeg2000
     assert _count(engine, Instance) == len({dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files})
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    ["implicit", "explicit", "big-endian", "deflate", "jpeg-baseline", "jpeg-lossless", "jpeg-ls",
+     "jpeg2000-lossless", "jpeg2000", "rle"],
+)
+@pytest.mark.parametrize(
+    "sop_class",
+    ["1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1", "1.2.840.10008.5.1.4.1.1.7"],
+    ids=["us", "us-multiframe", "secondary-capture"],
+)
+def test_store_each_sop_class_and_transfer_syntax_accepted_as_sent(
+    scp: tuple[int, StoreContext], engine: Engine, tmp_path: Path, syntax: str, sop_class: str
+) -> None:
+    from tests.factories import TRANSFER_SYNTAXES, make_us_image
+
+    frames = 3 if sop_class.endswith("3.1") else 1
+    path = make_us_image(tmp_path / "x.dcm", transfer_syntax=syntax, frames=frames,
+                         sop_class_uid=sop_class)
+    ds = dcmread(path)
+    assert _send(scp[0], ds) == StoreStatus.SUCCESS
+    with session_scope(engine) as s:
+        row = s.scalars(select(Instance)).one()
+        assert row.transfer_syntax_uid == TRANSFER_SYNTAXES[syntax]
+        assert row.skip_reason is None
+    stored = dcmread(row.path)
+    assert stored.file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES[syntax]
