@@ -78,7 +78,8 @@ def start_background(runtime: Runtime, *, scp: bool = True, workers: bool = True
     loops: list[tuple[str, Any, tuple[Any, ...]]] = [
         ("stability", run_stability, (runtime.engine, s.study.stable_seconds, runtime.stop)),
     ]
-    if workers:
+    if workers and s.worker.count:
+        loops.append(("model-preload", _preload_model, (runtime.models,)))
         for n in range(s.worker.count):
             loops.append((f"worker-{n}", run_worker, (
                 s, runtime.engine, runtime.data_dir, runtime.models, runtime.stop,
@@ -89,6 +90,14 @@ def start_background(runtime: Runtime, *, scp: bool = True, workers: bool = True
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         runtime.threads.append(thread)
+
+
+def _preload_model(models: ModelProvider) -> None:
+    """Load the model at start so the first study does not wait for it and /health says so."""
+    try:
+        models.get()
+    except Exception:  # noqa: BLE001 - the error is kept on the provider and shown on /health
+        log.error("model could not be loaded at start: %s", models.error)
 
 
 def stop_background(runtime: Runtime, timeout: float = 30.0) -> None:
