@@ -79,8 +79,15 @@ def _repair_dates_and_times(ds: Dataset) -> None:
     # (highdicom raises, validators flag them): normalise them, or leave the Type 2
     # attribute empty when still invalid. Single-valued Type 2 study attributes with
     # several values keep the first (e.g. Accession Number "PR\\US").
-    for keyword in ("StudyDate", "StudyTime", "SeriesDate", "SeriesTime",
-                    "PatientBirthDate", "ContentDate", "ContentTime"):
+    for keyword in (
+        "StudyDate",
+        "StudyTime",
+        "SeriesDate",
+        "SeriesTime",
+        "PatientBirthDate",
+        "ContentDate",
+        "ContentTime",
+    ):
         value = ds.get(keyword)
         if value in (None, ""):
             continue

@@ -58,11 +58,7 @@ def mask_measurements(
     )
     rows, cols = np.nonzero(mask & ~interior)
     corners = np.concatenate(
-        [
-            np.stack([cols + dx, rows + dy], axis=1)
-            for dx in (0, 1)
-            for dy in (0, 1)
-        ]
+        [np.stack([cols + dx, rows + dy], axis=1) for dx in (0, 1) for dy in (0, 1)]
     ).astype(np.float64)
     corners = np.unique(corners, axis=0)
     points = corners * np.array([mm_per_pixel_x, mm_per_pixel_y], dtype=np.float64)

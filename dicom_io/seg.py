@@ -111,16 +111,20 @@ def _number_of_frames(ds: Dataset) -> int:
 
 def _has_patient_geometry(ds: Dataset) -> bool:
     # Complete single-frame patient geometry that highdicom can use as is.
-    return _number_of_frames(ds) == 1 and all(
-        keyword in ds
-        for keyword in (
-            "FrameOfReferenceUID",
-            "ImagePositionPatient",
-            "ImageOrientationPatient",
-            "PixelSpacing",
-            "SliceThickness",  # required in Pixel Measures once there is a Frame of Reference
+    return (
+        _number_of_frames(ds) == 1
+        and all(
+            keyword in ds
+            for keyword in (
+                "FrameOfReferenceUID",
+                "ImagePositionPatient",
+                "ImageOrientationPatient",
+                "PixelSpacing",
+                "SliceThickness",  # required in Pixel Measures once there is a Frame of Reference
+            )
         )
-    ) and ds.SliceThickness not in (None, "")
+        and ds.SliceThickness not in (None, "")
+    )
 
 
 def _pixel_spacing(sources: Sequence[Dataset]) -> tuple[float, float]:
@@ -147,9 +151,14 @@ def _with_synthetic_geometry(
         proxy = source_header(ds)
         proxy.FrameOfReferenceUID = frame_of_reference_uid
         proxy.PositionReferenceIndicator = ""
-        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
-                        "SliceThickness", "SharedFunctionalGroupsSequence",
-                        "PerFrameFunctionalGroupsSequence"):
+        for keyword in (
+            "ImagePositionPatient",
+            "ImageOrientationPatient",
+            "PixelSpacing",
+            "SliceThickness",
+            "SharedFunctionalGroupsSequence",
+            "PerFrameFunctionalGroupsSequence",
+        ):
             if keyword in proxy:
                 delattr(proxy, keyword)
         if _number_of_frames(ds) == 1:
@@ -288,8 +297,7 @@ def build_seg(
     multi = [ds for ds in kept_sources if _number_of_frames(ds) > 1]
     if multi and len(kept_sources) > 1:
         raise SegmentationInputError(
-            "lesions on a multi-frame instance and on other instances: build one SEG per "
-            "instance"
+            "lesions on a multi-frame instance and on other instances: build one SEG per instance"
         )
 
     if len({(int(ds.Rows), int(ds.Columns)) for ds in kept_sources}) > 1:

@@ -69,7 +69,7 @@ def is_our_uid(uid: object) -> bool:
     text = str(uid or "").strip()
     if not text.startswith(WECARE_UID_ROOT):
         return False
-    digits = text[len(WECARE_UID_ROOT):]
+    digits = text[len(WECARE_UID_ROOT) :]
     if not digits.isdigit() or (len(digits) > 1 and digits[0] == "0"):
         return False
     value = int(digits)

@@ -5,21 +5,22 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from service.config import ConfigError, Settings, load_settings, masked
 
-app = typer.Typer(help="WeCare: breast-ultrasound AI for the PACS.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="WeCare: breast-ultrasound AI for the PACS.", no_args_is_help=True, add_completion=False
+)
 db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 
 ConfigOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--config", "-c", help="TOML config file; env WECARE_<SECTION>__<KEY> overrides"),
 ]
 
@@ -67,10 +68,11 @@ def config_check(config: ConfigOption = None) -> None:
 
 @app.command()
 def infer(
-    files: Annotated[list[Path], typer.Argument(help="DICOM, PNG or JPEG files", exists=True,
-                                                dir_okay=False)],
+    files: Annotated[
+        list[Path], typer.Argument(help="DICOM, PNG or JPEG files", exists=True, dir_okay=False)
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder")],
-    weights: Annotated[Optional[Path], typer.Option(help="Model weights (default: bundled)")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Model weights (default: bundled)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     explain: Annotated[bool, typer.Option(help="Also write Grad-CAM maps")] = True,
 ) -> None:
@@ -80,24 +82,34 @@ def infer(
     """
     from service.infer import run_infer
 
-    code = run_infer(files, out, weights=weights, device=None if device == "auto" else device,
-                     explain=explain, echo=typer.echo)
+    code = run_infer(
+        files,
+        out,
+        weights=weights,
+        device=None if device == "auto" else device,
+        explain=explain,
+        echo=typer.echo,
+    )
     raise typer.Exit(code)
 
 
 @app.command()
 def train(
     data_dir: Annotated[list[Path], typer.Option("--data-dir", help="Dataset folder (repeat)")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints and logs")] = Path("runs/train"),
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints and logs")] = Path(
+        "runs/train"
+    ),
     epochs: Annotated[int, typer.Option(help="Epochs")] = 60,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this long")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this long")] = None,
     image_size: Annotated[int, typer.Option(help="Square input size in pixels")] = 192,
     batch_size: Annotated[int, typer.Option(help="Batch size")] = 16,
     lr: Annotated[float, typer.Option(help="Learning rate")] = 1e-3,
     seg_loss: Annotated[str, typer.Option(help="dice, dicebce, focal or tversky")] = "dicebce",
     arch: Annotated[str, typer.Option(help="multitask or separate")] = "multitask",
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
-    resume: Annotated[bool, typer.Option(help="Resume from the run folder's last checkpoint")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Resume from the run folder's last checkpoint")
+    ] = False,
     num_threads: Annotated[int, typer.Option(help="Torch CPU threads")] = 2,
 ) -> None:
     """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
@@ -105,9 +117,18 @@ def train(
     from inference.train import train as run_train
 
     cfg = TrainConfig(
-        data_dirs=list(data_dir), out_dir=out, epochs=epochs, max_minutes=max_minutes,
-        image_size=image_size, batch_size=batch_size, lr=lr, seg_loss=seg_loss, arch=arch,
-        seed=seed, resume=resume, num_threads=num_threads,
+        data_dirs=list(data_dir),
+        out_dir=out,
+        epochs=epochs,
+        max_minutes=max_minutes,
+        image_size=image_size,
+        batch_size=batch_size,
+        lr=lr,
+        seg_loss=seg_loss,
+        arch=arch,
+        seed=seed,
+        resume=resume,
+        num_threads=num_threads,
     )
     best = run_train(cfg)
     typer.echo(f"best checkpoint: {best}")
@@ -115,10 +136,14 @@ def train(
 
 @app.command()
 def evaluate(
-    data_dir: Annotated[Path, typer.Argument(help="Folder laid out like BUSI or BUS-BRA",
-                                             exists=True, file_okay=False)],
-    as_json: Annotated[bool, typer.Option("--json", help="Last stdout line is one JSON object")] = False,
-    weights: Annotated[Optional[Path], typer.Option(help="Model weights (default: bundled)")] = None,
+    data_dir: Annotated[
+        Path,
+        typer.Argument(help="Folder laid out like BUSI or BUS-BRA", exists=True, file_okay=False),
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Last stdout line is one JSON object")
+    ] = False,
+    weights: Annotated[Path | None, typer.Option(help="Model weights (default: bundled)")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for 95% intervals")] = 1000,
 ) -> None:
     """Measure the models on a labelled folder: Dice, IoU, accuracy, AUC, ECE, with intervals."""

@@ -49,7 +49,9 @@ class DicomSettings(_Section):
 
 
 class StorageSettings(_Section):
-    data_dir: Path = Field(Path("./wecare-data"), description="Data directory (files, SQLite, logs)")
+    data_dir: Path = Field(
+        Path("./wecare-data"), description="Data directory (files, SQLite, logs)"
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/wecare.db"
     )
@@ -78,7 +80,9 @@ class WorkerSettings(_Section):
     max_attempts: int = Field(3, ge=1, description="Processing tries before a job is failed")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device")
     weights: Path | None = Field(None, description="Model weights; default: the bundled ones")
-    torch_threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: torch's)")
+    torch_threads: int | None = Field(
+        None, ge=1, description="Torch CPU threads (default: torch's)"
+    )
     explain: bool = Field(True, description="Compute Grad-CAM maps for the dashboard")
 
 

@@ -42,10 +42,14 @@ def export_once(settings: Settings, engine: Engine) -> int:
     for name, rows in by_destination.items():
         destination = destinations.get(name)
         if destination is None:
-            results = [SendResult(p, None, f"destination {name!r} is not configured") for _, p in rows]
+            results = [
+                SendResult(p, None, f"destination {name!r} is not configured") for _, p in rows
+            ]
         else:
             results = send_files(
-                destination, [p for _, p in rows], calling_ae_title=settings.dicom.ae_title,
+                destination,
+                [p for _, p in rows],
+                calling_ae_title=settings.dicom.ae_title,
                 timeout_seconds=settings.export.timeout_seconds,
             )
         by_path = {r.path: r for r in results}
@@ -56,8 +60,12 @@ def export_once(settings: Settings, engine: Engine) -> int:
                 if item is None:
                     continue
                 record_attempt(
-                    session, item, delivered=result.delivered, status=result.status,
-                    error=result.error, policy=policy,
+                    session,
+                    item,
+                    delivered=result.delivered,
+                    status=result.status,
+                    error=result.error,
+                    policy=policy,
                 )
         sent = sum(1 for r in results if r.delivered)
         log.info("export to %s: %d of %d delivered", name, sent, len(rows))
@@ -69,7 +77,7 @@ def run_exporter(settings: Settings, engine: Engine, stop: threading.Event) -> N
     while not stop.is_set():
         try:
             tried = export_once(settings, engine)
-        except Exception:  # noqa: BLE001 - the loop must outlive a database hiccup
+        except Exception:
             log.exception("exporter round failed")
             tried = 0
         if not tried:

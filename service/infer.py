@@ -26,8 +26,13 @@ def _is_dicom(path: Path) -> bool:
 
 
 def run_infer(
-    files: Sequence[Path], out: Path, *, weights: Path | None = None, device: str | None = None,
-    explain: bool = True, echo: Callable[[str], None] = print,
+    files: Sequence[Path],
+    out: Path,
+    *,
+    weights: Path | None = None,
+    device: str | None = None,
+    explain: bool = True,
+    echo: Callable[[str], None] = print,
 ) -> int:
     """Process `files` into `out`; print one JSON line per image. Returns an exit code."""
     from inference.model import Model
@@ -47,7 +52,11 @@ def run_infer(
             studies[str(ds.StudyInstanceUID)].append(source)
             names[source.sop_instance_uid] = path.name
         except (InvalidDicomError, AttributeError, OSError) as exc:
-            echo(json.dumps({"file": path.name, "error": f"not a readable DICOM file: {type(exc).__name__}"}))
+            echo(
+                json.dumps(
+                    {"file": path.name, "error": f"not a readable DICOM file: {type(exc).__name__}"}
+                )
+            )
             failures += 1
     for sources in studies.values():
         try:
@@ -58,13 +67,22 @@ def run_infer(
             failures += len(sources)
             continue
         for row in result.results:
-            echo(json.dumps({
-                "file": names.get(row["sop_instance_uid"]), "frame": row["frame"],
-                "predicted_class": row["predicted_class"], "probabilities": row["probabilities"],
-                "lesion_area_px": row["lesion_area_px"], "lesion_area_mm2": row["lesion_area_mm2"],
-                "long_axis_mm": row["long_axis_mm"], "short_axis_mm": row["short_axis_mm"],
-                "model_version": model.version, "model_status": model.status,
-            }))
+            echo(
+                json.dumps(
+                    {
+                        "file": names.get(row["sop_instance_uid"]),
+                        "frame": row["frame"],
+                        "predicted_class": row["predicted_class"],
+                        "probabilities": row["probabilities"],
+                        "lesion_area_px": row["lesion_area_px"],
+                        "lesion_area_mm2": row["lesion_area_mm2"],
+                        "long_axis_mm": row["long_axis_mm"],
+                        "short_axis_mm": row["short_axis_mm"],
+                        "model_version": model.version,
+                        "model_status": model.status,
+                    }
+                )
+            )
         for skipped in result.skipped:
             echo(json.dumps({"error": skipped["reason"]}))
             failures += 1
@@ -73,25 +91,34 @@ def run_infer(
     return 1 if failures else 0
 
 
-def _infer_picture(path: Path, out: Path, model: object, explain: bool,
-                   echo: Callable[[str], None]) -> int:
+def _infer_picture(
+    path: Path, out: Path, model: object, explain: bool, echo: Callable[[str], None]
+) -> int:
     """PNG/JPEG: mask PNG (0/255), overlay PNG, Grad-CAM PNG. Returns 1 on failure."""
     try:
         with Image.open(path) as img:
             gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as exc:
-        echo(json.dumps({"file": path.name, "error": f"not a readable image: {type(exc).__name__}"}))
+        echo(
+            json.dumps({"file": path.name, "error": f"not a readable image: {type(exc).__name__}"})
+        )
         return 1
     pred = model.predict([gray], with_cam=explain)[0]  # type: ignore[attr-defined]
     stem = path.stem
-    Image.fromarray((pred.mask.astype(np.uint8) * 255)).save(out / f"{stem}_mask.png")
+    Image.fromarray(pred.mask.astype(np.uint8) * 255).save(out / f"{stem}_mask.png")
     save_png(out / f"{stem}_overlay.png", mask_overlay(gray, pred.mask), max_side=4096)
     if pred.cam is not None:
         save_png(out / f"{stem}_cam.png", cam_overlay(gray, pred.cam), max_side=4096)
-    echo(json.dumps({
-        "file": path.name, "predicted_class": pred.predicted_class,
-        "probabilities": {k: round(float(v), 4) for k, v in pred.probabilities.items()},
-        "lesion_area_px": int(pred.mask.sum()),
-        "model_version": model.version, "model_status": model.status,  # type: ignore[attr-defined]
-    }))
+    echo(
+        json.dumps(
+            {
+                "file": path.name,
+                "predicted_class": pred.predicted_class,
+                "probabilities": {k: round(float(v), 4) for k, v in pred.probabilities.items()},
+                "lesion_area_px": int(pred.mask.sum()),
+                "model_version": model.version,
+                "model_status": model.status,  # type: ignore[attr-defined]
+            }
+        )
+    )
     return 0

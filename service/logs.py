@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
@@ -53,7 +53,7 @@ class _ContextFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -67,19 +67,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(level: str = "INFO", json_format: bool = True, log_dir: Path | None = None) -> None:
+def setup_logging(
+    level: str = "INFO", json_format: bool = True, log_dir: Path | None = None
+) -> None:
     """Configure the root logger once per process: stderr, and a rotating file when asked."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     formatter: logging.Formatter = (
-        JsonFormatter() if json_format
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [job=%(job_id)s uid=%(uid_hash)s] %(message)s")
+        JsonFormatter()
+        if json_format
+        else logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s [job=%(job_id)s uid=%(uid_hash)s] %(message)s"
+        )
     )
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(RotatingFileHandler(log_dir / "wecare.log", maxBytes=20_000_000, backupCount=5))
+        handlers.append(
+            RotatingFileHandler(log_dir / "wecare.log", maxBytes=20_000_000, backupCount=5)
+        )
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(_ContextFilter())

@@ -141,11 +141,16 @@ def process_study(
             kept.append(source)
         except DicomIOError as exc:
             code = getattr(exc, "code", "undecodable")
-            skipped.append({"uid_hash": uid_hash(source.sop_instance_uid), "reason": f"{code}: {exc}"})
+            skipped.append(
+                {"uid_hash": uid_hash(source.sop_instance_uid), "reason": f"{code}: {exc}"}
+            )
             log.warning("image %s not processed: %s", uid_hash(source.sop_instance_uid), code)
     if not frames_list:
-        raise JobError("no_processable_images", "no image of the study could be decoded"
-                       + (f" ({skipped[0]['reason']})" if skipped else ""))
+        raise JobError(
+            "no_processable_images",
+            "no image of the study could be decoded"
+            + (f" ({skipped[0]['reason']})" if skipped else ""),
+        )
     timings["decode"] += time.perf_counter() - tick
 
     tiles: list[_Tile] = []
@@ -159,7 +164,9 @@ def process_study(
     for start in range(0, len(tiles), PREDICT_BATCH):
         batch = tiles[start : start + PREDICT_BATCH]
         crops = [
-            frames_list[t.source_index].pixels[t.frame_index, t.box[0]:t.box[1], t.box[2]:t.box[3]]
+            frames_list[t.source_index].pixels[
+                t.frame_index, t.box[0] : t.box[1], t.box[2] : t.box[3]
+            ]
             for t in batch
         ]
         predictions.extend(model.predict(crops, with_cam=explain))
@@ -196,25 +203,33 @@ def process_study(
 
     outputs: list[WrittenOutput] = []
     seg_datasets: list[Dataset] = []
-    for series_uid, indices in by_series.items():
+    for indices in by_series.values():
         with_lesion = [i for i in indices if masks[i].any()]
         if not with_lesion:
             continue  # no SEG for a series without a lesion: the SR says "no lesion found"
         try:
-            seg_datasets.append(build_seg(
-                [datasets[i] for i in with_lesion],
-                [masks[i] for i in with_lesion],
-                [frames_list[i].frame_numbers for i in with_lesion],
-                algorithm,
-                SEG_SERIES_NUMBER,
-            ))
+            seg_datasets.append(
+                build_seg(
+                    [datasets[i] for i in with_lesion],
+                    [masks[i] for i in with_lesion],
+                    [frames_list[i].frame_numbers for i in with_lesion],
+                    algorithm,
+                    SEG_SERIES_NUMBER,
+                )
+            )
         except SegmentationInputError:
             # One SEG cannot hold this series (several cine loops, mixed sizes): one per image.
             for i in with_lesion:
-                seg_datasets.append(build_seg(
-                    [datasets[i]], [masks[i]], [frames_list[i].frame_numbers], algorithm,
-                    SEG_SERIES_NUMBER, uid_source=kept[i].sop_instance_uid,
-                ))
+                seg_datasets.append(
+                    build_seg(
+                        [datasets[i]],
+                        [masks[i]],
+                        [frames_list[i].frame_numbers],
+                        algorithm,
+                        SEG_SERIES_NUMBER,
+                        uid_source=kept[i].sop_instance_uid,
+                    )
+                )
 
     findings = _findings(tiles, predictions, frames_list, masks)
     sr = build_sr(datasets, seg_datasets, classification, findings, algorithm, SR_SERIES_NUMBER)
@@ -227,10 +242,13 @@ def process_study(
         ds.save_as(buf, enforce_file_format=True)
         write_atomic(path, buf.getvalue())
         outputs.append(
-            WrittenOutput(kind, str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID),
-                          str(ds.SOPClassUID), path)
+            WrittenOutput(
+                kind, str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID), path
+            )
         )
-    results = _previews_and_results(tiles, predictions, frames_list, masks, cams, kept, out_dir / "preview")
+    results = _previews_and_results(
+        tiles, predictions, frames_list, masks, cams, kept, out_dir / "preview"
+    )
     timings["store"] += time.perf_counter() - tick
     return StudyResult(
         outputs=outputs,
@@ -252,7 +270,9 @@ def _measure(mask: np.ndarray, tile: _Tile) -> tuple[float | None, float | None,
 
 
 def _findings(
-    tiles: Sequence[_Tile], predictions: Sequence[Any], frames_list: Sequence[Frames],
+    tiles: Sequence[_Tile],
+    predictions: Sequence[Any],
+    frames_list: Sequence[Frames],
     masks: Sequence[np.ndarray],
 ) -> list[LesionFinding]:
     """One finding per source instance with a lesion: its frame with the largest lesion."""
@@ -282,11 +302,16 @@ def _findings(
 
 
 def _previews_and_results(
-    tiles: Sequence[_Tile], predictions: Sequence[Any], frames_list: Sequence[Frames],
-    masks: Sequence[np.ndarray], cams: dict[tuple[int, int], np.ndarray],
-    sources: Sequence[SourceImage], preview_dir: Path, max_frames: int = 4,
+    tiles: Sequence[_Tile],
+    predictions: Sequence[Any],
+    frames_list: Sequence[Frames],
+    masks: Sequence[np.ndarray],
+    cams: dict[tuple[int, int], np.ndarray],
+    sources: Sequence[SourceImage],
+    preview_dir: Path,
+    max_frames: int = 4,
 ) -> list[dict[str, Any]]:
-    """Per-frame rows for the dashboard, with overlay PNGs for the first few frames of each image."""
+    """Per-frame rows for the dashboard, with overlay PNGs of the first frames of each image."""
     rows: list[dict[str, Any]] = []
     for tile, pred in zip(tiles, predictions, strict=True):
         frames = frames_list[tile.source_index]
@@ -296,23 +321,27 @@ def _previews_and_results(
         name = f"{tile.source_index:03d}_{tile.frame_number:04d}"
         image = frames.pixels[tile.frame_index]
         mask_png, cam_png = f"{name}_mask.png", None
-        save_png(preview_dir / mask_png, mask_overlay(image, masks[tile.source_index][tile.frame_index]))
+        save_png(
+            preview_dir / mask_png, mask_overlay(image, masks[tile.source_index][tile.frame_index])
+        )
         if key in cams:
             cam_png = f"{name}_cam.png"
             save_png(preview_dir / cam_png, cam_overlay(image, cams[key]))
         area_mm2, long_mm, short_mm = _measure(pred.mask, tile)
-        rows.append({
-            "image": tile.source_index + 1,
-            "series_uid_hash": uid_hash(sources[tile.source_index].series_instance_uid),
-            "sop_instance_uid": sources[tile.source_index].sop_instance_uid,
-            "frame": tile.frame_number,
-            "predicted_class": pred.predicted_class,
-            "probabilities": {k: round(float(v), 4) for k, v in pred.probabilities.items()},
-            "lesion_area_px": int(pred.mask.sum()),
-            "lesion_area_mm2": None if area_mm2 is None else round(area_mm2, 1),
-            "long_axis_mm": None if long_mm is None else round(long_mm, 1),
-            "short_axis_mm": None if short_mm is None else round(short_mm, 1),
-            "mask_png": mask_png,
-            "cam_png": cam_png,
-        })
+        rows.append(
+            {
+                "image": tile.source_index + 1,
+                "series_uid_hash": uid_hash(sources[tile.source_index].series_instance_uid),
+                "sop_instance_uid": sources[tile.source_index].sop_instance_uid,
+                "frame": tile.frame_number,
+                "predicted_class": pred.predicted_class,
+                "probabilities": {k: round(float(v), 4) for k, v in pred.probabilities.items()},
+                "lesion_area_px": int(pred.mask.sum()),
+                "lesion_area_mm2": None if area_mm2 is None else round(area_mm2, 1),
+                "long_axis_mm": None if long_mm is None else round(long_mm, 1),
+                "short_axis_mm": None if short_mm is None else round(short_mm, 1),
+                "mask_png": mask_png,
+                "cam_png": cam_png,
+            }
+        )
     return rows

@@ -17,8 +17,9 @@ from sqlalchemy import Engine
 
 from service.config import Settings
 from service.exporter import run_exporter
+from service.ingest import StoreContext
 from service.logs import setup_logging
-from service.scp import StoreContext, start_scp
+from service.scp import start_scp
 from service.stability import run_stability
 from service.worker import ModelProvider, node_id, run_worker
 from storage.db import make_engine, session_scope, upgrade
@@ -43,8 +44,11 @@ class Runtime:
     @property
     def listener_up(self) -> bool:
         server = self.scp_server
-        return server is not None and getattr(server, "socket", None) is not None and \
-            server.socket.fileno() != -1
+        return (
+            server is not None
+            and getattr(server, "socket", None) is not None
+            and server.socket.fileno() != -1
+        )
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -54,13 +58,15 @@ def build_runtime(settings: Settings) -> Runtime:
     url = settings.storage.resolved_database_url()
     upgrade(url)
     engine = make_engine(url)
-    models = ModelProvider(settings.worker.weights, settings.worker.device,
-                           settings.worker.torch_threads)
+    models = ModelProvider(
+        settings.worker.weights, settings.worker.device, settings.worker.torch_threads
+    )
     return Runtime(settings=settings, engine=engine, data_dir=data_dir, models=models)
 
 
-def start_background(runtime: Runtime, *, scp: bool = True, workers: bool = True,
-                     exporter: bool = True) -> None:
+def start_background(
+    runtime: Runtime, *, scp: bool = True, workers: bool = True, exporter: bool = True
+) -> None:
     """Start the listener and the loops (each a daemon thread watching runtime.stop)."""
     s = runtime.settings
     with session_scope(runtime.engine) as session:
@@ -70,7 +76,9 @@ def start_background(runtime: Runtime, *, scp: bool = True, workers: bool = True
     if scp:
         runtime.scp_server = start_scp(
             StoreContext(runtime.data_dir, runtime.engine),
-            ae_title=s.dicom.ae_title, host=s.dicom.host, port=s.dicom.port,
+            ae_title=s.dicom.ae_title,
+            host=s.dicom.host,
+            port=s.dicom.port,
             network_timeout_seconds=s.dicom.network_timeout_seconds,
             max_pdu_bytes=s.dicom.max_pdu_bytes,
             require_called_ae_title=s.dicom.require_called_ae_title,
@@ -81,9 +89,20 @@ def start_background(runtime: Runtime, *, scp: bool = True, workers: bool = True
     if workers and s.worker.count:
         loops.append(("model-preload", _preload_model, (runtime.models,)))
         for n in range(s.worker.count):
-            loops.append((f"worker-{n}", run_worker, (
-                s, runtime.engine, runtime.data_dir, runtime.models, runtime.stop,
-                f"{node_id()}{n}")))
+            loops.append(
+                (
+                    f"worker-{n}",
+                    run_worker,
+                    (
+                        s,
+                        runtime.engine,
+                        runtime.data_dir,
+                        runtime.models,
+                        runtime.stop,
+                        f"{node_id()}{n}",
+                    ),
+                )
+            )
     if exporter:
         loops.append(("exporter", run_exporter, (s, runtime.engine, runtime.stop)))
     for name, target, args in loops:
@@ -113,8 +132,11 @@ def stop_background(runtime: Runtime, timeout: float = 30.0) -> None:
 
 def serve(settings: Settings) -> None:
     """Run everything in this process until SIGTERM or Ctrl-C."""
-    setup_logging(settings.log.level, settings.log.json_format,
-                  settings.storage.data_dir / "logs" if settings.log.to_file else None)
+    setup_logging(
+        settings.log.level,
+        settings.log.json_format,
+        settings.storage.data_dir / "logs" if settings.log.to_file else None,
+    )
     runtime = build_runtime(settings)
     start_background(runtime)
 
@@ -130,8 +152,13 @@ def serve(settings: Settings) -> None:
 
         from service.web.app import create_app
 
-        config = uvicorn.Config(create_app(settings, runtime), host=settings.web.host,
-                                port=settings.web.port, log_config=None, access_log=False)
+        config = uvicorn.Config(
+            create_app(settings, runtime),
+            host=settings.web.host,
+            port=settings.web.port,
+            log_config=None,
+            access_log=False,
+        )
         web_server = uvicorn.Server(config)
         web_thread = threading.Thread(target=web_server.run, name="web", daemon=True)
         web_thread.start()

@@ -27,7 +27,9 @@ class SendResult:
 
     @property
     def delivered(self) -> bool:
-        return self.status is not None and (self.status == 0x0000 or 0xB000 <= self.status <= 0xB007)
+        return self.status is not None and (
+            self.status == 0x0000 or 0xB000 <= self.status <= 0xB007
+        )
 
 
 def send_files(
@@ -56,15 +58,15 @@ def send_files(
     }:
         ae.add_requested_context(sop_class, [syntax])
     try:
-        assoc = ae.associate(
-            destination.host, destination.port, ae_title=destination.ae_title
-        )
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     except Exception as exc:  # noqa: BLE001
         err = f"association failed: {type(exc).__name__}"
         return results + [SendResult(p, None, err) for p, _ in datasets]
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "association not established"
-        return results + [SendResult(p, None, f"{reason} by {destination.name}") for p, _ in datasets]
+        return results + [
+            SendResult(p, None, f"{reason} by {destination.name}") for p, _ in datasets
+        ]
     try:
         for path, ds in datasets:
             if not assoc.is_established:

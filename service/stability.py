@@ -27,11 +27,12 @@ def stability_once(engine: Engine, stable_seconds: float) -> tuple[list[int], li
     return queued, requeued
 
 
-def run_stability(engine: Engine, stable_seconds: float, stop: threading.Event,
-                  poll_seconds: float = 1.0) -> None:
+def run_stability(
+    engine: Engine, stable_seconds: float, stop: threading.Event, poll_seconds: float = 1.0
+) -> None:
     while not stop.is_set():
         try:
             stability_once(engine, stable_seconds)
-        except Exception:  # noqa: BLE001 - keep watching through a database hiccup
+        except Exception:
             log.exception("stability check failed")
         stop.wait(poll_seconds)

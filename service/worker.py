@@ -33,8 +33,9 @@ def node_id() -> str:
 class ModelProvider:
     """Loads the model once per process, on first use, and serialises access to it."""
 
-    def __init__(self, weights: Path | None, device: str, torch_threads: int | None,
-                 model: Any = None) -> None:
+    def __init__(
+        self, weights: Path | None, device: str, torch_threads: int | None, model: Any = None
+    ) -> None:
         self._weights = weights
         self._device = None if device == "auto" else device
         self._torch_threads = torch_threads
@@ -64,15 +65,16 @@ class ModelProvider:
                     self._model = Model.load(self._weights, device=self._device)
                     self._error = None
                     log.info("model loaded: %s (%s)", self._model.version, self._model.status)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     self._error = f"{type(exc).__name__}: {exc}"
-                    raise JobError("model_unavailable", f"model could not be loaded: {exc}",
-                                   retryable=True) from exc
+                    raise JobError(
+                        "model_unavailable", f"model could not be loaded: {exc}", retryable=True
+                    ) from exc
             return self._model
 
 
 class _LockedModel:
-    """Wraps the shared model so concurrent workers take turns (Grad-CAM hooks are not thread-safe)."""
+    """The shared model, one predict at a time (Grad-CAM hooks are not thread-safe)."""
 
     def __init__(self, model: Any, lock: threading.Lock) -> None:
         self._model, self._lock = model, lock
@@ -103,33 +105,46 @@ def work_once(
         log.info("job started (attempt %d, %d images)", attempts, len(sources))
         heartbeat_stop = threading.Event()
         heartbeat = threading.Thread(
-            target=_heartbeat, args=(engine, job_id, worker_id, settings.worker.lease_seconds,
-                                     heartbeat_stop), daemon=True,
+            target=_heartbeat,
+            args=(engine, job_id, worker_id, settings.worker.lease_seconds, heartbeat_stop),
+            daemon=True,
         )
         heartbeat.start()
         started = time.perf_counter()
         try:
             model = _LockedModel(models.get(), models.predict_lock)
-            result = process_study(sources, model, data_dir.outputs / str(job_id),
-                                   explain=settings.worker.explain)
+            result = process_study(
+                sources, model, data_dir.outputs / str(job_id), explain=settings.worker.explain
+            )
         except JobError as exc:
             _fail(engine, job_id, worker_id, exc, attempts, settings.worker.max_attempts)
             return job_id
-        except Exception as exc:  # noqa: BLE001 - any bug fails this job, not the worker
+        except Exception as exc:
             log.exception("job crashed")
-            _fail(engine, job_id, worker_id,
-                  JobError("internal_error", f"{type(exc).__name__}: {exc}", retryable=True),
-                  attempts, settings.worker.max_attempts)
+            _fail(
+                engine,
+                job_id,
+                worker_id,
+                JobError("internal_error", f"{type(exc).__name__}: {exc}", retryable=True),
+                attempts,
+                settings.worker.max_attempts,
+            )
             return job_id
         finally:
             heartbeat_stop.set()
         _finish(settings, engine, job_id, worker_id, result, model.version, model.status)
-        log.info("job processed in %.2f s: %s, %d outputs", time.perf_counter() - started,
-                 result.predicted_class, len(result.outputs))
+        log.info(
+            "job processed in %.2f s: %s, %d outputs",
+            time.perf_counter() - started,
+            result.predicted_class,
+            len(result.outputs),
+        )
     return job_id
 
 
-def _heartbeat(engine: Engine, job_id: int, worker_id: str, lease: float, stop: threading.Event) -> None:
+def _heartbeat(
+    engine: Engine, job_id: int, worker_id: str, lease: float, stop: threading.Event
+) -> None:
     while not stop.wait(max(lease / 3, 0.5)):
         try:
             with session_scope(engine) as session:
@@ -147,8 +162,15 @@ def _still_ours(session: Any, job_id: int, worker_id: str) -> Job | None:
     return job
 
 
-def _finish(settings: Settings, engine: Engine, job_id: int, worker_id: str,
-            result: StudyResult, model_version: str, model_status: str) -> None:
+def _finish(
+    settings: Settings,
+    engine: Engine,
+    job_id: int,
+    worker_id: str,
+    result: StudyResult,
+    model_version: str,
+    model_status: str,
+) -> None:
     """Record outputs and outbox rows, then hand the job to the exporter, in one transaction."""
     destinations = [d.name for d in settings.destinations]
     with session_scope(engine) as session:
@@ -157,9 +179,13 @@ def _finish(settings: Settings, engine: Engine, job_id: int, worker_id: str,
             return
         for output in result.outputs:
             add_output(
-                session, job, kind=output.kind, sop_instance_uid=output.sop_instance_uid,
+                session,
+                job,
+                kind=output.kind,
+                sop_instance_uid=output.sop_instance_uid,
                 series_instance_uid=output.series_instance_uid,
-                sop_class_uid=output.sop_class_uid, path=str(output.path),
+                sop_class_uid=output.sop_class_uid,
+                path=str(output.path),
                 destinations=destinations,
             )
         job.model_version = model_version
@@ -175,8 +201,9 @@ def _finish(settings: Settings, engine: Engine, job_id: int, worker_id: str,
         set_state(session, job, JobState.EXPORTING if destinations else JobState.DONE)
 
 
-def _fail(engine: Engine, job_id: int, worker_id: str, exc: JobError, attempts: int,
-          max_attempts: int) -> None:
+def _fail(
+    engine: Engine, job_id: int, worker_id: str, exc: JobError, attempts: int, max_attempts: int
+) -> None:
     with session_scope(engine) as session:
         job = _still_ours(session, job_id, worker_id)
         if job is None:
@@ -189,13 +216,19 @@ def _fail(engine: Engine, job_id: int, worker_id: str, exc: JobError, attempts: 
             log.error("job failed (%s)", exc.code)
 
 
-def run_worker(settings: Settings, engine: Engine, data_dir: DataDir, models: ModelProvider,
-               stop: threading.Event, worker_id: str) -> None:
+def run_worker(
+    settings: Settings,
+    engine: Engine,
+    data_dir: DataDir,
+    models: ModelProvider,
+    stop: threading.Event,
+    worker_id: str,
+) -> None:
     """Loop until `stop`: finish the job in hand, then exit."""
     while not stop.is_set():
         try:
             job_id = work_once(settings, engine, data_dir, models, worker_id)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("worker loop error")
             job_id = None
         if job_id is None:

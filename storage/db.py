@@ -49,8 +49,9 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Apply Alembic migrations up to `revision` (start-up and `wecare db upgrade`)."""
-    from alembic import command
     from alembic.config import Config
+
+    from alembic import command
 
     cfg = Config()
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))

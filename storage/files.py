@@ -46,7 +46,9 @@ class DataDir:
 
     def incoming_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return (
-            self.incoming / checked_uid(study_uid) / checked_uid(series_uid)
+            self.incoming
+            / checked_uid(study_uid)
+            / checked_uid(series_uid)
             / f"{checked_uid(sop_uid)}.dcm"
         )
 

@@ -112,16 +112,19 @@ def record_attempt(
     session: Session,
     item: OutboxItem,
     *,
+    delivered: bool,
     status: int | None,
     error: str | None,
     policy: RetryPolicy,
     now: datetime | None = None,
 ) -> None:
-    """Record one send; Success (0x0000) alone marks the row sent. Then settle the job."""
+    """Record one send; only the peer's Success (or Warning) marks it sent; settle the job."""
     now = now or utcnow()
-    success = status == 0x0000 and error is None
+    success = delivered and status is not None
     session.add(
-        ExportAttempt(outbox_id=item.id, started_at=now, status=status, error=error, success=success)
+        ExportAttempt(
+            outbox_id=item.id, started_at=now, status=status, error=error, success=success
+        )
     )
     item.attempts += 1
     item.last_status = status
@@ -147,9 +150,7 @@ def settle_job(session: Session, job_id: int, now: datetime | None = None) -> No
     if job is None or job.state != JobState.EXPORTING:
         return
     states = list(
-        session.scalars(
-            select(OutboxItem.state).join(Output).where(Output.job_id == job_id)
-        )
+        session.scalars(select(OutboxItem.state).join(Output).where(Output.job_id == job_id))
     )
     if all(s == OutboxState.SENT for s in states):
         set_state(session, job, JobState.DONE, now=now)
@@ -157,14 +158,18 @@ def settle_job(session: Session, job_id: int, now: datetime | None = None) -> No
         s == OutboxState.PENDING for s in states
     ):
         failed = session.scalars(
-            select(OutboxItem).join(Output).where(
-                Output.job_id == job_id, OutboxItem.state == OutboxState.FAILED
-            )
+            select(OutboxItem)
+            .join(Output)
+            .where(Output.job_id == job_id, OutboxItem.state == OutboxState.FAILED)
         ).all()
         detail = "; ".join(f"{i.destination}: {i.last_error}" for i in failed)
         set_state(
-            session, job, JobState.FAILED, error=f"export failed ({detail})",
-            error_code="export_failed", now=now,
+            session,
+            job,
+            JobState.FAILED,
+            error=f"export failed ({detail})",
+            error_code="export_failed",
+            now=now,
         )
 
 
@@ -172,9 +177,9 @@ def retry_failed_exports(session: Session, job_id: int, now: datetime | None = N
     """Manual retry: failed rows of the job go back to pending now; returns how many."""
     now = now or utcnow()
     items = session.scalars(
-        select(OutboxItem).join(Output).where(
-            Output.job_id == job_id, OutboxItem.state == OutboxState.FAILED
-        )
+        select(OutboxItem)
+        .join(Output)
+        .where(Output.job_id == job_id, OutboxItem.state == OutboxState.FAILED)
     ).all()
     for item in items:
         item.state = OutboxState.PENDING
@@ -194,9 +199,9 @@ def send_now(session: Session, job_id: int, now: datetime | None = None) -> int:
     """Make the job's pending rows due immediately (the dashboard's "retry now")."""
     now = now or utcnow()
     items = session.scalars(
-        select(OutboxItem).join(Output).where(
-            Output.job_id == job_id, OutboxItem.state == OutboxState.PENDING
-        )
+        select(OutboxItem)
+        .join(Output)
+        .where(Output.job_id == job_id, OutboxItem.state == OutboxState.PENDING)
     ).all()
     for item in items:
         item.next_try_at = now

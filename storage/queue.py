@@ -24,9 +24,7 @@ _STAMP = {
 
 def ensure_waiting_job(session: Session, study: Study, now: datetime | None = None) -> Job:
     """Return the study's waiting job, creating it when there is none."""
-    job = session.scalar(
-        select(Job).where(Job.study_id == study.id, Job.state == JobState.WAITING)
-    )
+    job = session.scalar(select(Job).where(Job.study_id == study.id, Job.state == JobState.WAITING))
     if job is None:
         job = Job(study_id=study.id, state=JobState.WAITING, created_at=now or utcnow())
         session.add(job)
@@ -34,7 +32,9 @@ def ensure_waiting_job(session: Session, study: Study, now: datetime | None = No
     return job
 
 
-def queue_stable_studies(session: Session, stable_seconds: float, now: datetime | None = None) -> list[int]:
+def queue_stable_studies(
+    session: Session, stable_seconds: float, now: datetime | None = None
+) -> list[int]:
     """Move waiting jobs whose study has been quiet for `stable_seconds` to `queued`."""
     now = now or utcnow()
     cutoff = now - timedelta(seconds=stable_seconds)
@@ -107,9 +107,7 @@ def requeue_expired(session: Session, now: datetime | None = None) -> list[int]:
     """Return running jobs whose lease expired (their worker died) to the queue."""
     now = now or utcnow()
     ids = list(
-        session.scalars(
-            select(Job.id).where(Job.state == JobState.RUNNING, Job.lease_until < now)
-        )
+        session.scalars(select(Job.id).where(Job.state == JobState.RUNNING, Job.lease_until < now))
     )
     for job_id in ids:
         session.execute(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +23,18 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import convert_color_space
 from pydicom.uid import (
+    JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
-    UID,
     generate_uid,
 )
 
@@ -333,9 +332,7 @@ def make_us_image(
     return write_dataset(ds, path, transfer_syntax)
 
 
-def make_us_series(
-    directory: Path | str, count: int = 2, **kwargs: object
-) -> list[Path]:
+def make_us_series(directory: Path | str, count: int = 2, **kwargs: object) -> list[Path]:
     """Write ``count`` images of one series (shared study/series UIDs) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -349,5 +346,3 @@ def make_us_series(
         ds.InstanceNumber = index + 1
         paths.append(write_dataset(ds, directory / f"{index + 1:03d}.dcm"))
     return paths
-
-

@@ -40,11 +40,17 @@ def postgres_server() -> Iterator[str]:
         os.chmod(base, 0o700)
         prefix = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    subprocess.run([*prefix, initdb, "-D", data, "-U", "wecare", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*prefix, initdb, "-D", data, "-U", "wecare", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
     opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*prefix, pg_ctl, "-D", data, "-o", opts, "-w", "-l", os.path.join(base, "log"),
-                    "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*prefix, pg_ctl, "-D", data, "-o", opts, "-w", "-l", os.path.join(base, "log"), "start"],
+        check=True,
+        capture_output=True,
+    )
     try:
         url = f"postgresql+psycopg://wecare@127.0.0.1:{port}/postgres"
         deadline = time.monotonic() + 20
@@ -60,5 +66,7 @@ def postgres_server() -> Iterator[str]:
                 time.sleep(0.2)
         yield url
     finally:
-        subprocess.run([*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(
+            [*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(base, ignore_errors=True)

@@ -109,8 +109,10 @@ async def _refuse_cross_site_writes(
 ) -> Response:
     """The dashboard has no login yet: at least another web page must not press its buttons."""
     if request.method not in _SAFE_METHODS and _is_cross_site(request):
-        return JSONResponse({"detail": "cross-site request refused", "code": "cross_site"},
-                            status_code=HTTPStatus.FORBIDDEN)
+        return JSONResponse(
+            {"detail": "cross-site request refused", "code": "cross_site"},
+            status_code=HTTPStatus.FORBIDDEN,
+        )
     return await call_next(request)
 
 
@@ -128,7 +130,10 @@ def _domain_error(exc: Exception) -> tuple[HTTPStatus, str]:
 
 
 _HTTP_CODES = {
-    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
     503: "unavailable",
 }
 
@@ -152,12 +157,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         if _wants_html(request):
             return app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
-                request, "error.html",
+                request,
+                "error.html",
                 {"status_code": exc.status_code, "detail": exc.detail, "refresh": None},
                 status_code=exc.status_code,
             )
-        return JSONResponse({"detail": exc.detail, "code": code}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"detail": exc.detail, "code": code},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     for cls in (JobError, StorageError, OperationalError):
         app.add_exception_handler(cls, on_domain_error)

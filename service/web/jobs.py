@@ -69,10 +69,13 @@ def do_process_now(session: Session, job_id: int, now: datetime | None = None) -
     job = get_job(session, job_id)
     if not process_now(session, job_id, now):
         raise HTTPException(
-            status.HTTP_409_CONFLICT, f"job {job_id} is {job.state}; only a waiting job can be queued"
+            status.HTTP_409_CONFLICT,
+            f"job {job_id} is {job.state}; only a waiting job can be queued",
         )
     session.flush()
-    return JobActionPublic(action="queued", affected=1, job=job_detail(get_job(session, job_id), now))
+    return JobActionPublic(
+        action="queued", affected=1, job=job_detail(get_job(session, job_id), now)
+    )
 
 
 def do_retry(session: Session, job_id: int, now: datetime | None = None) -> JobActionPublic:

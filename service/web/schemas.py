@@ -155,15 +155,21 @@ def stage_durations(job: Job, now: datetime) -> StageTimesPublic:
     out: dict[str, float | None] = {}
     for i, name in enumerate(order):
         start = starts[i]
-        if start is None or i > current or (i > 0 and starts[i - 1] is not None
-                                             and start < starts[i - 1]):
+        if (
+            start is None
+            or i > current
+            or (i > 0 and starts[i - 1] is not None and start < starts[i - 1])
+        ):
             out[name] = None
             continue
         if i == current:
             end: datetime | None = now
         else:
-            later = [s for s in (*starts[i + 1:current + 1], job.finished_at)
-                     if s is not None and s >= start]
+            later = [
+                s
+                for s in (*starts[i + 1 : current + 1], job.finished_at)
+                if s is not None and s >= start
+            ]
             end = min(later) if later else None
         # max(0, …): another node's clock may run slightly ahead of ours.
         out[name] = None if end is None else round(max((end - start).total_seconds(), 0.0), 1)
@@ -171,23 +177,31 @@ def stage_durations(job: Job, now: datetime) -> StageTimesPublic:
     end_total = job.finished_at if terminal else now
     out["total"] = (
         round(max((end_total - job.created_at).total_seconds(), 0.0), 1)
-        if end_total is not None and job.created_at is not None else None
+        if end_total is not None and job.created_at is not None
+        else None
     )
     return StageTimesPublic(**out)
 
 
 def _outbox_public(item: OutboxItem) -> OutboxPublic:
     return OutboxPublic(
-        destination=item.destination, state=item.state, attempts=item.attempts,
-        next_try_at=item.next_try_at, last_status=item.last_status,
-        last_error=item.last_error, sent_at=item.sent_at,
+        destination=item.destination,
+        state=item.state,
+        attempts=item.attempts,
+        next_try_at=item.next_try_at,
+        last_status=item.last_status,
+        last_error=item.last_error,
+        sent_at=item.sent_at,
     )
 
 
 def _output_public(output: Output) -> OutputPublic:
     return OutputPublic(
-        id=output.id, kind=output.kind, sop_instance_uid=output.sop_instance_uid,
-        series_instance_uid=output.series_instance_uid, created_at=output.created_at,
+        id=output.id,
+        kind=output.kind,
+        sop_instance_uid=output.sop_instance_uid,
+        series_instance_uid=output.series_instance_uid,
+        created_at=output.created_at,
         outbox=[_outbox_public(i) for i in sorted(output.outbox, key=lambda i: i.destination)],
     )
 

@@ -12,7 +12,7 @@ from dicom_io.measure import mask_measurements
 
 def _rectangle(height: int, width: int) -> np.ndarray:
     mask = np.zeros((100, 120), bool)
-    mask[10:10 + height, 20:20 + width] = True
+    mask[10 : 10 + height, 20 : 20 + width] = True
     return mask
 
 
@@ -32,8 +32,9 @@ def test_mask_measurements_rectangle_gives_area_diagonal_and_width(
 
 
 @pytest.mark.parametrize(("ry", "rx", "mm"), [(20, 40, 0.1), (30, 30, 0.25), (15, 45, 1.0)])
-def test_mask_measurements_ellipse_gives_axes_close_to_diameters(ry: int, rx: int,
-                                                                 mm: float) -> None:
+def test_mask_measurements_ellipse_gives_axes_close_to_diameters(
+    ry: int, rx: int, mm: float
+) -> None:
     yy, xx = np.mgrid[:200, :200]
     mask = ((yy - 100) / ry) ** 2 + ((xx - 100) / rx) ** 2 <= 1
     area, long_axis, short_axis = mask_measurements(mask, mm, mm)
@@ -50,10 +51,12 @@ def test_mask_measurements_anisotropic_pixels_scale_axes() -> None:
 
 @pytest.mark.parametrize(
     ("mask", "mm_x", "match"),
-    [(np.zeros((5, 5), bool), 1.0, "empty"), (np.ones((2, 5, 5), bool), 1.0, r"\(H, W\)"),
-     (np.ones((5, 5), bool), 0.0, "positive")],
+    [
+        (np.zeros((5, 5), bool), 1.0, "empty"),
+        (np.ones((2, 5, 5), bool), 1.0, r"\(H, W\)"),
+        (np.ones((5, 5), bool), 0.0, "positive"),
+    ],
 )
-def test_mask_measurements_invalid_input_raises(mask: np.ndarray, mm_x: float,
-                                                match: str) -> None:
+def test_mask_measurements_invalid_input_raises(mask: np.ndarray, mm_x: float, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         mask_measurements(mask, mm_x, 1.0)

@@ -18,8 +18,16 @@ from dicom_io.uids import output_uid
 from tests.dicom_io.conftest import DEID_FILES, JPEG_LS_FILES, REAL_FILES, real_file
 from tests.factories import CANARY, MM_PER_PIXEL, lesion_mask, make_us_dataset, make_us_image
 
-LOSSLESS = ["implicit", "explicit", "big-endian", "deflate", "jpeg-lossless", "jpeg-ls",
-            "jpeg2000-lossless", "rle"]
+LOSSLESS = [
+    "implicit",
+    "explicit",
+    "big-endian",
+    "deflate",
+    "jpeg-lossless",
+    "jpeg-ls",
+    "jpeg2000-lossless",
+    "rle",
+]
 LOSSY = ["jpeg-baseline", "jpeg-ls-near", "jpeg2000"]
 # JPEG baseline/lossless test files are made with dcmtk's dcmcjpeg.
 HAS_DCMTK = shutil.which("dcmcjpeg") is not None
@@ -31,19 +39,27 @@ def _contrast(frames: Frames) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("transfer_syntax", LOSSLESS + LOSSY)
-@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1", "RGB", "YBR_FULL",
-                                         "PALETTE COLOR"])
+@pytest.mark.parametrize(
+    "photometric", ["MONOCHROME2", "MONOCHROME1", "RGB", "YBR_FULL", "PALETTE COLOR"]
+)
 def test_read_frames_synthetic_syntax_and_photometric_gives_bright_lesion(
     tmp_path: Path, transfer_syntax: str, photometric: str
 ) -> None:
-    if photometric == "PALETTE COLOR" and transfer_syntax in ("jpeg-ls-near", "jpeg2000",
-                                                              "jpeg-baseline"):
+    if photometric == "PALETTE COLOR" and transfer_syntax in (
+        "jpeg-ls-near",
+        "jpeg2000",
+        "jpeg-baseline",
+    ):
         pytest.skip("lossy compression of palette indices is not allowed")
-    if transfer_syntax.startswith("jpeg-") and not transfer_syntax.startswith("jpeg-ls") \
-            and not HAS_DCMTK:
+    if (
+        transfer_syntax.startswith("jpeg-")
+        and not transfer_syntax.startswith("jpeg-ls")
+        and not HAS_DCMTK
+    ):
         pytest.skip("dcmcjpeg (dcmtk) not installed")
-    path = make_us_image(tmp_path / "us.dcm", photometric=photometric,
-                         transfer_syntax=transfer_syntax, frames=2)
+    path = make_us_image(
+        tmp_path / "us.dcm", photometric=photometric, transfer_syntax=transfer_syntax, frames=2
+    )
     frames = read_frames(path)
     assert frames.pixels.shape == (2, 256, 320)
     assert frames.pixels.dtype == np.float32
@@ -54,8 +70,10 @@ def test_read_frames_synthetic_syntax_and_photometric_gives_bright_lesion(
     assert outside == pytest.approx(0.25, abs=tolerance)
 
 
-@pytest.mark.parametrize("transfer_syntax", ["explicit", "big-endian", "jpeg-lossless",
-                                             "jpeg-ls", "jpeg2000-lossless", "rle"])
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    ["explicit", "big-endian", "jpeg-lossless", "jpeg-ls", "jpeg2000-lossless", "rle"],
+)
 @pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
 def test_read_frames_16_bit_gives_same_values_as_8_bit(
     tmp_path: Path, transfer_syntax: str, photometric: str
@@ -63,8 +81,11 @@ def test_read_frames_16_bit_gives_same_values_as_8_bit(
     if transfer_syntax == "jpeg-lossless" and not HAS_DCMTK:
         pytest.skip("dcmcjpeg (dcmtk) not installed")
     eight = read_frames(make_us_image(tmp_path / "8.dcm", photometric=photometric, bits=8))
-    sixteen = read_frames(make_us_image(tmp_path / "16.dcm", photometric=photometric, bits=16,
-                                        transfer_syntax=transfer_syntax))
+    sixteen = read_frames(
+        make_us_image(
+            tmp_path / "16.dcm", photometric=photometric, bits=16, transfer_syntax=transfer_syntax
+        )
+    )
     np.testing.assert_allclose(sixteen.pixels, eight.pixels, atol=1 / 255)
 
 
@@ -74,7 +95,10 @@ def test_read_frames_synthetic_carries_uids_regions_and_laterality(tmp_path: Pat
     ds.save_as(path, enforce_file_format=True)
     frames = read_frames(path)
     assert (frames.study_instance_uid, frames.series_instance_uid, frames.sop_instance_uid) == (
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+    )
     assert frames.sop_class_uid == "1.2.840.10008.5.1.4.1.1.6.1"
     assert frames.laterality == "R"
     assert frames.regions == (UltrasoundRegion(10, 10, 310, 246, 1, MM_PER_PIXEL, MM_PER_PIXEL),)
@@ -99,9 +123,17 @@ def test_read_frames_real_file_decodes_all_frames(name: str) -> None:
         ("US1_UNCR.dcm", ["US1_J2KR.dcm", "examples_jpeg2k.dcm"]),
         ("OBXXXX1A.dcm", ["OBXXXX1A_expb.dcm", "OBXXXX1A_rle.dcm"]),
         ("gdcm-US-ALOKA-16.dcm", ["gdcm-US-ALOKA-16_big.dcm"]),
-        ("SC_rgb.dcm", ["SC_rgb_rle_2frame.dcm", "SC_rgb_32bit.dcm", "SC_rgb_jpeg_gdcm.dcm",
-                        "SC_ybr_full_uncompressed.dcm", "SC_ybr_full_422_uncompressed.dcm",
-                        "SC_rgb_gdcm_KY.dcm"]),
+        (
+            "SC_rgb.dcm",
+            [
+                "SC_rgb_rle_2frame.dcm",
+                "SC_rgb_32bit.dcm",
+                "SC_rgb_jpeg_gdcm.dcm",
+                "SC_ybr_full_uncompressed.dcm",
+                "SC_ybr_full_422_uncompressed.dcm",
+                "SC_rgb_gdcm_KY.dcm",
+            ],
+        ),
     ],
 )
 def test_read_frames_real_lossless_variants_equal_reference(
@@ -109,15 +141,19 @@ def test_read_frames_real_lossless_variants_equal_reference(
 ) -> None:
     expected = read_frames(real_file(reference)).pixels[0]
     for name in variants:
-        np.testing.assert_allclose(read_frames(real_file(name)).pixels[0], expected,
-                                   atol=2.5 / 255, err_msg=name)
+        np.testing.assert_allclose(
+            read_frames(real_file(name)).pixels[0], expected, atol=2.5 / 255, err_msg=name
+        )
 
 
-@pytest.mark.parametrize(("reference", "lossy"), [
-    ("US1_UNCR.dcm", "US1_J2KI.dcm"),
-    ("SC_rgb.dcm", "SC_rgb_jpeg_dcmtk.dcm"),
-    ("SC_rgb.dcm", "SC_rgb_dcmtk_+eb+cy+s2.dcm"),
-])
+@pytest.mark.parametrize(
+    ("reference", "lossy"),
+    [
+        ("US1_UNCR.dcm", "US1_J2KI.dcm"),
+        ("SC_rgb.dcm", "SC_rgb_jpeg_dcmtk.dcm"),
+        ("SC_rgb.dcm", "SC_rgb_dcmtk_+eb+cy+s2.dcm"),
+    ],
+)
 def test_read_frames_real_lossy_variant_close_to_reference(reference: str, lossy: str) -> None:
     expected = read_frames(real_file(reference)).pixels[0]
     actual = read_frames(real_file(lossy)).pixels[0]
@@ -197,6 +233,7 @@ def test_read_frames_corrupt_jpeg_raises_undecodable(tmp_path: Path) -> None:
     path = make_us_image(tmp_path / "j.dcm", transfer_syntax="rle")
     ds = pydicom.dcmread(path)
     from pydicom.encaps import encapsulate
+
     ds.PixelData = encapsulate([b"\x00" * 64])
     ds.save_as(path)
     with pytest.raises(UnsupportedObjectError, match="undecodable"):
@@ -240,8 +277,7 @@ def test_parse_regions_item_variants_give_box_and_mm(item: dict, expected: tuple
     for keyword, value in item.items():
         setattr(ds.SequenceOfUltrasoundRegions[0], keyword, value)
     (region,) = parse_regions(ds)
-    got = (region.x0, region.y0, region.x1, region.y1, region.mm_per_pixel_x,
-           region.mm_per_pixel_y)
+    got = (region.x0, region.y0, region.x1, region.y1, region.mm_per_pixel_x, region.mm_per_pixel_y)
     assert got[:4] == expected[:4]
     for value, want in zip(got[4:], expected[4:], strict=True):
         assert value == (None if want is None else pytest.approx(want))
@@ -264,8 +300,13 @@ def test_tissue_regions_skips_non_2d_and_flow_regions() -> None:
     [
         ((), (0, 0, 320, 256)),
         ((UltrasoundRegion(10, 20, 300, 240, 1, 0.1, 0.1),), (10, 20, 300, 240)),
-        ((UltrasoundRegion(0, 0, 150, 256, 1, None, None),
-          UltrasoundRegion(160, 0, 320, 256, 1, None, None)), (160, 0, 320, 256)),
+        (
+            (
+                UltrasoundRegion(0, 0, 150, 256, 1, None, None),
+                UltrasoundRegion(160, 0, 320, 256, 1, None, None),
+            ),
+            (160, 0, 320, 256),
+        ),
         ((UltrasoundRegion(0, 0, 320, 50, 2, None, None),), (0, 0, 320, 256)),
         ((UltrasoundRegion(10, 20, 400, 300, 1, None, None),), (10, 20, 320, 256)),
     ],
@@ -289,8 +330,9 @@ def test_bmode_region_none_without_2d_region() -> None:
     ],
 )
 def test_ultrasound_region_invalid_values_raise(kwargs: dict, error: type) -> None:
-    values = dict(x0=0, y0=0, x1=10, y1=10, spatial_format=1, mm_per_pixel_x=0.1,
-                  mm_per_pixel_y=0.1)
+    values = dict(
+        x0=0, y0=0, x1=10, y1=10, spatial_format=1, mm_per_pixel_x=0.1, mm_per_pixel_y=0.1
+    )
     values.update(kwargs)
     with pytest.raises(error):
         UltrasoundRegion(**values)
@@ -308,10 +350,16 @@ def test_ultrasound_region_invalid_values_raise(kwargs: dict, error: type) -> No
     ],
 )
 def test_frames_invalid_values_raise(kwargs: dict, match: str) -> None:
-    values = dict(study_instance_uid="1.2", series_instance_uid="1.3", sop_instance_uid="1.4",
-                  sop_class_uid="1.2.840.10008.5.1.4.1.1.6.1",
-                  pixels=np.zeros((1, 4, 4), np.float32), frame_numbers=(1,), regions=(),
-                  laterality=None)
+    values = dict(
+        study_instance_uid="1.2",
+        series_instance_uid="1.3",
+        sop_instance_uid="1.4",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.6.1",
+        pixels=np.zeros((1, 4, 4), np.float32),
+        frame_numbers=(1,),
+        regions=(),
+        laterality=None,
+    )
     values.update(kwargs)
     with pytest.raises(ValueError, match=match):
         Frames(**values)
@@ -326,8 +374,9 @@ def test_frames_invalid_values_raise(kwargs: dict, match: str) -> None:
         ("1.2.840.10008.5.1.4.1.1.7.4", None),
     ],
 )
-def test_skip_reason_multiframe_secondary_capture_variants(sop_class_uid: str,
-                                                           reason: str | None) -> None:
+def test_skip_reason_multiframe_secondary_capture_variants(
+    sop_class_uid: str, reason: str | None
+) -> None:
     ds = make_us_dataset(frames=2, sop_class_uid=sop_class_uid)
     assert skip_reason(ds) == reason
 
@@ -342,15 +391,25 @@ def test_dicom_io_imports_no_torch_database_or_network() -> None:
         " 'service', 'storage', 'inference') if m in sys.modules];"
         "print(','.join(bad))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, cwd=Path(__file__).parents[2])
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[2],
+    )
     assert result.stdout.strip() == ""
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"frames": 3}, {"photometric": "RGB"}, {"photometric": "PALETTE COLOR"},
-     {"regions": False, "laterality": None}],
+    [
+        {},
+        {"frames": 3},
+        {"photometric": "RGB"},
+        {"photometric": "PALETTE COLOR"},
+        {"regions": False, "laterality": None},
+    ],
     ids=["default", "multiframe", "rgb", "palette", "plain"],
 )
 def test_make_us_image_variants_pass_dciodvfy(tmp_path: Path, kwargs: dict) -> None:

@@ -46,15 +46,25 @@ REAL_SOURCES = {
 # Attributes copied from the source into every derived object (Patient, Study, Equipment
 # of the request): dciodvfy findings about them are the source's, not ours.
 INHERITED_KEYWORDS = (
-    "PatientID", "PatientName", "PatientSize", "PatientWeight", "StudyID", "StudyTime",
-    "ReferringPhysicianName", "ProcedureCodeSequence", "RequestingService",
+    "PatientID",
+    "PatientName",
+    "PatientSize",
+    "PatientWeight",
+    "StudyID",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "ProcedureCodeSequence",
+    "RequestingService",
 )
 
 
 def assert_only_inherited(source: Dataset, errors: list[str], warnings: list[str]) -> None:
     """Errors may only be illegal-root source UIDs; warnings only about copied attributes."""
-    source_uids = {str(source.StudyInstanceUID), str(source.SeriesInstanceUID),
-                   str(source.SOPInstanceUID)}
+    source_uids = {
+        str(source.StudyInstanceUID),
+        str(source.SeriesInstanceUID),
+        str(source.SOPInstanceUID),
+    }
     for line in errors:
         assert "Illegal root for UID" in line and any(uid in line for uid in source_uids), line
     for line in warnings:
@@ -69,8 +79,9 @@ def roundtrip(ds: Dataset) -> Dataset:
 
 
 def _masks_for(ds: Dataset, frames: list[int]) -> tuple[np.ndarray, list[int]]:
-    mask = lesion_mask(int(ds.Rows), int(ds.Columns), radii=(int(ds.Rows) // 8,
-                                                          int(ds.Columns) // 8))
+    mask = lesion_mask(
+        int(ds.Rows), int(ds.Columns), radii=(int(ds.Rows) // 8, int(ds.Columns) // 8)
+    )
     return np.repeat(mask[np.newaxis], len(frames), axis=0), frames
 
 
@@ -98,7 +109,13 @@ def test_build_seg_synthetic_single_frame_roundtrips_mask_and_attributes() -> No
     shared = seg.SharedFunctionalGroupsSequence[0]
     assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == [0.1, 0.1]
     assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [
-        1, 0, 0, 0, 1, 0]
+        1,
+        0,
+        0,
+        0,
+        1,
+        0,
+    ]
     assert "FrameOfReferenceUID" not in source, "the source must not be modified"
     assert is_our_uid(seg.FrameOfReferenceUID)
     parsed = hd.seg.Segmentation.from_dataset(seg)
@@ -111,8 +128,11 @@ def test_build_seg_same_inputs_gives_same_uids() -> None:
     masks, frames = [lesion_mask()[np.newaxis]], [[1]]
     first = build_seg([source], masks, frames, ALGORITHM, 900)
     second = build_seg([source], masks, frames, ALGORITHM, 900)
-    assert first.SOPInstanceUID == second.SOPInstanceUID == output_uid(
-        source.SeriesInstanceUID, ALGORITHM.version, "seg")
+    assert (
+        first.SOPInstanceUID
+        == second.SOPInstanceUID
+        == output_uid(source.SeriesInstanceUID, ALGORITHM.version, "seg")
+    )
     assert first.SeriesInstanceUID == second.SeriesInstanceUID
     other = build_seg([source], masks, frames, AlgorithmInfo("wecare-multitask", "v2"), 900)
     assert other.SOPInstanceUID != first.SOPInstanceUID
@@ -142,8 +162,9 @@ def test_build_seg_multiframe_references_source_frames(lesion_frames: list[int])
     np.testing.assert_array_equal(pixels[..., 0].astype(bool), masks[np.array(lesion_frames) - 1])
     for number in lesion_frames:
         assert seg_frame_for_source(seg, source.SOPInstanceUID, number) is not None
-    assert seg_frame_for_source(seg, source.SOPInstanceUID, 4 if 4 not in lesion_frames
-                                else 2) is None
+    assert (
+        seg_frame_for_source(seg, source.SOPInstanceUID, 4 if 4 not in lesion_frames else 2) is None
+    )
 
 
 def test_build_seg_subset_of_frames_maps_to_given_frame_numbers() -> None:
@@ -156,10 +177,15 @@ def test_build_seg_subset_of_frames_maps_to_given_frame_numbers() -> None:
 
 def test_build_seg_series_of_single_frames_skips_empty_instances() -> None:
     study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
-    sources = [make_us_dataset(study_instance_uid=study, series_instance_uid=series, seed=i)
-               for i in range(3)]
-    masks = [lesion_mask()[np.newaxis], np.zeros((1, 256, 320), bool),
-             lesion_mask(center=(60, 80), radii=(10, 10))[np.newaxis]]
+    sources = [
+        make_us_dataset(study_instance_uid=study, series_instance_uid=series, seed=i)
+        for i in range(3)
+    ]
+    masks = [
+        lesion_mask()[np.newaxis],
+        np.zeros((1, 256, 320), bool),
+        lesion_mask(center=(60, 80), radii=(10, 10))[np.newaxis],
+    ]
     seg = roundtrip(build_seg(sources, masks, [[1], [1], [1]], ALGORITHM, 900))
     assert int(seg.NumberOfFrames) == 2
     parsed = hd.seg.Segmentation.from_dataset(seg)
@@ -172,8 +198,9 @@ def test_build_seg_series_of_single_frames_skips_empty_instances() -> None:
 
 
 def test_build_seg_uncalibrated_source_uses_unit_spacing() -> None:
-    seg = build_seg([make_us_dataset(regions=False)], [lesion_mask()[np.newaxis]], [[1]],
-                    ALGORITHM, 900)
+    seg = build_seg(
+        [make_us_dataset(regions=False)], [lesion_mask()[np.newaxis]], [[1]], ALGORITHM, 900
+    )
     spacing = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
     assert [float(v) for v in spacing] == [1.0, 1.0]
 
@@ -194,22 +221,26 @@ def test_build_seg_sources_at_same_position_get_synthetic_geometry() -> None:
     study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
     sources = []
     for index in range(2):
-        ds = make_us_dataset(study_instance_uid=study, series_instance_uid=series, seed=index,
-                             frame_of_reference=True)
+        ds = make_us_dataset(
+            study_instance_uid=study,
+            series_instance_uid=series,
+            seed=index,
+            frame_of_reference=True,
+        )
         ds.ImagePositionPatient = [0.0, 0.0, 0.0]
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         ds.PixelSpacing = [0.1, 0.1]
         sources.append(ds)
     seg = build_seg(sources, [lesion_mask()[np.newaxis]] * 2, [[1], [1]], ALGORITHM, 900)
     assert int(seg.NumberOfFrames) == 2
-    assert seg.FrameOfReferenceUID == output_uid(series, ALGORITHM.version,
-                                                 "seg-frame-of-reference")
+    assert seg.FrameOfReferenceUID == output_uid(
+        series, ALGORITHM.version, "seg-frame-of-reference"
+    )
 
 
 @needs_dciodvfy
 @pytest.mark.parametrize("slice_thickness", [2.0, None])
-def test_build_seg_source_patient_geometry_passes_dciodvfy(slice_thickness: float | None
-                                                           ) -> None:
+def test_build_seg_source_patient_geometry_passes_dciodvfy(slice_thickness: float | None) -> None:
     source = make_us_dataset(frame_of_reference=True)
     source.ImagePositionPatient = [0.0, 0.0, 0.0]
     source.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -241,8 +272,10 @@ def test_build_seg_all_masks_empty_raises_empty_segmentation() -> None:
 
 def test_build_seg_two_multiframe_sources_with_lesions_raises() -> None:
     study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
-    sources = [make_us_dataset(frames=2, study_instance_uid=study, series_instance_uid=series)
-               for _ in range(2)]
+    sources = [
+        make_us_dataset(frames=2, study_instance_uid=study, series_instance_uid=series)
+        for _ in range(2)
+    ]
     masks = [np.stack([lesion_mask()] * 2)] * 2
     with pytest.raises(SegmentationInputError, match="one SEG per instance"):
         build_seg(sources, masks, [[1, 2], [1, 2]], ALGORITHM, 900)
@@ -251,13 +284,16 @@ def test_build_seg_two_multiframe_sources_with_lesions_raises() -> None:
 def test_build_seg_images_of_different_sizes_raise_then_per_instance_uids_differ() -> None:
     study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
     small = make_us_dataset(study_instance_uid=study, series_instance_uid=series)
-    large = make_us_dataset(study_instance_uid=study, series_instance_uid=series, rows=300,
-                            columns=400)
+    large = make_us_dataset(
+        study_instance_uid=study, series_instance_uid=series, rows=300, columns=400
+    )
     masks = [lesion_mask()[np.newaxis], lesion_mask(300, 400)[np.newaxis]]
     with pytest.raises(SegmentationInputError, match="different sizes"):
         build_seg([small, large], masks, [[1], [1]], ALGORITHM, 900)
-    segs = [build_seg([ds], [mask], [[1]], ALGORITHM, 900, uid_source=str(ds.SOPInstanceUID))
-            for ds, mask in zip([small, large], masks, strict=True)]
+    segs = [
+        build_seg([ds], [mask], [[1]], ALGORITHM, 900, uid_source=str(ds.SOPInstanceUID))
+        for ds, mask in zip([small, large], masks, strict=True)
+    ]
     assert segs[0].SOPInstanceUID != segs[1].SOPInstanceUID
     assert segs[0].SOPInstanceUID == output_uid(small.SOPInstanceUID, ALGORITHM.version, "seg")
 
@@ -327,7 +363,8 @@ def test_build_seg_synthetic_passes_dciodvfy(kwargs: dict) -> None:
     frames = int(source.get("NumberOfFrames", 1))
     masks = np.repeat(lesion_mask()[np.newaxis], frames, axis=0)
     errors, warnings = validate_dataset(
-        build_seg([source], [masks], [list(range(1, frames + 1))], ALGORITHM, 900))
+        build_seg([source], [masks], [list(range(1, frames + 1))], ALGORITHM, 900)
+    )
     assert errors == []
     assert warnings == []
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-import highdicom as hd
 from dicom_io import codes
 from dicom_io.measure import mask_measurements
 from dicom_io.read import read_header, skip_reason
-from dicom_io.seg import AlgorithmInfo, build_seg
+from dicom_io.seg import build_seg
 from dicom_io.sr import (
     SR_SERIES_DESCRIPTION,
     LesionFinding,
@@ -30,12 +30,15 @@ NORMAL = StudyClassification("normal", {"normal": 0.9, "benign": 0.06, "malignan
 PRIVATE_SCHEME_WARNING = "Unrecognized defined term = <99WECARE>"
 
 
-def _finding(source: Dataset, mask: np.ndarray, frame: int | None, calibrated: bool
-             ) -> LesionFinding:
+def _finding(
+    source: Dataset, mask: np.ndarray, frame: int | None, calibrated: bool
+) -> LesionFinding:
     area, long_axis, short_axis = (
-        mask_measurements(mask, MM_PER_PIXEL, MM_PER_PIXEL) if calibrated else (None,) * 3)
-    return LesionFinding(str(source.SOPInstanceUID), frame, area, long_axis, short_axis,
-                         int(mask.sum()))
+        mask_measurements(mask, MM_PER_PIXEL, MM_PER_PIXEL) if calibrated else (None,) * 3
+    )
+    return LesionFinding(
+        str(source.SOPInstanceUID), frame, area, long_axis, short_axis, int(mask.sum())
+    )
 
 
 def _case(kind: str) -> tuple[list[Dataset], list[Dataset], list[LesionFinding]]:
@@ -71,7 +74,8 @@ def test_build_sr_scenarios_pass_dciodvfy(kind: str) -> None:
     sources, segs, findings = _case(kind)
     classification = NORMAL if kind == "normal" else MALIGNANT
     errors, warnings = validate_dataset(
-        build_sr(sources, segs, classification, findings, ALGORITHM, 901))
+        build_sr(sources, segs, classification, findings, ALGORITHM, 901)
+    )
     assert errors == []
     assert all(PRIVATE_SCHEME_WARNING in line for line in warnings), warnings
 
@@ -112,12 +116,16 @@ def test_build_sr_roundtrip_gives_classification_and_findings(kind: str) -> None
     for finding, value in zip(measured, content["num"].get("Long axis", []), strict=True):
         assert value == pytest.approx(finding.long_axis_mm, abs=0.01)
     not_measured = sum(1 for f in findings if not f.is_measured)
-    assert content["code"].count(("Lesion size measurement",
-                                  codes.SIZE_NOT_MEASURED.value)) == not_measured
-    evidence = {item.ReferencedSOPInstanceUID
-                for study in sr.CurrentRequestedProcedureEvidenceSequence
-                for series in study.ReferencedSeriesSequence
-                for item in series.ReferencedSOPSequence}
+    assert (
+        content["code"].count(("Lesion size measurement", codes.SIZE_NOT_MEASURED.value))
+        == not_measured
+    )
+    evidence = {
+        item.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
     assert evidence == {str(ds.SOPInstanceUID) for ds in [*sources, *segs]}
 
 
@@ -125,8 +133,10 @@ def test_build_sr_multiframe_finding_references_seg_frame_and_source_frame() -> 
     sources, segs, findings = _case("multiframe")
     sr = roundtrip(build_sr(sources, segs, MALIGNANT, findings, ALGORITHM, 901))
     references = _segmentation_references(sr)
-    assert references == [(segs[0].SOPInstanceUID, 1, sources[0].SOPInstanceUID, 2),
-                          (segs[0].SOPInstanceUID, 2, sources[0].SOPInstanceUID, 4)]
+    assert references == [
+        (segs[0].SOPInstanceUID, 1, sources[0].SOPInstanceUID, 2),
+        (segs[0].SOPInstanceUID, 2, sources[0].SOPInstanceUID, 4),
+    ]
 
 
 def test_build_sr_lesion_groups_parse_with_highdicom() -> None:
@@ -141,8 +151,9 @@ def test_build_sr_lesion_groups_parse_with_highdicom() -> None:
     assert names[codes.SHORT_AXIS.value] == pytest.approx(findings[0].short_axis_mm, abs=0.01)
     assert group.finding_sites[0].laterality.value == codes.LEFT.value
     (classification_group,) = parsed.content.get_image_measurement_groups()
-    evaluations = {e.name.value: e.value.value
-                   for e in classification_group.get_qualitative_evaluations()}
+    evaluations = {
+        e.name.value: e.value.value for e in classification_group.get_qualitative_evaluations()
+    }
     assert evaluations[codes.IMPRESSION.value] == codes.CLASS_CODES["malignant"].value
 
 
@@ -151,7 +162,9 @@ def test_build_sr_same_inputs_gives_same_uids() -> None:
     first = build_sr(sources, segs, MALIGNANT, findings, ALGORITHM, 901)
     second = build_sr(sources, segs, MALIGNANT, findings, ALGORITHM, 901)
     assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (
-        second.SOPInstanceUID, second.SeriesInstanceUID)
+        second.SOPInstanceUID,
+        second.SeriesInstanceUID,
+    )
 
 
 @needs_dciodvfy
@@ -163,13 +176,20 @@ def test_build_sr_real_source_passes_dciodvfy(name: str) -> None:
     masks, frames = _masks_for(source, REAL_SOURCES[name])
     seg = build_seg([source], [masks], [frames], ALGORITHM, 900)
     multiframe = int(source.get("NumberOfFrames", 1) or 1) > 1
-    findings = [LesionFinding(str(source.SOPInstanceUID), frame if multiframe else None,
-                              12.5, 5.0, 3.0, int(mask.sum()))
-                for mask, frame in zip(masks, frames, strict=True)]
+    findings = [
+        LesionFinding(
+            str(source.SOPInstanceUID),
+            frame if multiframe else None,
+            12.5,
+            5.0,
+            3.0,
+            int(mask.sum()),
+        )
+        for mask, frame in zip(masks, frames, strict=True)
+    ]
     sr = build_sr([source], [seg], MALIGNANT, findings, ALGORITHM, 901)
     errors, warnings = validate_dataset(sr)
-    assert_only_inherited(source, errors,
-                          [w for w in warnings if PRIVATE_SCHEME_WARNING not in w])
+    assert_only_inherited(source, errors, [w for w in warnings if PRIVATE_SCHEME_WARNING not in w])
     assert len(_segmentation_references(roundtrip(sr))) == len(findings)
 
 
@@ -217,12 +237,22 @@ def test_study_classification_invalid_values_raise(
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"area_px": 0}, "area_px"), ({"frame_number": 0}, "frame_number"),
-     ({"long_axis_mm": float("nan")}, "long_axis_mm"), ({"source_sop_instance_uid": ""}, "uid")],
+    [
+        ({"area_px": 0}, "area_px"),
+        ({"frame_number": 0}, "frame_number"),
+        ({"long_axis_mm": float("nan")}, "long_axis_mm"),
+        ({"source_sop_instance_uid": ""}, "uid"),
+    ],
 )
 def test_lesion_finding_invalid_values_raise(kwargs: dict, match: str) -> None:
-    values = dict(source_sop_instance_uid="1.2.3", frame_number=None, area_mm2=1.0,
-                  long_axis_mm=1.0, short_axis_mm=1.0, area_px=10)
+    values = dict(
+        source_sop_instance_uid="1.2.3",
+        frame_number=None,
+        area_mm2=1.0,
+        long_axis_mm=1.0,
+        short_axis_mm=1.0,
+        area_px=10,
+    )
     values.update(kwargs)
     with pytest.raises(ValueError, match=match):
         LesionFinding(**values)
@@ -243,8 +273,11 @@ def _flatten(sr: Dataset) -> dict:
 
     def walk(items: list[Dataset]) -> None:
         for item in items:
-            name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" \
-                in item else ""
+            name = (
+                item.ConceptNameCodeSequence[0].CodeMeaning
+                if "ConceptNameCodeSequence" in item
+                else ""
+            )
             kind = item.ValueType
             if kind in ("TEXT", "UIDREF"):
                 out["text"].append((name, str(item.get("TextValue", item.get("UID", "")))))
@@ -273,10 +306,14 @@ def _segmentation_references(sr: Dataset) -> list[tuple[str, int, str, int | Non
                 source_item = items[index + 1]
                 source_ref = source_item.ReferencedSOPSequence[0]
                 frame = source_ref.get("ReferencedFrameNumber")
-                found.append((seg_ref.ReferencedSOPInstanceUID,
-                              int(seg_ref.ReferencedFrameNumber),
-                              source_ref.ReferencedSOPInstanceUID,
-                              int(frame) if frame is not None else None))
+                found.append(
+                    (
+                        seg_ref.ReferencedSOPInstanceUID,
+                        int(seg_ref.ReferencedFrameNumber),
+                        source_ref.ReferencedSOPInstanceUID,
+                        int(frame) if frame is not None else None,
+                    )
+                )
             walk(list(item.get("ContentSequence", [])))
 
     walk(list(sr.ContentSequence))

@@ -15,11 +15,15 @@ UID_PATTERN = re.compile(r"2\.25\.(0|[1-9][0-9]*)")
 
 @pytest.mark.parametrize(
     ("source", "version", "kind"),
-    [("1.2.3", "v1", "seg"), (generate_uid(), "wecare-multitask 2026-11-23 ab12cd34", "sr"),
-     ("1.2.840.10008.5.1.4.1.1.6.1", "x", "seg-frame-of-reference")],
+    [
+        ("1.2.3", "v1", "seg"),
+        (generate_uid(), "wecare-multitask 2026-11-23 ab12cd34", "sr"),
+        ("1.2.840.10008.5.1.4.1.1.6.1", "x", "seg-frame-of-reference"),
+    ],
 )
-def test_output_uid_inputs_give_valid_deterministic_uid(source: str, version: str,
-                                                        kind: str) -> None:
+def test_output_uid_inputs_give_valid_deterministic_uid(
+    source: str, version: str, kind: str
+) -> None:
     uid = output_uid(source, version, kind)
     assert uid == output_uid(source, version, kind)
     assert UID_PATTERN.fullmatch(uid) and len(uid) <= 64
@@ -39,17 +43,30 @@ def test_output_uid_any_input_change_gives_other_uid(other: tuple[str, str, str]
 
 @pytest.mark.parametrize(
     "uid",
-    [generate_uid(), "2.25." + str(uuid.uuid4().int), "2.25.0", "2.25.0123", "",
-     None, "2.25." + str(1 << 130), "1.2.3.4"],
+    [
+        generate_uid(),
+        "2.25." + str(uuid.uuid4().int),
+        "2.25.0",
+        "2.25.0123",
+        "",
+        None,
+        "2.25." + str(1 << 130),
+        "1.2.3.4",
+    ],
 )
 def test_is_our_uid_foreign_uids_false(uid: object) -> None:
     assert not is_our_uid(uid)
 
 
-@pytest.mark.parametrize(("args", "match"), [
-    (("", "v", "seg"), "source_uid"), (("1.2", "", "seg"), "model_version"),
-    (("1.2", "v", "SEG"), "kind"), (("1.2", "v", ""), "kind"),
-])
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("", "v", "seg"), "source_uid"),
+        (("1.2", "", "seg"), "model_version"),
+        (("1.2", "v", "SEG"), "kind"),
+        (("1.2", "v", ""), "kind"),
+    ],
+)
 def test_output_uid_invalid_arguments_raise(args: tuple[str, str, str], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         output_uid(*args)

@@ -100,8 +100,13 @@ class Orthanc:
 
 
 @contextmanager
-def orthanc(tmp: Path, modalities: dict[str, tuple[str, int]], *, autoforward: bool = False,
-            stable_age: int = 1) -> Iterator[Orthanc]:
+def orthanc(
+    tmp: Path,
+    modalities: dict[str, tuple[str, int]],
+    *,
+    autoforward: bool = False,
+    stable_age: int = 1,
+) -> Iterator[Orthanc]:
     """Start a throwaway Orthanc on loopback ports; `modalities` name → (AE title, port)."""
     binary = require("Orthanc")
     http_port, dicom_port = free_port(), free_port()
@@ -120,7 +125,9 @@ def orthanc(tmp: Path, modalities: dict[str, tuple[str, int]], *, autoforward: b
         "DicomServerEnabled": True,
         "StableAge": stable_age,
         "Plugins": [],
-        "DicomModalities": {name: [aet, "127.0.0.1", port] for name, (aet, port) in modalities.items()},
+        "DicomModalities": {
+            name: [aet, "127.0.0.1", port] for name, (aet, port) in modalities.items()
+        },
         "LuaScripts": [str(LUA_AUTOFORWARD)] if autoforward else [],
         "DicomScuTimeout": 30,
     }
@@ -148,14 +155,17 @@ def orthanc(tmp: Path, modalities: dict[str, tuple[str, int]], *, autoforward: b
 
 
 @contextmanager
-def storescp(out_dir: Path, port: int | None = None, aet: str = "STORESCP") -> Iterator[tuple[str, int]]:
+def storescp(
+    out_dir: Path, port: int | None = None, aet: str = "STORESCP"
+) -> Iterator[tuple[str, int]]:
     """dcmtk storescp accepting everything into `out_dir`; yields (AE title, port)."""
     binary = require("storescp")
     port = port or free_port()
     out_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [binary, "--aetitle", aet, "-od", str(out_dir), "+xa", "--promiscuous", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
     def up() -> bool:
@@ -169,14 +179,30 @@ def storescp(out_dir: Path, port: int | None = None, aet: str = "STORESCP") -> I
         _stop(proc)
 
 
-def storescu(port: int, files: list[Path], called_aet: str = "WECARE",
-             calling_aet: str = "STORESCU", extra: tuple[str, ...] = ("-R",)) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int,
+    files: list[Path],
+    called_aet: str = "WECARE",
+    calling_aet: str = "STORESCU",
+    extra: tuple[str, ...] = ("-R",),
+) -> subprocess.CompletedProcess[str]:
     """dcmtk storescu; `-R` proposes exactly the files' own SOP classes and transfer syntaxes."""
     binary = require("storescu")
     return subprocess.run(
-        [binary, *extra, "-aec", called_aet, "-aet", calling_aet, "127.0.0.1", str(port),
-         *map(str, files)],
-        capture_output=True, text=True, timeout=120,
+        [
+            binary,
+            *extra,
+            "-aec",
+            called_aet,
+            "-aet",
+            calling_aet,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -196,8 +222,12 @@ class WeCareProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def write_config(tmp: Path, destinations: dict[str, tuple[str, int]], dicom_port: int | None = None,
-                 **sections: dict[str, Any]) -> tuple[Path, int, int]:
+def write_config(
+    tmp: Path,
+    destinations: dict[str, tuple[str, int]],
+    dicom_port: int | None = None,
+    **sections: dict[str, Any],
+) -> tuple[Path, int, int]:
     """A WeCare TOML config on free ports; returns (path, dicom port, web port)."""
     tmp.mkdir(parents=True, exist_ok=True)
     dicom_port, web_port = dicom_port or free_port(), free_port()
@@ -216,23 +246,37 @@ def write_config(tmp: Path, destinations: dict[str, tuple[str, int]], dicom_port
         lines.append(f"[{section}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     for name, (aet, port) in destinations.items():
-        lines += ["[[destinations]]", f'name = "{name}"', f'ae_title = "{aet}"',
-                  'host = "127.0.0.1"', f"port = {port}"]
+        lines += [
+            "[[destinations]]",
+            f'name = "{name}"',
+            f'ae_title = "{aet}"',
+            'host = "127.0.0.1"',
+            f"port = {port}",
+        ]
     path = tmp / "wecare.toml"
     path.write_text("\n".join(lines) + "\n")
     return path, dicom_port, web_port
 
 
 @contextmanager
-def wecare(tmp: Path, destinations: dict[str, tuple[str, int]], dicom_port: int | None = None,
-           **sections: dict[str, Any]) -> Iterator[WeCareProcess]:
+def wecare(
+    tmp: Path,
+    destinations: dict[str, tuple[str, int]],
+    dicom_port: int | None = None,
+    **sections: dict[str, Any],
+) -> Iterator[WeCareProcess]:
     """Run `wecare serve` as its own process (the real CLI) until the test ends."""
     config, dicom_port, web_port = write_config(tmp, destinations, dicom_port, **sections)
     log_path = tmp / "wecare.stderr"
     log = open(log_path, "wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", str(config)],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+        env=env,
+    )
     server = WeCareProcess(proc, dicom_port, web_port, tmp / "wecare-data", log_path)
 
     def up() -> bool:

@@ -14,11 +14,11 @@ from pydicom import dcmread
 
 from tests.dciodvfy import run_dciodvfy
 from tests.integration.peers import (
+    WeCareProcess,
     free_port,
     orthanc,
     storescp,
     storescu,
-    WeCareProcess,
     wait_for,
     wecare,
 )
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+STAMPS = ("created_at", "queued_at", "running_at", "exporting_at", "finished_at")
 
 
 def _referenced_sops(ds: object) -> set[str]:
@@ -79,9 +80,11 @@ def test_orthanc_autoforward_study_gets_seg_and_sr_back(tmp_path: Path) -> None:
             jobs = service.api("/api/jobs")["data"]
             assert len(jobs) == 1
             job = service.api(f"/api/jobs/{jobs[0]['id']}")
-            print(f"\nend-to-end (upload to Orthanc → SEG+SR stored in Orthanc): {elapsed:.1f} s; "
-                  f"stages: {job.get('stage_seconds')}; timestamps: "
-                  f"{ {k: job.get(k) for k in ('created_at', 'queued_at', 'running_at', 'exporting_at', 'finished_at')} }")
+            print(
+                f"\nend-to-end (upload to Orthanc → SEG+SR stored in Orthanc): {elapsed:.1f} s; "
+                f"stages: {job.get('stage_seconds')}; timestamps: "
+                f"{ {k: job.get(k) for k in STAMPS} }"
+            )
             wait_for(lambda: _job_finished(service), 30, what="job done")
             # Orthanc sees the study change and forwards it again after StableAge: WeCare keeps
             # the instances it already holds, makes no new job and sends nothing twice.
@@ -108,7 +111,10 @@ def test_orthanc_autoforward_study_gets_seg_and_sr_back(tmp_path: Path) -> None:
 def test_dcmtk_storescu_to_wecare_to_storescp(tmp_path: Path) -> None:
     """storescu → WeCare → storescp: the outputs arrive and validate; the job ends done."""
     received = tmp_path / "storescp-in"
-    with storescp(received) as (aet, port), wecare(tmp_path / "w", {"peer": (aet, port)}) as service:
+    with (
+        storescp(received) as (aet, port),
+        wecare(tmp_path / "w", {"peer": (aet, port)}) as service,
+    ):
         result = storescu(service.dicom_port, [pydicom_data_file("US1_UNCR.dcm")], extra=())
         assert result.returncode == 0, result.stderr
         wait_for(lambda: _job_finished(service), 180, interval=1, what="job done")
@@ -123,8 +129,11 @@ def test_destination_down_then_up_delivered_on_retry_never_sent_early(tmp_path: 
     """Outputs wait in the outbox while the destination is down and go out once it is up."""
     dest_port = free_port()
     received = tmp_path / "late-peer"
-    with wecare(tmp_path / "w", {"late": ("LATE", dest_port)},
-                export={"base_backoff_seconds": 1, "max_backoff_seconds": 2, "max_attempts": 50}) as service:
+    with wecare(
+        tmp_path / "w",
+        {"late": ("LATE", dest_port)},
+        export={"base_backoff_seconds": 1, "max_backoff_seconds": 2, "max_attempts": 50},
+    ) as service:
         result = storescu(service.dicom_port, [pydicom_data_file("US1_UNCR.dcm")], extra=())
         assert result.returncode == 0, result.stderr
 
@@ -143,8 +152,12 @@ def test_destination_down_then_up_delivered_on_retry_never_sent_early(tmp_path: 
         assert all(r["next_try_at"] and r["last_error"] for r in rows)
         up_at = time.time()
         with storescp(received, port=dest_port, aet="LATE"):
-            wait_for(lambda: service.api(f"/api/jobs/{job['id']}")["state"] == "done", 60,
-                     interval=0.5, what="delivery after the destination came back")
+            wait_for(
+                lambda: service.api(f"/api/jobs/{job['id']}")["state"] == "done",
+                60,
+                interval=0.5,
+                what="delivery after the destination came back",
+            )
         final = service.api(f"/api/jobs/{job['id']}")
     sent_rows = [row for out in final["outputs"] for row in out["outbox"]]
     assert all(r["state"] == "sent" for r in sent_rows)

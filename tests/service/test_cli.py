@@ -48,7 +48,10 @@ def test_infer_dicom_writes_valid_seg_and_sr_and_json_lines(tmp_path: Path) -> N
     src = make_us_image(tmp_path / "us.dcm")
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "infer", str(src), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -68,7 +71,9 @@ def test_infer_png_writes_mask_overlay_and_cam(tmp_path: Path) -> None:
     image = np.zeros((200, 240), dtype=np.uint8) + 40
     image[80:130, 90:160] = 200
     Image.fromarray(image).save(tmp_path / "scan.png")
-    result = runner.invoke(app, ["infer", str(tmp_path / "scan.png"), "--out", str(tmp_path / "out")])
+    result = runner.invoke(
+        app, ["infer", str(tmp_path / "scan.png"), "--out", str(tmp_path / "out")]
+    )
     assert result.exit_code == 0, result.output
     row = json.loads(result.output.strip().splitlines()[-1])
     assert row["file"] == "scan.png" and "lesion_area_px" in row

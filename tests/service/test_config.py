@@ -15,14 +15,21 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_load_settings_no_file_embedded_defaults() -> None:
     s = load_settings(None)
-    assert (s.dicom.ae_title, s.dicom.port, s.web.host, s.web.port) == ("WECARE", 11112, "127.0.0.1", 8000)
+    assert (s.dicom.ae_title, s.dicom.port, s.web.host, s.web.port) == (
+        "WECARE",
+        11112,
+        "127.0.0.1",
+        8000,
+    )
     assert s.study.stable_seconds == 10
     assert s.storage.resolved_database_url().endswith("wecare-data/wecare.db")
     assert s.destinations == []
 
 
 def test_load_settings_toml_file_values_used(tmp_path: Path) -> None:
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
 [dicom]
 ae_title = "AI1"
 port = 11999
@@ -35,7 +42,8 @@ name = "pacs"
 ae_title = "ORTHANC"
 host = "127.0.0.1"
 port = 4242
-""")
+""",
+    )
     s = load_settings(path)
     assert (s.dicom.ae_title, s.dicom.port, s.study.stable_seconds) == ("AI1", 11999, 3)
     assert s.destinations[0].ae_title == "ORTHANC" and s.destinations[0].port == 4242

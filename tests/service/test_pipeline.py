@@ -45,10 +45,19 @@ class ThresholdModel:
         out = []
         for image in images:
             mask = image > self.level
-            probs = ({"normal": 0.1, "benign": 0.3, "malignant": 0.6} if mask.any()
-                     else {"normal": 0.8, "benign": 0.15, "malignant": 0.05})
-            out.append(_Prediction(mask, probs, max(probs, key=probs.get),  # type: ignore[arg-type]
-                                   image.astype(np.float32) if with_cam else None))
+            probs = (
+                {"normal": 0.1, "benign": 0.3, "malignant": 0.6}
+                if mask.any()
+                else {"normal": 0.8, "benign": 0.15, "malignant": 0.05}
+            )
+            out.append(
+                _Prediction(
+                    mask,
+                    probs,
+                    max(probs, key=probs.get),  # type: ignore[arg-type]
+                    image.astype(np.float32) if with_cam else None,
+                )
+            )
         return out
 
 
@@ -65,8 +74,8 @@ def test_process_study_single_image_seg_holds_model_mask_and_sr_measures_it(tmp_
     path = make_us_image(tmp_path / "a.dcm")
     model = ThresholdModel()
     result = process_study([_source(path)], model, tmp_path / "out")
-    seg_path, = _outputs(result, "seg")
-    sr_path, = _outputs(result, "sr")
+    (seg_path,) = _outputs(result, "seg")
+    (sr_path,) = _outputs(result, "sr")
     for p in (seg_path, sr_path):
         errors, _ = run_dciodvfy(p)
         assert errors == []
@@ -91,8 +100,10 @@ def test_process_study_single_image_seg_holds_model_mask_and_sr_measures_it(tmp_
 def _region_box(ds: object, shape: tuple[int, ...]) -> np.ndarray:
     box = np.zeros(shape, dtype=bool)
     region = ds.SequenceOfUltrasoundRegions[0]  # type: ignore[attr-defined]
-    box[region.RegionLocationMinY0:region.RegionLocationMaxY1 + 1,
-        region.RegionLocationMinX0:region.RegionLocationMaxX1 + 1] = True
+    box[
+        region.RegionLocationMinY0 : region.RegionLocationMaxY1 + 1,
+        region.RegionLocationMinX0 : region.RegionLocationMaxX1 + 1,
+    ] = True
     return box
 
 
@@ -108,10 +119,14 @@ def test_process_study_rerun_same_output_uids(tmp_path: Path) -> None:
     path = make_us_image(tmp_path / "a.dcm")
     first = process_study([_source(path)], ThresholdModel(), tmp_path / "o1")
     second = process_study([_source(path)], ThresholdModel(), tmp_path / "o2")
-    assert [o.sop_instance_uid for o in first.outputs] == [o.sop_instance_uid for o in second.outputs]
+    assert [o.sop_instance_uid for o in first.outputs] == [
+        o.sop_instance_uid for o in second.outputs
+    ]
 
 
-def test_process_study_multiframe_every_frame_predicted_seg_references_frames(tmp_path: Path) -> None:
+def test_process_study_multiframe_every_frame_predicted_seg_references_frames(
+    tmp_path: Path,
+) -> None:
     path = make_us_image(tmp_path / "cine.dcm", frames=5)
     model = ThresholdModel()
     result = process_study([_source(path)], model, tmp_path / "out")
@@ -126,10 +141,18 @@ def test_process_study_multiframe_every_frame_predicted_seg_references_frames(tm
 
 
 def test_process_study_series_of_two_images_one_seg(tmp_path: Path) -> None:
-    a = make_us_image(tmp_path / "a.dcm", series_instance_uid="1.2.826.0.1.3680043.10.1.1",
-                      study_instance_uid="1.2.826.0.1.3680043.10.1", sop_instance_uid="1.2.826.0.1.3680043.10.1.1.1")
-    b = make_us_image(tmp_path / "b.dcm", series_instance_uid="1.2.826.0.1.3680043.10.1.1",
-                      study_instance_uid="1.2.826.0.1.3680043.10.1", sop_instance_uid="1.2.826.0.1.3680043.10.1.1.2")
+    a = make_us_image(
+        tmp_path / "a.dcm",
+        series_instance_uid="1.2.826.0.1.3680043.10.1.1",
+        study_instance_uid="1.2.826.0.1.3680043.10.1",
+        sop_instance_uid="1.2.826.0.1.3680043.10.1.1.1",
+    )
+    b = make_us_image(
+        tmp_path / "b.dcm",
+        series_instance_uid="1.2.826.0.1.3680043.10.1.1",
+        study_instance_uid="1.2.826.0.1.3680043.10.1",
+        sop_instance_uid="1.2.826.0.1.3680043.10.1.1.2",
+    )
     result = process_study([_source(a), _source(b)], ThresholdModel(), tmp_path / "out")
     assert len(_outputs(result, "seg")) == 1
     seg = dcmread(_outputs(result, "seg")[0])
@@ -139,16 +162,18 @@ def test_process_study_series_of_two_images_one_seg(tmp_path: Path) -> None:
 def test_process_study_real_file_without_region_whole_frame_and_no_mm(tmp_path: Path) -> None:
     from tests.realfiles import pydicom_data_file
 
-    result = process_study([_source(pydicom_data_file("US1_UNCR.dcm"))], ThresholdModel(),
-                           tmp_path / "out")
+    result = process_study(
+        [_source(pydicom_data_file("US1_UNCR.dcm"))], ThresholdModel(), tmp_path / "out"
+    )
     row = result.results[0]
     assert row["lesion_area_px"] > 0 and row["lesion_area_mm2"] is None
     assert all(run_dciodvfy(p)[0] == [] for p in _outputs(result, "seg") + _outputs(result, "sr"))
 
 
 def test_process_study_real_calibrated_file_sizes_in_mm(tmp_path: Path) -> None:
-    result = process_study([_source(deid_ultrasound("GREYSCALE_IMAGE.dcm"))], ThresholdModel(),
-                           tmp_path / "out")
+    result = process_study(
+        [_source(deid_ultrasound("GREYSCALE_IMAGE.dcm"))], ThresholdModel(), tmp_path / "out"
+    )
     row = result.results[0]
     assert row["lesion_area_mm2"] is not None and row["long_axis_mm"] >= row["short_axis_mm"] > 0
 
@@ -158,8 +183,11 @@ def test_process_study_undecodable_only_image_job_error(tmp_path: Path) -> None:
     good = make_us_image(tmp_path / "good.dcm")
     path.write_bytes(good.read_bytes()[:2000])
     with pytest.raises(JobError) as info:
-        process_study([_source(good), SourceImage("1.2.3", "1.2", path)][1:], ThresholdModel(),
-                      tmp_path / "out")
+        process_study(
+            [_source(good), SourceImage("1.2.3", "1.2", path)][1:],
+            ThresholdModel(),
+            tmp_path / "out",
+        )
     assert info.value.code == "no_processable_images"
 
 
@@ -167,8 +195,9 @@ def test_process_study_one_bad_image_others_processed_and_reported(tmp_path: Pat
     good = make_us_image(tmp_path / "good.dcm")
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(good.read_bytes()[:2000])
-    result = process_study([_source(good), SourceImage("1.2.3.4", "1.2.3", bad)], ThresholdModel(),
-                           tmp_path / "out")
+    result = process_study(
+        [_source(good), SourceImage("1.2.3.4", "1.2.3", bad)], ThresholdModel(), tmp_path / "out"
+    )
     assert len(result.skipped) == 1 and result.image_count == 1
 
 

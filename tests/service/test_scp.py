@@ -12,7 +12,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from sqlalchemy import Engine, func, select
 
-from service.scp import StoreContext, StoreStatus, start_scp
+from service.ingest import StoreContext, StoreStatus
+from service.scp import start_scp
 from storage.db import session_scope
 from storage.files import DataDir
 from storage.models import Instance, Job
@@ -92,7 +93,9 @@ def test_store_write_fails_failure_status_and_nothing_recorded(
     assert not any(p.suffix == ".dcm" for p in scp[1].data_dir.incoming.rglob("*"))
 
 
-def test_store_disk_below_floor_out_of_resources(scp: tuple[int, StoreContext], engine: Engine) -> None:
+def test_store_disk_below_floor_out_of_resources(
+    scp: tuple[int, StoreContext], engine: Engine
+) -> None:
     scp[1].data_dir.min_free_bytes = 10**18
     ds = dcmread(pydicom_data_file("US1_UNCR.dcm"))
     assert _send(scp[0], ds) == StoreStatus.OUT_OF_RESOURCES
@@ -127,21 +130,38 @@ def test_store_our_own_seg_stored_but_no_job(scp: tuple[int, StoreContext], engi
 
 
 @pytest.mark.integration
-def test_store_dcmtk_storescu_several_files_all_stored(scp: tuple[int, StoreContext], engine: Engine) -> None:
-    uncompressed = [pydicom_data_file("US1_UNCR.dcm"), deid_ultrasound("GREYSCALE_IMAGE.dcm"),
-                    deid_ultrasound("ultrasound-multiframe.dcm")]
+def test_store_dcmtk_storescu_several_files_all_stored(
+    scp: tuple[int, StoreContext], engine: Engine
+) -> None:
+    uncompressed = [
+        pydicom_data_file("US1_UNCR.dcm"),
+        deid_ultrasound("GREYSCALE_IMAGE.dcm"),
+        deid_ultrasound("ultrasound-multiframe.dcm"),
+    ]
     jpeg2000 = [pydicom_data_file("US1_J2KR.dcm")]
     for files, options in ((uncompressed, ()), (jpeg2000, ("-xv",))):
         result = storescu(scp[0], files, extra=options)
         assert result.returncode == 0, result.stderr
     files = uncompressed + jpeg2000
-    assert _count(engine, Instance) == len({dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files})
+    assert _count(engine, Instance) == len(
+        {dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+    )
 
 
 @pytest.mark.parametrize(
     "syntax",
-    ["implicit", "explicit", "big-endian", "deflate", "jpeg-baseline", "jpeg-lossless", "jpeg-ls",
-     "jpeg2000-lossless", "jpeg2000", "rle"],
+    [
+        "implicit",
+        "explicit",
+        "big-endian",
+        "deflate",
+        "jpeg-baseline",
+        "jpeg-lossless",
+        "jpeg-ls",
+        "jpeg2000-lossless",
+        "jpeg2000",
+        "rle",
+    ],
 )
 @pytest.mark.parametrize(
     "sop_class",
@@ -154,8 +174,9 @@ def test_store_each_sop_class_and_transfer_syntax_accepted_as_sent(
     from tests.factories import TRANSFER_SYNTAXES, make_us_image
 
     frames = 3 if sop_class.endswith("3.1") else 1
-    path = make_us_image(tmp_path / "x.dcm", transfer_syntax=syntax, frames=frames,
-                         sop_class_uid=sop_class)
+    path = make_us_image(
+        tmp_path / "x.dcm", transfer_syntax=syntax, frames=frames, sop_class_uid=sop_class
+    )
     ds = dcmread(path)
     assert _send(scp[0], ds) == StoreStatus.SUCCESS
     with session_scope(engine) as s:

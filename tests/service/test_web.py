@@ -76,17 +76,29 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 
 RESULTS = [
     {
-        "image": 1, "frame": 1, "sop_instance_uid": "1.2.826.0.1.3680043.8.1.1",
+        "image": 1,
+        "frame": 1,
+        "sop_instance_uid": "1.2.826.0.1.3680043.8.1.1",
         "predicted_class": "malignant",
         "probabilities": {"normal": 0.05, "benign": 0.15, "malignant": 0.8},
-        "lesion_area_px": 1234, "lesion_area_mm2": 56.7, "long_axis_mm": 12.3,
-        "short_axis_mm": 7.8, "mask_png": "000_0001_mask.png", "cam_png": "000_0001_cam.png",
+        "lesion_area_px": 1234,
+        "lesion_area_mm2": 56.7,
+        "long_axis_mm": 12.3,
+        "short_axis_mm": 7.8,
+        "mask_png": "000_0001_mask.png",
+        "cam_png": "000_0001_cam.png",
     },
     {
-        "image": 2, "frame": 1, "predicted_class": "benign",
+        "image": 2,
+        "frame": 1,
+        "predicted_class": "benign",
         "probabilities": {"normal": 0.2, "benign": 0.7, "malignant": 0.1},
-        "lesion_area_px": 400, "lesion_area_mm2": None, "long_axis_mm": None,
-        "short_axis_mm": None, "mask_png": "001_0001_mask.png", "cam_png": None,
+        "lesion_area_px": 400,
+        "lesion_area_mm2": None,
+        "long_axis_mm": None,
+        "short_axis_mm": None,
+        "mask_png": "001_0001_mask.png",
+        "cam_png": None,
     },
 ]
 
@@ -109,8 +121,12 @@ def add_job(
     with session_scope(engine) as s:
         study = s.scalar(select(Study).where(Study.study_instance_uid == study_uid))
         if study is None:
-            study = Study(study_instance_uid=study_uid, accession_number=accession,
-                          first_received_at=created_at, last_received_at=created_at)
+            study = Study(
+                study_instance_uid=study_uid,
+                accession_number=accession,
+                first_received_at=created_at,
+                last_received_at=created_at,
+            )
             s.add(study)
             s.flush()
         order = [JobState.WAITING, JobState.QUEUED, JobState.RUNNING, JobState.EXPORTING]
@@ -137,21 +153,31 @@ def add_job(
         s.add(job)
         s.flush()
         for n, kind in enumerate(("seg", "sr") if outbox else ()):
-            output = Output(job_id=job.id, kind=kind, sop_instance_uid=f"2.25.{job.id}{n}",
-                            series_instance_uid=f"2.25.9{job.id}{n}",
-                            sop_class_uid="1.2.840.10008.5.1.4.1.1.66.4", path=f"/x/{n}.dcm")
+            output = Output(
+                job_id=job.id,
+                kind=kind,
+                sop_instance_uid=f"2.25.{job.id}{n}",
+                series_instance_uid=f"2.25.9{job.id}{n}",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.66.4",
+                path=f"/x/{n}.dcm",
+            )
             s.add(output)
             s.flush()
             for destination, row_state in outbox:
-                s.add(OutboxItem(
-                    output_id=output.id, destination=destination, state=row_state,
-                    attempts=10 if row_state == OutboxState.FAILED else 1,
-                    next_try_at=T0 + timedelta(hours=1),
-                    last_status=0xA700 if row_state == OutboxState.FAILED else None,
-                    last_error="peer answered status 0xA700"
-                    if row_state == OutboxState.FAILED else None,
-                    sent_at=T0 if row_state == OutboxState.SENT else None,
-                ))
+                s.add(
+                    OutboxItem(
+                        output_id=output.id,
+                        destination=destination,
+                        state=row_state,
+                        attempts=10 if row_state == OutboxState.FAILED else 1,
+                        next_try_at=T0 + timedelta(hours=1),
+                        last_status=0xA700 if row_state == OutboxState.FAILED else None,
+                        last_error="peer answered status 0xA700"
+                        if row_state == OutboxState.FAILED
+                        else None,
+                        sent_at=T0 if row_state == OutboxState.SENT else None,
+                    )
+                )
         return job.id
 
 
@@ -179,8 +205,9 @@ def write_png(data_dir: DataDir, job_id: int, name: str) -> bytes:
 # ---- JSON API ---------------------------------------------------------------------------------
 
 
-def test_api_jobs_list_several_jobs_newest_first_with_count(client: TestClient,
-                                                            engine: Engine) -> None:
+def test_api_jobs_list_several_jobs_newest_first_with_count(
+    client: TestClient, engine: Engine
+) -> None:
     old = add_job(engine, study_uid="1.2.3.1", created_at=T0)
     new = add_job(engine, study_uid="1.2.3.2", created_at=T0 + timedelta(minutes=5))
 
@@ -195,8 +222,15 @@ def test_api_jobs_list_several_jobs_newest_first_with_count(client: TestClient,
 def test_api_jobs_list_state_filter_and_paging_returns_matching_page(
     client: TestClient, engine: Engine
 ) -> None:
-    failed = [add_job(engine, study_uid=f"1.2.3.{n}", state=JobState.FAILED,
-                      created_at=T0 + timedelta(minutes=n)) for n in range(3)]
+    failed = [
+        add_job(
+            engine,
+            study_uid=f"1.2.3.{n}",
+            state=JobState.FAILED,
+            created_at=T0 + timedelta(minutes=n),
+        )
+        for n in range(3)
+    ]
     add_job(engine, study_uid="1.2.4", state=JobState.DONE)
 
     body = client.get("/api/jobs", params={"state": "failed", "limit": 2, "offset": 1}).json()
@@ -209,8 +243,11 @@ def test_api_jobs_list_state_filter_and_paging_returns_matching_page(
 def test_api_job_detail_done_job_returns_results_outputs_and_durations(
     client: TestClient, engine: Engine
 ) -> None:
-    job_id = add_job(engine, state=JobState.DONE,
-                     outbox=[("pacs", OutboxState.SENT), ("archive", OutboxState.SENT)])
+    job_id = add_job(
+        engine,
+        state=JobState.DONE,
+        outbox=[("pacs", OutboxState.SENT), ("archive", OutboxState.SENT)],
+    )
 
     body = client.get(f"/api/jobs/{job_id}").json()
 
@@ -222,8 +259,13 @@ def test_api_job_detail_done_job_returns_results_outputs_and_durations(
     assert body["probabilities"]["malignant"] == pytest.approx(0.7)
     assert body["image_count"] == 2
     assert body["stage_seconds"]["inference"] == pytest.approx(2.5)
-    assert body["durations"] == {"waiting": 10.0, "queued": 2.0, "running": 8.0,
-                                 "exporting": 5.0, "total": 25.0}
+    assert body["durations"] == {
+        "waiting": 10.0,
+        "queued": 2.0,
+        "running": 8.0,
+        "exporting": 5.0,
+        "total": 25.0,
+    }
     first = body["results"][0]
     assert first["lesion_area_mm2"] == pytest.approx(56.7)
     assert first["long_axis_mm"] == pytest.approx(12.3)
@@ -246,8 +288,11 @@ def test_api_job_detail_missing_job_returns_404_with_code(client: TestClient) ->
 def test_api_job_detail_result_with_unsafe_preview_name_gets_no_url(
     client: TestClient, engine: Engine
 ) -> None:
-    job_id = add_job(engine, state=JobState.DONE,
-                     results=[{"image": 1, "mask_png": "../../wecare.db", "cam_png": None}])
+    job_id = add_job(
+        engine,
+        state=JobState.DONE,
+        results=[{"image": 1, "mask_png": "../../wecare.db", "cam_png": None}],
+    )
 
     result = client.get(f"/api/jobs/{job_id}").json()["results"][0]
 
@@ -289,9 +334,13 @@ def test_api_process_now_missing_job_returns_404(client: TestClient) -> None:
 def test_api_retry_failed_export_resets_outbox_and_job_to_exporting(
     client: TestClient, engine: Engine
 ) -> None:
-    job_id = add_job(engine, state=JobState.FAILED, error="export failed (pacs: refused)",
-                     error_code="export_failed",
-                     outbox=[("pacs", OutboxState.FAILED), ("archive", OutboxState.SENT)])
+    job_id = add_job(
+        engine,
+        state=JobState.FAILED,
+        error="export failed (pacs: refused)",
+        error_code="export_failed",
+        outbox=[("pacs", OutboxState.FAILED), ("archive", OutboxState.SENT)],
+    )
 
     response = client.post(f"/api/jobs/{job_id}/retry")
 
@@ -308,8 +357,9 @@ def test_api_retry_failed_export_resets_outbox_and_job_to_exporting(
 
 
 def test_api_retry_failed_processing_requeues_job(client: TestClient, engine: Engine) -> None:
-    job_id = add_job(engine, state=JobState.FAILED, error="no ultrasound region",
-                     error_code="no_us_region")
+    job_id = add_job(
+        engine, state=JobState.FAILED, error="no ultrasound region", error_code="no_us_region"
+    )
 
     response = client.post(f"/api/jobs/{job_id}/retry")
 
@@ -320,8 +370,9 @@ def test_api_retry_failed_processing_requeues_job(client: TestClient, engine: En
     assert job_state(engine, job_id) == JobState.QUEUED
 
 
-def test_api_retry_exporting_job_makes_pending_rows_due_now(client: TestClient,
-                                                           engine: Engine) -> None:
+def test_api_retry_exporting_job_makes_pending_rows_due_now(
+    client: TestClient, engine: Engine
+) -> None:
     job_id = add_job(engine, state=JobState.EXPORTING, outbox=[("pacs", OutboxState.PENDING)])
     before = datetime.now(UTC)
 
@@ -331,13 +382,13 @@ def test_api_retry_exporting_job_makes_pending_rows_due_now(client: TestClient,
     assert response.json()["action"] == "sent_now"
     rows = outbox_rows(engine, job_id)
     assert len(rows) == 2
-    assert all(before - timedelta(seconds=1) <= r.next_try_at <= datetime.now(UTC)
-               for r in rows)
+    assert all(before - timedelta(seconds=1) <= r.next_try_at <= datetime.now(UTC) for r in rows)
     assert job_state(engine, job_id) == JobState.EXPORTING
 
 
-@pytest.mark.parametrize("state", [JobState.WAITING, JobState.QUEUED, JobState.RUNNING,
-                                   JobState.DONE])
+@pytest.mark.parametrize(
+    "state", [JobState.WAITING, JobState.QUEUED, JobState.RUNNING, JobState.DONE]
+)
 def test_api_retry_job_not_failed_or_exporting_returns_409(
     client: TestClient, engine: Engine, state: JobState
 ) -> None:
@@ -349,8 +400,9 @@ def test_api_retry_job_not_failed_or_exporting_returns_409(
     assert job_state(engine, job_id) == state
 
 
-def test_api_retry_exporting_job_all_rows_sent_returns_409(client: TestClient,
-                                                          engine: Engine) -> None:
+def test_api_retry_exporting_job_all_rows_sent_returns_409(
+    client: TestClient, engine: Engine
+) -> None:
     job_id = add_job(engine, state=JobState.EXPORTING, outbox=[("pacs", OutboxState.SENT)])
 
     assert client.post(f"/api/jobs/{job_id}/retry").status_code == 409
@@ -364,16 +416,24 @@ def test_app_domain_error_returns_detail_and_code(app: FastAPI) -> None:
     response = TestClient(app).get("/api/boom")
 
     assert response.status_code == 409
-    assert response.json() == {"detail": "no ultrasound region in image 3f2a1b0c",
-                               "code": "no_us_region"}
+    assert response.json() == {
+        "detail": "no ultrasound region in image 3f2a1b0c",
+        "code": "no_us_region",
+    }
 
 
 def test_openapi_docs_list_every_api_route(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
 
     assert spec["info"]["title"] == "WeCare"
-    assert {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/process-now",
-            "/api/jobs/{job_id}/retry", "/health", "/metrics"} <= set(spec["paths"])
+    assert {
+        "/api/jobs",
+        "/api/jobs/{job_id}",
+        "/api/jobs/{job_id}/process-now",
+        "/api/jobs/{job_id}/retry",
+        "/health",
+        "/metrics",
+    } <= set(spec["paths"])
     assert "/" not in spec["paths"]  # HTML pages stay out of the API docs
     assert client.get("/docs").status_code == 200
 
@@ -383,8 +443,14 @@ def test_openapi_docs_list_every_api_route(client: TestClient) -> None:
 
 def test_dashboard_index_jobs_shows_values_and_buttons(client: TestClient, engine: Engine) -> None:
     waiting = add_job(engine, study_uid="1.2.3.1", accession="ACC-WAIT")
-    failed = add_job(engine, study_uid="1.2.3.2", accession="ACC-FAIL", state=JobState.FAILED,
-                     error="no ultrasound region", error_code="no_us_region")
+    failed = add_job(
+        engine,
+        study_uid="1.2.3.2",
+        accession="ACC-FAIL",
+        state=JobState.FAILED,
+        error="no ultrasound region",
+        error_code="no_us_region",
+    )
     done = add_job(engine, study_uid="1.2.3.3", accession="ACC-DONE", state=JobState.DONE)
 
     response = client.get("/")
@@ -404,8 +470,9 @@ def test_dashboard_index_jobs_shows_values_and_buttons(client: TestClient, engin
     assert 'class="badge s-failed"' in page
 
 
-def test_dashboard_index_state_filter_shows_only_that_state(client: TestClient,
-                                                           engine: Engine) -> None:
+def test_dashboard_index_state_filter_shows_only_that_state(
+    client: TestClient, engine: Engine
+) -> None:
     add_job(engine, study_uid="1.2.3.1", accession="ACC-WAIT")
     add_job(engine, study_uid="1.2.3.2", accession="ACC-DONE", state=JobState.DONE)
 
@@ -433,8 +500,12 @@ def test_dashboard_accession_with_script_renders_escaped(
 def test_dashboard_job_page_checkpoint_model_shows_everything(
     client: TestClient, engine: Engine, data_dir: DataDir
 ) -> None:
-    job_id = add_job(engine, state=JobState.EXPORTING, model_status="checkpoint: epoch 12",
-                     outbox=[("pacs", OutboxState.FAILED), ("archive", OutboxState.PENDING)])
+    job_id = add_job(
+        engine,
+        state=JobState.EXPORTING,
+        model_status="checkpoint: epoch 12",
+        outbox=[("pacs", OutboxState.FAILED), ("archive", OutboxState.PENDING)],
+    )
     for name in ("000_0001_mask.png", "000_0001_cam.png"):
         write_png(data_dir, job_id, name)
 
@@ -480,12 +551,14 @@ def test_dashboard_job_page_missing_job_returns_404_page(client: TestClient) -> 
     assert response.headers["content-type"].startswith("text/html")
 
 
-def test_dashboard_form_process_now_redirects_back_and_queues(client: TestClient,
-                                                             engine: Engine) -> None:
+def test_dashboard_form_process_now_redirects_back_and_queues(
+    client: TestClient, engine: Engine
+) -> None:
     job_id = add_job(engine)
 
-    response = client.post(f"/jobs/{job_id}/process-now", data={"next": "/"},
-                           follow_redirects=False)
+    response = client.post(
+        f"/jobs/{job_id}/process-now", data={"next": "/"}, follow_redirects=False
+    )
 
     assert response.status_code == 303
     assert response.headers["location"] == "/?notice=queued"
@@ -498,16 +571,18 @@ def test_dashboard_form_retry_failed_job_from_detail_redirects_to_detail(
 ) -> None:
     job_id = add_job(engine, state=JobState.FAILED, outbox=[("pacs", OutboxState.FAILED)])
 
-    response = client.post(f"/jobs/{job_id}/retry", data={"next": f"/jobs/{job_id}"},
-                           follow_redirects=False)
+    response = client.post(
+        f"/jobs/{job_id}/retry", data={"next": f"/jobs/{job_id}"}, follow_redirects=False
+    )
 
     assert response.status_code == 303
     assert response.headers["location"] == f"/jobs/{job_id}?notice=exports_retried"
     assert job_state(engine, job_id) == JobState.EXPORTING
 
 
-def test_dashboard_form_action_not_allowed_redirects_with_notice(client: TestClient,
-                                                                engine: Engine) -> None:
+def test_dashboard_form_action_not_allowed_redirects_with_notice(
+    client: TestClient, engine: Engine
+) -> None:
     job_id = add_job(engine, state=JobState.DONE)
 
     response = client.post(f"/jobs/{job_id}/retry", data={"next": "/"})
@@ -517,10 +592,12 @@ def test_dashboard_form_action_not_allowed_redirects_with_notice(client: TestCli
     assert job_state(engine, job_id) == JobState.DONE
 
 
-@pytest.mark.parametrize("next_url", ["//evil.example/", "https://evil.example/", "/\\evil",
-                                      "/jobs/1/../../x", None])
-def test_dashboard_form_foreign_next_redirects_home(client: TestClient, engine: Engine,
-                                                    next_url: str | None) -> None:
+@pytest.mark.parametrize(
+    "next_url", ["//evil.example/", "https://evil.example/", "/\\evil", "/jobs/1/../../x", None]
+)
+def test_dashboard_form_foreign_next_redirects_home(
+    client: TestClient, engine: Engine, next_url: str | None
+) -> None:
     job_id = add_job(engine)
     data = {"next": next_url} if next_url is not None else {}
 
@@ -532,8 +609,9 @@ def test_dashboard_form_foreign_next_redirects_home(client: TestClient, engine: 
 # ---- previews ---------------------------------------------------------------------------------
 
 
-def test_preview_existing_png_is_served(client: TestClient, engine: Engine,
-                                        data_dir: DataDir) -> None:
+def test_preview_existing_png_is_served(
+    client: TestClient, engine: Engine, data_dir: DataDir
+) -> None:
     job_id = add_job(engine, state=JobState.DONE)
     png = write_png(data_dir, job_id, "000_0001_mask.png")
 
@@ -545,11 +623,22 @@ def test_preview_existing_png_is_served(client: TestClient, engine: Engine,
     assert Image.open(io.BytesIO(response.content)).size == (32, 24)
 
 
-@pytest.mark.parametrize("name", ["wecare.db", "000_0001_mask.png.bak", "0_1_mask.png",
-                                  "000_0001_mask.PNG", "000_0001_other.png", ".000_0001_cam.png",
-                                  "..%2F..%2Fwecare.db", "000_0001_cam.png%00"])
-def test_preview_bad_name_is_rejected(client: TestClient, engine: Engine, data_dir: DataDir,
-                                      name: str) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        "wecare.db",
+        "000_0001_mask.png.bak",
+        "0_1_mask.png",
+        "000_0001_mask.PNG",
+        "000_0001_other.png",
+        ".000_0001_cam.png",
+        "..%2F..%2Fwecare.db",
+        "000_0001_cam.png%00",
+    ],
+)
+def test_preview_bad_name_is_rejected(
+    client: TestClient, engine: Engine, data_dir: DataDir, name: str
+) -> None:
     job_id = add_job(engine, state=JobState.DONE)
     write_png(data_dir, job_id, "000_0001_cam.png")
 
@@ -563,9 +652,11 @@ def test_preview_bad_name_is_rejected(client: TestClient, engine: Engine, data_d
 def test_preview_traversal_in_path_never_reaches_files(client: TestClient, engine: Engine) -> None:
     job_id = add_job(engine, state=JobState.DONE)
 
-    for url in (f"/jobs/{job_id}/preview/../../../wecare.db",
-                f"/jobs/{job_id}/preview/..%2F..%2F..%2Fwecare.db",
-                f"/jobs/{job_id}/preview/%2e%2e%2f%2e%2e%2fwecare.db"):
+    for url in (
+        f"/jobs/{job_id}/preview/../../../wecare.db",
+        f"/jobs/{job_id}/preview/..%2F..%2F..%2Fwecare.db",
+        f"/jobs/{job_id}/preview/%2e%2e%2f%2e%2e%2fwecare.db",
+    ):
         response = client.get(url)
         assert response.status_code in (400, 404), url
         assert b"SQLite" not in response.content
@@ -577,8 +668,15 @@ def test_preview_missing_file_returns_404(client: TestClient, engine: Engine) ->
     assert client.get(f"/jobs/{job_id}/preview/000_0001_cam.png").status_code == 404
 
 
-@pytest.mark.parametrize("name,ok", [("000_0001_mask.png", True), ("123_9999_cam.png", True),
-                                      ("000_0001_mask.png\n", False), ("000_001_mask.png", False)])
+@pytest.mark.parametrize(
+    "name,ok",
+    [
+        ("000_0001_mask.png", True),
+        ("123_9999_cam.png", True),
+        ("000_0001_mask.png\n", False),
+        ("000_001_mask.png", False),
+    ],
+)
 def test_is_preview_name_various_names_match_only_preview_files(name: str, ok: bool) -> None:
     assert is_preview_name(name) is ok
 
@@ -608,12 +706,18 @@ def test_health_model_not_loaded_yet_is_not_an_error(client: TestClient) -> None
     assert body["status"] == "ok"
 
 
-@pytest.mark.parametrize("model_error,listener_up,listener", [
-    ("FileNotFoundError: weights.pt", True, "up"),
-    (None, False, "down"),
-])
+@pytest.mark.parametrize(
+    "model_error,listener_up,listener",
+    [
+        ("FileNotFoundError: weights.pt", True, "up"),
+        (None, False, "down"),
+    ],
+)
 def test_health_model_error_or_listener_down_is_degraded_200(
-    client: TestClient, runtime: FakeRuntime, model_error: str | None, listener_up: bool,
+    client: TestClient,
+    runtime: FakeRuntime,
+    model_error: str | None,
+    listener_up: bool,
     listener: str,
 ) -> None:
     runtime.models.error = model_error
@@ -627,8 +731,9 @@ def test_health_model_error_or_listener_down_is_degraded_200(
     assert response.json()["listener"] == listener
 
 
-def test_health_disk_below_floor_returns_503(data_dir: DataDir, db_url: str,
-                                             runtime: FakeRuntime) -> None:
+def test_health_disk_below_floor_returns_503(
+    data_dir: DataDir, db_url: str, runtime: FakeRuntime
+) -> None:
     settings = make_settings(data_dir, database_url=db_url, min_free_mb=10**9)
 
     response = TestClient(create_app(settings, runtime)).get("/health")
@@ -654,8 +759,9 @@ def test_health_database_unreachable_returns_503(data_dir: DataDir, tmp_path: An
     engine.dispose()
 
 
-def test_create_app_without_runtime_uses_settings_database(settings: Settings,
-                                                           engine: Engine) -> None:
+def test_create_app_without_runtime_uses_settings_database(
+    settings: Settings, engine: Engine
+) -> None:
     job_id = add_job(engine, accession="ACC-OWN")
     app = create_app(settings)
 
@@ -671,8 +777,12 @@ def test_create_app_without_runtime_uses_settings_database(settings: Settings,
 def test_metrics_jobs_and_outbox_counted_by_state(client: TestClient, engine: Engine) -> None:
     add_job(engine, study_uid="1.2.3.1")
     add_job(engine, study_uid="1.2.3.2")
-    add_job(engine, study_uid="1.2.3.3", state=JobState.FAILED,
-            outbox=[("pacs", OutboxState.FAILED), ("archive", OutboxState.SENT)])
+    add_job(
+        engine,
+        study_uid="1.2.3.3",
+        state=JobState.FAILED,
+        outbox=[("pacs", OutboxState.FAILED), ("archive", OutboxState.SENT)],
+    )
 
     response = client.get("/metrics")
 
@@ -687,8 +797,9 @@ def test_metrics_jobs_and_outbox_counted_by_state(client: TestClient, engine: En
     assert "wecare_database_up 1.0" in text
 
 
-def test_metrics_two_apps_in_one_process_do_not_collide(settings: Settings,
-                                                        runtime: FakeRuntime) -> None:
+def test_metrics_two_apps_in_one_process_do_not_collide(
+    settings: Settings, runtime: FakeRuntime
+) -> None:
     first, second = create_app(settings, runtime), create_app(settings, runtime)
 
     assert TestClient(first).get("/metrics").status_code == 200
@@ -700,8 +811,14 @@ def test_metrics_two_apps_in_one_process_do_not_collide(settings: Settings,
 
 
 def test_stage_durations_retried_job_ignores_stale_later_stamps() -> None:
-    job = Job(state=JobState.QUEUED, created_at=T0, queued_at=T0 + timedelta(seconds=60),
-              running_at=T0 + timedelta(seconds=5), exporting_at=None, finished_at=None)
+    job = Job(
+        state=JobState.QUEUED,
+        created_at=T0,
+        queued_at=T0 + timedelta(seconds=60),
+        running_at=T0 + timedelta(seconds=5),
+        exporting_at=None,
+        finished_at=None,
+    )
 
     durations = stage_durations(job, now=T0 + timedelta(seconds=70))
 
@@ -711,10 +828,11 @@ def test_stage_durations_retried_job_ignores_stale_later_stamps() -> None:
     assert durations.total == 70.0
 
 
-@pytest.mark.parametrize("seconds,text", [(None, "–"), (0.42, "0.4 s"), (12.4, "12 s"),
-                                          (185, "3 min 05 s"), (7440, "2 h 04 min")])
-def test_format_duration_various_lengths_reads_naturally(seconds: float | None,
-                                                         text: str) -> None:
+@pytest.mark.parametrize(
+    "seconds,text",
+    [(None, "–"), (0.42, "0.4 s"), (12.4, "12 s"), (185, "3 min 05 s"), (7440, "2 h 04 min")],
+)
+def test_format_duration_various_lengths_reads_naturally(seconds: float | None, text: str) -> None:
     assert format_duration(seconds) == text
 
 
@@ -731,13 +849,17 @@ def test_stage_durations_clock_ahead_of_ours_never_negative() -> None:
     assert durations.waiting == 0.0 and durations.total == 0.0
 
 
-@pytest.mark.parametrize("headers", [
-    {"origin": "http://evil.example"},
-    {"origin": "null"},
-    {"sec-fetch-site": "cross-site", "origin": "http://testserver"},
-])
-def test_post_from_another_site_is_refused(client: TestClient, engine: Engine,
-                                           headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"origin": "http://evil.example"},
+        {"origin": "null"},
+        {"sec-fetch-site": "cross-site", "origin": "http://testserver"},
+    ],
+)
+def test_post_from_another_site_is_refused(
+    client: TestClient, engine: Engine, headers: dict[str, str]
+) -> None:
     job_id = add_job(engine)
 
     for url in (f"/api/jobs/{job_id}/process-now", f"/jobs/{job_id}/process-now"):
@@ -747,28 +869,36 @@ def test_post_from_another_site_is_refused(client: TestClient, engine: Engine,
     assert job_state(engine, job_id) == JobState.WAITING
 
 
-@pytest.mark.parametrize("headers", [
-    {"origin": "http://testserver"},
-    {"sec-fetch-site": "same-origin", "origin": "http://proxy.example"},
-    {},
-])
-def test_post_from_own_pages_or_scripts_is_allowed(client: TestClient, engine: Engine,
-                                                   headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"origin": "http://testserver"},
+        {"sec-fetch-site": "same-origin", "origin": "http://proxy.example"},
+        {},
+    ],
+)
+def test_post_from_own_pages_or_scripts_is_allowed(
+    client: TestClient, engine: Engine, headers: dict[str, str]
+) -> None:
     job_id = add_job(engine)
 
-    response = client.post(f"/jobs/{job_id}/process-now", headers=headers,
-                           follow_redirects=False)
+    response = client.post(f"/jobs/{job_id}/process-now", headers=headers, follow_redirects=False)
 
     assert response.status_code == 303
     assert job_state(engine, job_id) == JobState.QUEUED
 
 
-def test_create_app_real_runtime_health_reads_model_provider(settings: Settings, engine: Engine,
-                                                             data_dir: DataDir) -> None:
+def test_create_app_real_runtime_health_reads_model_provider(
+    settings: Settings, engine: Engine, data_dir: DataDir
+) -> None:
     runtime_module = pytest.importorskip("service.runtime")
     worker = pytest.importorskip("service.worker")
-    runtime = runtime_module.Runtime(settings=settings, engine=engine, data_dir=data_dir,
-                                     models=worker.ModelProvider(None, "cpu", None))
+    runtime = runtime_module.Runtime(
+        settings=settings,
+        engine=engine,
+        data_dir=data_dir,
+        models=worker.ModelProvider(None, "cpu", None),
+    )
 
     response = TestClient(create_app(settings, runtime)).get("/health")
 

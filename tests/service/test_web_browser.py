@@ -45,8 +45,11 @@ def _free_port() -> int:
 @pytest.fixture()
 def base_url(app_under_test: FastAPI) -> Iterator[str]:
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app_under_test, host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app_under_test, host="127.0.0.1", port=port, log_level="warning", access_log=False
+        )
+    )
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -61,8 +64,9 @@ def base_url(app_under_test: FastAPI) -> Iterator[str]:
 @pytest.fixture()
 def app_under_test(data_dir: DataDir, db_url: str, engine: Engine) -> FastAPI:
     settings = make_settings(data_dir, database_url=db_url)
-    runtime = FakeRuntime(settings=settings, engine=engine, data_dir=data_dir,
-                          models=FakeModels(loaded=True))
+    runtime = FakeRuntime(
+        settings=settings, engine=engine, data_dir=data_dir, models=FakeModels(loaded=True)
+    )
     return create_app(settings, runtime)
 
 
@@ -83,11 +87,19 @@ def _write_previews(data_dir: DataDir, job_id: int) -> None:
         gray = (image * 255).astype(np.uint8)
         rgb = np.stack([gray] * 3, axis=-1).astype(np.float32)
         rgb[mask] = 0.65 * rgb[mask] + 0.35 * np.array([255.0, 60.0, 60.0])
-        heat = np.exp(-(((np.mgrid[0:240, 0:320][0] - 120) / 50) ** 2
-                        + ((np.mgrid[0:240, 0:320][1] - 170) / 80) ** 2))[..., None]
+        heat = np.exp(
+            -(
+                ((np.mgrid[0:240, 0:320][0] - 120) / 50) ** 2
+                + ((np.mgrid[0:240, 0:320][1] - 170) / 80) ** 2
+            )
+        )[..., None]
         cam = 0.55 * np.stack([gray] * 3, axis=-1) + 0.45 * 255 * np.concatenate(
-            [heat, 1 - np.abs(2 * heat - 1), 1 - heat], axis=-1)
-        for name, pixels in ((f"{index:03d}_0001_mask.png", rgb), (f"{index:03d}_0001_cam.png", cam)):
+            [heat, 1 - np.abs(2 * heat - 1), 1 - heat], axis=-1
+        )
+        for name, pixels in (
+            (f"{index:03d}_0001_mask.png", rgb),
+            (f"{index:03d}_0001_cam.png", cam),
+        ):
             path = data_dir.outputs / str(job_id) / "preview" / name
             path.parent.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()
@@ -98,15 +110,26 @@ def _write_previews(data_dir: DataDir, job_id: int) -> None:
 def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
     assert CHROMIUM is not None
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--disable-dev-shm-usage", *args],
-        capture_output=True, text=True, timeout=90, check=False,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--disable-dev-shm-usage",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
     )
 
 
 def _screenshot(url: str, out: Path, height: int = 900) -> Path:
-    result = _chromium(f"--screenshot={out}", f"--window-size=1280,{height}",
-                       "--virtual-time-budget=3000", url)
+    result = _chromium(
+        f"--screenshot={out}", f"--window-size=1280,{height}", "--virtual-time-budget=3000", url
+    )
     assert out.is_file(), result.stderr[-2000:]
     keep = os.environ.get("WECARE_SCREENSHOT_DIR")
     if keep:
@@ -124,16 +147,31 @@ def test_dashboard_in_chromium_job_list_and_detail_render(
     base_url: str, engine: Engine, data_dir: DataDir, tmp_path: Path
 ) -> None:
     now = datetime.now(UTC)
-    waiting = add_job(engine, study_uid="1.2.826.0.1.3680043.8.498.1001", accession="ACC-1001",
-                      created_at=now - timedelta(seconds=4))
-    failed = add_job(engine, study_uid="1.2.826.0.1.3680043.8.498.1002", accession="ACC-1002",
-                     state=JobState.FAILED, error="export failed (pacs: peer answered 0xA700)",
-                     error_code="export_failed", outbox=[("pacs", OutboxState.FAILED)],
-                     created_at=now - timedelta(minutes=30))
-    done = add_job(engine, study_uid="1.2.826.0.1.3680043.8.498.1003", accession="ACC-1003",
-                   state=JobState.DONE, model_status="checkpoint: training in progress",
-                   outbox=[("pacs", OutboxState.SENT), ("archive", OutboxState.SENT)],
-                   created_at=now - timedelta(minutes=5))
+    waiting = add_job(
+        engine,
+        study_uid="1.2.826.0.1.3680043.8.498.1001",
+        accession="ACC-1001",
+        created_at=now - timedelta(seconds=4),
+    )
+    failed = add_job(
+        engine,
+        study_uid="1.2.826.0.1.3680043.8.498.1002",
+        accession="ACC-1002",
+        state=JobState.FAILED,
+        error="export failed (pacs: peer answered 0xA700)",
+        error_code="export_failed",
+        outbox=[("pacs", OutboxState.FAILED)],
+        created_at=now - timedelta(minutes=30),
+    )
+    done = add_job(
+        engine,
+        study_uid="1.2.826.0.1.3680043.8.498.1003",
+        accession="ACC-1003",
+        state=JobState.DONE,
+        model_status="checkpoint: training in progress",
+        outbox=[("pacs", OutboxState.SENT), ("archive", OutboxState.SENT)],
+        created_at=now - timedelta(minutes=5),
+    )
     _write_previews(data_dir, done)
 
     dom = _chromium("--dump-dom", "--virtual-time-budget=2000", f"{base_url}/").stdout
@@ -142,15 +180,15 @@ def test_dashboard_in_chromium_job_list_and_detail_render(
     assert f'action="/jobs/{failed}/retry"' in dom
 
     index_png = _screenshot(f"{base_url}/", tmp_path / "dashboard-index.png")
-    detail_png = _screenshot(f"{base_url}/jobs/{done}", tmp_path / "dashboard-job.png",
-                             height=1800)
+    detail_png = _screenshot(f"{base_url}/jobs/{done}", tmp_path / "dashboard-job.png", height=1800)
 
     for png in (index_png, detail_png):
         assert png.stat().st_size > 20_000
         with Image.open(png) as image:
             assert image.size[0] == 1280
         assert _distinct_colours(png) > 50  # text, badges and images, not a blank page
-    detail_dom = _chromium("--dump-dom", "--virtual-time-budget=2000",
-                           f"{base_url}/jobs/{done}").stdout
+    detail_dom = _chromium(
+        "--dump-dom", "--virtual-time-budget=2000", f"{base_url}/jobs/{done}"
+    ).stdout
     assert "Model is an early training checkpoint" in detail_dom
     assert f"/jobs/{done}/preview/000_0001_cam.png" in detail_dom

@@ -30,18 +30,29 @@ def _receive(engine: Engine, data_dir: DataDir, tmp_path: Path, **kwargs: Any) -
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(src.read_bytes())
     with session_scope(engine) as s:
-        record_instance(s, ReceivedInstance(
-            study_instance_uid=ds.StudyInstanceUID, series_instance_uid=ds.SeriesInstanceUID,
-            sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
-            transfer_syntax_uid="1.2.840.10008.1.2.1", path=str(path), size_bytes=path.stat().st_size,
-        ))
+        record_instance(
+            s,
+            ReceivedInstance(
+                study_instance_uid=ds.StudyInstanceUID,
+                series_instance_uid=ds.SeriesInstanceUID,
+                sop_instance_uid=ds.SOPInstanceUID,
+                sop_class_uid=ds.SOPClassUID,
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                path=str(path),
+                size_bytes=path.stat().st_size,
+            ),
+        )
         job_id = s.scalars(select(Job.id)).one()
         process_now(s, job_id)
     return job_id
 
 
 def _settings(destinations: bool = True, **worker: Any) -> Any:
-    dest = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}] if destinations else []
+    dest = (
+        [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}]
+        if destinations
+        else []
+    )
     return load_settings(None, destinations=dest, worker={"max_attempts": 2, **worker})
 
 
@@ -62,7 +73,9 @@ def test_work_once_success_outputs_recorded_and_queued_for_export(
         assert len(s.scalars(select(OutboxItem)).all()) == 2
 
 
-def test_work_once_no_destinations_job_done(engine: Engine, data_dir: DataDir, tmp_path: Path) -> None:
+def test_work_once_no_destinations_job_done(
+    engine: Engine, data_dir: DataDir, tmp_path: Path
+) -> None:
     job_id = _receive(engine, data_dir, tmp_path)
     models = ModelProvider(None, "cpu", None, model=ThresholdModel())
     work_once(_settings(destinations=False), engine, data_dir, models, "host:0")
@@ -89,7 +102,9 @@ def test_work_once_crash_retried_then_failed_after_max_attempts(
     work_once(settings, engine, data_dir, models, "host:0")
     with session_scope(engine) as s:
         job = s.get(Job, job_id)
-        assert job is not None and job.state == JobState.QUEUED and job.error_code == "internal_error"
+        assert (
+            job is not None and job.state == JobState.QUEUED and job.error_code == "internal_error"
+        )
     work_once(settings, engine, data_dir, models, "host:0")
     with session_scope(engine) as s:
         job = s.get(Job, job_id)
@@ -106,8 +121,13 @@ def test_work_once_undecodable_study_fails_without_retry(
         assert job is not None
         path = Path(job.study.instances[0].path)
     path.write_bytes(path.read_bytes()[:1500])
-    work_once(_settings(), engine, data_dir, ModelProvider(None, "cpu", None, model=ThresholdModel()),
-              "host:0")
+    work_once(
+        _settings(),
+        engine,
+        data_dir,
+        ModelProvider(None, "cpu", None, model=ThresholdModel()),
+        "host:0",
+    )
     with session_scope(engine) as s:
         job = s.get(Job, job_id)
         assert job is not None and job.state == JobState.FAILED
@@ -122,8 +142,10 @@ def test_model_provider_load_failure_is_retryable_job_error(tmp_path: Path) -> N
     assert provider.error and not provider.loaded
 
 
-def test_work_once_lease_lost_result_discarded(engine: Engine, data_dir: DataDir, tmp_path: Path) -> None:
-    """If the job was re-queued under the worker (lease expired), its late result is not recorded."""
+def test_work_once_lease_lost_result_discarded(
+    engine: Engine, data_dir: DataDir, tmp_path: Path
+) -> None:
+    """A job re-queued under its worker (lease expired): the late result is not recorded."""
     job_id = _receive(engine, data_dir, tmp_path)
 
     class _SlowModel(ThresholdModel):
@@ -134,7 +156,13 @@ def test_work_once_lease_lost_result_discarded(engine: Engine, data_dir: DataDir
                 job.state, job.claimed_by = JobState.QUEUED, None
             return super().predict(images, with_cam)
 
-    work_once(_settings(), engine, data_dir, ModelProvider(None, "cpu", None, model=_SlowModel()), "host:0")
+    work_once(
+        _settings(),
+        engine,
+        data_dir,
+        ModelProvider(None, "cpu", None, model=_SlowModel()),
+        "host:0",
+    )
     with session_scope(engine) as s:
         assert s.get(Job, job_id).state == JobState.QUEUED  # type: ignore[union-attr]
         assert s.scalars(select(Output)).all() == []

@@ -21,15 +21,30 @@ POLICY = RetryPolicy(base_seconds=5, max_seconds=60, max_attempts=3)
 
 def _exporting_job(any_engine: Engine, destinations: list[str]) -> int:
     with session_scope(any_engine) as s:
-        record_instance(s, ReceivedInstance(
-            study_instance_uid="1.2", series_instance_uid="1.2.3", sop_instance_uid="1.2.3.4",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.6.1", transfer_syntax_uid="1.2.840.10008.1.2.1",
-            path="/x", size_bytes=1,
-        ))
+        record_instance(
+            s,
+            ReceivedInstance(
+                study_instance_uid="1.2",
+                series_instance_uid="1.2.3",
+                sop_instance_uid="1.2.3.4",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.6.1",
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                path="/x",
+                size_bytes=1,
+            ),
+        )
         job = s.scalars(select(Job)).one()
         for kind, uid in (("seg", "2.25.1"), ("sr", "2.25.2")):
-            add_output(s, job, kind=kind, sop_instance_uid=uid, series_instance_uid=uid + ".1",
-                       sop_class_uid="1.2", path=f"/out/{uid}.dcm", destinations=destinations)
+            add_output(
+                s,
+                job,
+                kind=kind,
+                sop_instance_uid=uid,
+                series_instance_uid=uid + ".1",
+                sop_class_uid="1.2",
+                path=f"/out/{uid}.dcm",
+                destinations=destinations,
+            )
         set_state(s, job, JobState.EXPORTING)
         return job.id
 
@@ -39,8 +54,16 @@ def test_add_output_twice_same_uid_one_row_per_destination(any_engine: Engine) -
     with session_scope(any_engine) as s:
         job = s.get(Job, job_id)
         assert job is not None
-        add_output(s, job, kind="seg", sop_instance_uid="2.25.1", series_instance_uid="2.25.1.1",
-                   sop_class_uid="1.2", path="/out/2.25.1.dcm", destinations=["pacs", "archive"])
+        add_output(
+            s,
+            job,
+            kind="seg",
+            sop_instance_uid="2.25.1",
+            series_instance_uid="2.25.1.1",
+            sop_class_uid="1.2",
+            path="/out/2.25.1.dcm",
+            destinations=["pacs", "archive"],
+        )
         assert len(s.scalars(select(OutboxItem)).all()) == 4
 
 
@@ -58,8 +81,15 @@ def test_record_attempt_failure_backs_off_and_never_marks_sent(any_engine: Engin
     now = utcnow()
     with session_scope(any_engine) as s:
         for item in claim_due(s, now=now):
-            record_attempt(s, item, delivered=False, status=None, error="association rejected",
-                           policy=POLICY, now=now)
+            record_attempt(
+                s,
+                item,
+                delivered=False,
+                status=None,
+                error="association rejected",
+                policy=POLICY,
+                now=now,
+            )
     with session_scope(any_engine) as s:
         items = s.scalars(select(OutboxItem)).all()
         assert all(i.state == OutboxState.PENDING and i.sent_at is None for i in items)
@@ -85,10 +115,14 @@ def test_record_attempt_exhausted_job_failed_then_manual_retry_pending(any_engin
         t = now + timedelta(hours=attempt)
         with session_scope(any_engine) as s:
             for item in claim_due(s, now=t):
-                record_attempt(s, item, delivered=False, status=0xA700, error=None, policy=POLICY, now=t)
+                record_attempt(
+                    s, item, delivered=False, status=0xA700, error=None, policy=POLICY, now=t
+                )
     with session_scope(any_engine) as s:
         job = s.get(Job, job_id)
-        assert job is not None and job.state == JobState.FAILED and job.error_code == "export_failed"
+        assert (
+            job is not None and job.state == JobState.FAILED and job.error_code == "export_failed"
+        )
         assert "0xA700" in (job.error or "")
     with session_scope(any_engine) as s:
         assert retry_failed_exports(s, job_id) == 2

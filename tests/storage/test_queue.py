@@ -19,11 +19,18 @@ from storage.queue import (
 )
 
 
-def _received(sop: str, study: str = "1.2.3", series: str = "1.2.3.4", skip: str | None = None) -> ReceivedInstance:
+def _received(
+    sop: str, study: str = "1.2.3", series: str = "1.2.3.4", skip: str | None = None
+) -> ReceivedInstance:
     return ReceivedInstance(
-        study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.6.1", transfer_syntax_uid="1.2.840.10008.1.2.1",
-        path=f"/x/{sop}.dcm", size_bytes=10, skip_reason=skip,
+        study_instance_uid=study,
+        series_instance_uid=series,
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.6.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path=f"/x/{sop}.dcm",
+        size_bytes=10,
+        skip_reason=skip,
     )
 
 

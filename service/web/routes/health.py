@@ -36,7 +36,9 @@ class HealthPublic(BaseModel):
 
 
 @router.get(
-    "/health", response_model=HealthPublic, summary="Health of database, disk, model, listener",
+    "/health",
+    response_model=HealthPublic,
+    summary="Health of database, disk, model, listener",
     responses={503: {"model": HealthPublic, "description": "Database or disk not usable"}},
 )
 def health(
@@ -66,6 +68,11 @@ def health(
         listener = "down"
     serving = database == "ok" and disk.ok
     fine = serving and model.error is None and (runtime is None or listener == "up")
-    body = HealthPublic(status="ok" if fine else "degraded", database=database, disk=disk,
-                        model=model, listener=listener)
+    body = HealthPublic(
+        status="ok" if fine else "degraded",
+        database=database,
+        disk=disk,
+        model=model,
+        listener=listener,
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if serving else 503)

@@ -20,8 +20,12 @@ from storage.models import JobState, utcnow
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic, "description": "No such job"}}
-_CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorPublic, "description": "The job is not in a state that allows it"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorPublic, "description": "No such job"}
+}
+_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorPublic, "description": "The job is not in a state that allows it"}
+}
 
 
 @router.get("", response_model=JobsPublic, summary="List jobs, newest first")
@@ -37,16 +41,24 @@ def read_jobs(
     return JobsPublic(data=[job_public(j, now) for j in jobs], count=count)
 
 
-@router.get("/{job_id}", response_model=JobDetailPublic, responses=_NOT_FOUND,
-            summary="One job with its results and outputs")
+@router.get(
+    "/{job_id}",
+    response_model=JobDetailPublic,
+    responses=_NOT_FOUND,
+    summary="One job with its results and outputs",
+)
 def read_job(job_id: int, session: SessionDep) -> JobDetailPublic:
     """Per-image results (probabilities, lesion size, preview URLs), pipeline step timings, and
     every output with its delivery state per destination."""
     return job_detail(get_job(session, job_id), utcnow())
 
 
-@router.post("/{job_id}/process-now", response_model=JobActionPublic,
-             responses={**_NOT_FOUND, **_CONFLICT}, summary="Queue a waiting job now")
+@router.post(
+    "/{job_id}/process-now",
+    response_model=JobActionPublic,
+    responses={**_NOT_FOUND, **_CONFLICT},
+    summary="Queue a waiting job now",
+)
 def post_process_now(job_id: int, session: SessionDep) -> JobActionPublic:
     """Move a `waiting` job to `queued` without waiting for the study to be quiet.
 
@@ -54,8 +66,12 @@ def post_process_now(job_id: int, session: SessionDep) -> JobActionPublic:
     return do_process_now(session, job_id)
 
 
-@router.post("/{job_id}/retry", response_model=JobActionPublic,
-             responses={**_NOT_FOUND, **_CONFLICT}, summary="Retry a failed or stuck job")
+@router.post(
+    "/{job_id}/retry",
+    response_model=JobActionPublic,
+    responses={**_NOT_FOUND, **_CONFLICT},
+    summary="Retry a failed or stuck job",
+)
 def post_retry(job_id: int, session: SessionDep) -> JobActionPublic:
     """A failed export: failed deliveries go back to pending and the job to `exporting`.
     A failed processing: the job goes back to `queued`. A job still exporting: its pending

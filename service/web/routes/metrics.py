@@ -42,7 +42,9 @@ class StorageCollector(Collector):
                 )
                 outbox_counts = dict(
                     session.execute(
-                        select(OutboxItem.state, func.count(OutboxItem.id)).group_by(OutboxItem.state)
+                        select(OutboxItem.state, func.count(OutboxItem.id)).group_by(
+                            OutboxItem.state
+                        )
                     ).all()
                 )
         except Exception:
@@ -67,9 +69,14 @@ def make_registry(engine: Engine) -> CollectorRegistry:
     return registry
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
 def metrics(request: Request) -> Response:
     """`wecare_jobs{state}`, `wecare_outbox_items{state}`, `wecare_database_up`."""
-    return Response(generate_latest(request.app.state.metrics_registry),
-                    media_type=CONTENT_TYPE_LATEST)
+    return Response(
+        generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST
+    )

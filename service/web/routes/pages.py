@@ -84,8 +84,13 @@ def index(
 
 
 @router.get("/jobs/{job_id}", summary="Job detail")
-def job_page(request: Request, job_id: int, session: SessionDep, data_dir: DataDirDep,
-             notice: str | None = None) -> Response:
+def job_page(
+    request: Request,
+    job_id: int,
+    session: SessionDep,
+    data_dir: DataDirDep,
+    notice: str | None = None,
+) -> Response:
     now = utcnow()
     job = job_detail(get_job(session, job_id), now)
     # A preview the pipeline did not (or not yet) write shows a placeholder, not a broken image.
@@ -143,5 +148,6 @@ def preview(job_id: int, name: str, data_dir: DataDirDep) -> FileResponse:
     path = data_dir.outputs / str(int(job_id)) / "preview" / name
     if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, "preview not found")
-    return FileResponse(path, media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=300"})
+    return FileResponse(
+        path, media_type="image/png", headers={"Cache-Control": "private, max-age=300"}
+    )

@@ -1,0 +1,135 @@
+"""Storing one received DICOM instance, from the listener or the upload API, durably.
+
+Order matters: check free space, parse a few header tags (no pixels), write the file
+atomically (fsync), record the row (commit), and only then report Success. Any failure maps
+to a failure status; nothing is acknowledged that is not on disk and in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import IntEnum
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicom_io.read import skip_reason
+from service.logs import log_context, uid_hash
+from storage.db import session_scope
+from storage.errors import DiskFullError, InvalidUIDError
+from storage.files import DataDir, write_atomic
+from storage.instances import ReceivedInstance, record_instance
+
+log = logging.getLogger(__name__)
+
+
+class StoreStatus(IntEnum):
+    """C-STORE statuses we return (PS3.4 Annex B.2.3); the upload API maps them to HTTP."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+
+
+@dataclass
+class StoreContext:
+    """What storing needs: where to write and where to record."""
+
+    data_dir: DataDir
+    engine: Engine
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    status: StoreStatus
+    reason: str | None = None  # why it failed, or why it will not be processed
+    sop_instance_uid: str | None = None
+    created: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == StoreStatus.SUCCESS
+
+
+class UIDMismatchError(ValueError):
+    """The dataset's SOP Instance UID is not the one the request announced."""
+
+
+def _status_for(exc: BaseException) -> StoreStatus:
+    """One table from failure to status: resources for disk/database, else cannot understand."""
+    if isinstance(exc, (DiskFullError, OSError, SQLAlchemyError)):
+        return StoreStatus.OUT_OF_RESOURCES
+    if isinstance(exc, UIDMismatchError):
+        return StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    return StoreStatus.CANNOT_UNDERSTAND
+
+
+def _reason_for(exc: BaseException) -> str:
+    """A PHI-free reason: the exception class and, for our own errors, their message."""
+    if isinstance(exc, (DiskFullError, InvalidUIDError, UIDMismatchError)):
+        return str(exc)
+    if isinstance(exc, SQLAlchemyError):
+        return "database unavailable"
+    if isinstance(exc, OSError):
+        return f"storage error ({type(exc).__name__})"
+    return f"not a readable DICOM dataset ({type(exc).__name__})"
+
+
+def store_encoded(
+    ctx: StoreContext,
+    encoded: bytes,
+    *,
+    transfer_syntax_uid: str | None = None,
+    calling_ae_title: str | None = None,
+    expected_sop_instance_uid: str | None = None,
+) -> StoreOutcome:
+    """Store a DICOM Part 10 byte stream; Success only once it is fsynced and committed."""
+    with log_context(uid=expected_sop_instance_uid):
+        try:
+            ctx.data_dir.ensure_free_space(len(encoded))
+            header = dcmread(BytesIO(encoded), stop_before_pixels=True)
+            study = str(header.get("StudyInstanceUID", ""))
+            series = str(header.get("SeriesInstanceUID", ""))
+            sop = str(header.get("SOPInstanceUID", ""))
+            if not (study and series and sop):
+                raise InvalidUIDError("Study, Series or SOP Instance UID missing")
+            if expected_sop_instance_uid and sop != expected_sop_instance_uid:
+                raise UIDMismatchError("SOP Instance UID differs from the request's")
+            syntax = transfer_syntax_uid or str(header.file_meta.get("TransferSyntaxUID", ""))
+            received = ReceivedInstance(
+                study_instance_uid=study,
+                series_instance_uid=series,
+                sop_instance_uid=sop,
+                sop_class_uid=str(header.get("SOPClassUID", "")),
+                transfer_syntax_uid=syntax,
+                path=str(ctx.data_dir.incoming_path(study, series, sop)),
+                size_bytes=len(encoded),
+                calling_ae_title=calling_ae_title,
+                accession_number=str(header.get("AccessionNumber", "")) or None,
+                skip_reason=skip_reason(header),
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure must become a status
+            status = _status_for(exc)
+            log.warning("store refused: %s (status 0x%04X)", type(exc).__name__, status)
+            return StoreOutcome(status, _reason_for(exc))
+        try:
+            write_atomic(Path(received.path), encoded)
+            with session_scope(ctx.engine) as session:
+                _, created = record_instance(session, received)
+        except Exception as exc:  # noqa: BLE001
+            status = _status_for(exc)
+            log.error("store failed: %s (status 0x%04X)", type(exc).__name__, status)
+            return StoreOutcome(status, _reason_for(exc), sop)
+        log.info(
+            "stored instance study=%s series=%s %s%s",
+            uid_hash(study),
+            uid_hash(series),
+            "new" if created else "re-sent",
+            f", not processed: {received.skip_reason}" if received.skip_reason else "",
+        )
+        return StoreOutcome(StoreStatus.SUCCESS, received.skip_reason, sop, created)
