@@ -6,11 +6,19 @@ dashboard on 127.0.0.1:8000, no destinations). A bad key stops start-up with its
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,6 +40,48 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TlsSettings(_Section):
+    """DICOM over TLS (PS3.15 B.1). When enabled the listener speaks TLS only."""
+
+    enabled: bool = Field(False, description="Listen with TLS; plain-text peers are refused")
+    cert_file: Path | None = Field(None, description="Our certificate (PEM)")
+    key_file: Path | None = Field(None, description="Our private key (PEM)")
+    ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) that client certificates must chain to"
+    )
+    require_client_cert: bool = Field(False, description="Refuse peers without a valid cert")
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> TlsSettings:
+        if self.enabled and not (self.cert_file and self.key_file):
+            raise ValueError("cert_file and key_file are required when TLS is enabled")
+        if self.require_client_cert and not self.ca_file:
+            raise ValueError("ca_file is required when require_client_cert is true")
+        for name in ("cert_file", "key_file", "ca_file"):
+            path = getattr(self, name)
+            if self.enabled and path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} not found: {path}")
+        return self
+
+
+class AllowedPeer(_Section):
+    """A calling AE title allowed to associate, optionally only from given addresses."""
+
+    ae_title: str
+    hosts: list[str] = Field(
+        default_factory=list, description="IP addresses or CIDR networks; empty = any address"
+    )
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("hosts")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for host in value:
+            ipaddress.ip_network(host, strict=False)  # raises ValueError naming the bad value
+        return value
+
+
 class DicomSettings(_Section):
     ae_title: str = Field("WECARE", description="Our AE title, the Called AE the PACS uses")
     host: str = Field(
@@ -44,6 +94,11 @@ class DicomSettings(_Section):
     require_called_ae_title: bool = Field(
         False, description="Reject associations whose Called AE title is not ours"
     )
+    allowed_peers: list[AllowedPeer] = Field(
+        default_factory=list,
+        description="Calling AE titles (and addresses) allowed to associate; empty = anyone",
+    )
+    tls: TlsSettings = TlsSettings()
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -98,6 +153,19 @@ class WebSettings(_Section):
     enabled: bool = Field(True, description="Run the dashboard and API")
     host: str = Field("127.0.0.1", description="Dashboard bind address")
     port: int = Field(8000, ge=1, le=65535, description="Dashboard port")
+    max_upload_mb: int = Field(512, ge=1, description="Largest file the upload API accepts")
+
+
+class AuthSettings(_Section):
+    """Dashboard and API access: users with roles, API tokens, sessions."""
+
+    enabled: bool = Field(True, description="Require log-in (false only for closed test rigs)")
+    session_hours: float = Field(12, gt=0, description="A log-in session lasts this long")
+    session_secret: str | None = Field(
+        None, description="Cookie signing key; default: generated once into data_dir"
+    )
+    anonymous_health: bool = Field(True, description="/health without log-in")
+    anonymous_metrics: bool = Field(False, description="/metrics without log-in")
 
 
 class LogSettings(_Section):
@@ -112,6 +180,10 @@ class DicomDestination(_Section):
     ae_title: str
     host: str
     port: int = Field(..., ge=1, le=65535)
+    tls: bool = Field(False, description="Connect with TLS")
+    tls_ca_file: Path | None = Field(None, description="CA bundle to verify the peer (PEM)")
+    tls_cert_file: Path | None = Field(None, description="Our client certificate (PEM)")
+    tls_key_file: Path | None = Field(None, description="Our client key (PEM)")
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -134,6 +206,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     export: ExportSettings = ExportSettings()
     web: WebSettings = WebSettings()
+    auth: AuthSettings = AuthSettings()
     log: LogSettings = LogSettings()
     destinations: list[Destination] = Field(default_factory=list)
 
@@ -192,6 +265,8 @@ def describe_validation_error(exc: ValidationError) -> str:
 def masked(settings: Settings) -> dict[str, Any]:
     """Settings as a dict for `wecare config show`, with secrets in URLs masked."""
     data = settings.model_dump(mode="json")
+    if data["auth"].get("session_secret"):
+        data["auth"]["session_secret"] = "***"
     url = data["storage"].get("database_url")
     if url:
         data["storage"]["database_url"] = re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", url)
