@@ -94,6 +94,9 @@ class DicomSettings(_Section):
     require_called_ae_title: bool = Field(
         False, description="Reject associations whose Called AE title is not ours"
     )
+    max_associations: int = Field(
+        64, ge=1, le=1000, description="Concurrent associations before new ones are refused"
+    )
     allowed_peers: list[AllowedPeer] = Field(
         default_factory=list,
         description="Calling AE titles (and addresses) allowed to associate; empty = anyone",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from service.ingest import StoreContext
 from service.logs import setup_logging
 from service.scp import start_scp
 from service.stability import run_stability
+from service.tls import server_context
 from service.worker import ModelProvider, node_id, run_worker
 from storage.db import make_engine, session_scope, upgrade
 from storage.files import DataDir
@@ -82,6 +84,9 @@ def start_background(
             network_timeout_seconds=s.dicom.network_timeout_seconds,
             max_pdu_bytes=s.dicom.max_pdu_bytes,
             require_called_ae_title=s.dicom.require_called_ae_title,
+            max_associations=s.dicom.max_associations,
+            allowed_peers=s.dicom.allowed_peers,
+            ssl_context=_listener_tls(s),
         )
     loops: list[tuple[str, Any, tuple[Any, ...]]] = [
         ("stability", run_stability, (runtime.engine, s.study.stable_seconds, runtime.stop)),
@@ -109,6 +114,13 @@ def start_background(
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         runtime.threads.append(thread)
+
+
+def _listener_tls(settings: Settings) -> ssl.SSLContext | None:
+    tls = settings.dicom.tls
+    if not tls.enabled or tls.cert_file is None or tls.key_file is None:
+        return None
+    return server_context(tls.cert_file, tls.key_file, tls.ca_file, tls.require_client_cert)
 
 
 def _preload_model(models: ModelProvider) -> None:

@@ -6,7 +6,10 @@ pixels), records the row and returns a status. No model, no network, no pixel de
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import ssl
+from collections.abc import Sequence
 
 from pydicom.uid import (
     JPEG2000,
@@ -28,6 +31,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from service.config import AllowedPeer
 from service.ingest import StoreContext, StoreStatus, store_encoded
 
 log = logging.getLogger(__name__)
@@ -74,11 +78,48 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int:
     return outcome.status
 
 
-def build_ae(ae_title: str, network_timeout_seconds: float, max_pdu_bytes: int) -> AE:
+def peer_allowed(peers: Sequence[AllowedPeer], calling_ae_title: str, address: str) -> bool:
+    """True when the allow-list is empty, or names this AE title (from an allowed address)."""
+    if not peers:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        ip = None
+    for peer in peers:
+        if peer.ae_title != calling_ae_title.strip():
+            continue
+        if not peer.hosts:
+            return True
+        if ip is not None and any(ip in ipaddress.ip_network(h, strict=False) for h in peer.hosts):
+            return True
+    return False
+
+
+def handle_requested(event: evt.Event, peers: Sequence[AllowedPeer]) -> None:
+    """Reject an association from a peer not on the allow-list (before any negotiation)."""
+    assoc = event.assoc
+    calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+    if not peer_allowed(peers, calling, str(assoc.requestor.address)):
+        log.warning(
+            "association rejected: calling AE title %r from %s not allowed",
+            calling,
+            assoc.requestor.address,
+        )
+        # Rejected (permanent), by the service user, calling AE title not recognised.
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()  # as pynetdicom's own rejections do: lets the DUL flush the A-ASSOCIATE-RJ
+
+
+def build_ae(
+    ae_title: str, network_timeout_seconds: float, max_pdu_bytes: int, max_associations: int = 64
+) -> AE:
     """Our Application Entity: every storage SOP class in every usual transfer syntax."""
     ae = AE(ae_title=ae_title)
     ae.network_timeout = network_timeout_seconds
     ae.maximum_pdu_size = max_pdu_bytes
+    ae.maximum_associations = max_associations
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
@@ -94,14 +135,31 @@ def start_scp(
     network_timeout_seconds: float = 60,
     max_pdu_bytes: int = 0,
     require_called_ae_title: bool = False,
+    max_associations: int = 64,
+    allowed_peers: Sequence[AllowedPeer] = (),
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ThreadedAssociationServer:
-    """Start the listener in its own threads; call `.shutdown()` on the result to stop."""
-    ae = build_ae(ae_title, network_timeout_seconds, max_pdu_bytes)
+    """Start the listener in its own threads; call `.shutdown()` on the result to stop.
+
+    With `ssl_context` the listener speaks TLS only: a plain-text peer fails the handshake
+    and never reaches association negotiation.
+    """
+    ae = build_ae(ae_title, network_timeout_seconds, max_pdu_bytes, max_associations)
     ae.require_called_aet = require_called_ae_title
     handlers = [
+        (evt.EVT_REQUESTED, handle_requested, [list(allowed_peers)]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ctx]),
     ]
-    server = ae.start_server((host, port), block=False, evt_handlers=handlers)
-    log.info("DICOM listener %s on %s:%d", ae_title, host, port)
+    server = ae.start_server(
+        (host, port), block=False, evt_handlers=handlers, ssl_context=ssl_context
+    )
+    log.info(
+        "DICOM listener %s on %s:%d%s%s",
+        ae_title,
+        host,
+        port,
+        " (TLS)" if ssl_context else "",
+        f", {len(allowed_peers)} allowed peer(s)" if allowed_peers else ", any calling AE title",
+    )
     return server

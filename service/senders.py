@@ -15,6 +15,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 from service.config import DicomDestination
+from service.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,15 @@ def send_files(
     }:
         ae.add_requested_context(sop_class, [syntax])
     try:
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        tls_args = None
+        if destination.tls:
+            context = client_context(
+                destination.tls_ca_file, destination.tls_cert_file, destination.tls_key_file
+            )
+            tls_args = (context, destination.host)
+        assoc = ae.associate(
+            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+        )
     except Exception as exc:  # noqa: BLE001
         err = f"association failed: {type(exc).__name__}"
         return results + [SendResult(p, None, err) for p, _ in datasets]
