@@ -13,7 +13,7 @@ from service.config import Settings
 from service.senders import SendResult, send_files
 from storage.db import session_scope
 from storage.models import OutboxItem
-from storage.outbox import RetryPolicy, claim_due, record_attempt
+from storage.outbox import RetryPolicy, claim_due, record_attempt, release_claims
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,16 @@ def export_once(settings: Settings, engine: Engine) -> int:
 
 
 def run_exporter(settings: Settings, engine: Engine, stop: threading.Event) -> None:
-    """Loop until `stop`: export what is due, then sleep a poll interval."""
+    """Loop until `stop`: export what is due, then sleep a poll interval.
+
+    First, rows a killed process had claimed (mid-send) are made due again at once."""
+    try:
+        with session_scope(engine) as session:
+            released = release_claims(session)
+        if released:
+            log.info("outbox: %d pending row(s) due now after start-up", released)
+    except Exception:
+        log.exception("could not release outbox claims at start-up")
     while not stop.is_set():
         try:
             tried = export_once(settings, engine)

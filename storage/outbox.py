@@ -108,6 +108,22 @@ def claim_due(
     return claimed
 
 
+def release_claims(session: Session, now: datetime | None = None) -> int:
+    """At start-up: pending rows become due now; returns how many were waiting.
+
+    A process killed mid-send leaves its claimed rows with `next_try_at` pushed out by the
+    claim length (minutes); without this they would wait for it to lapse. Rows only in backoff
+    get one early try, which is harmless: a re-send of the same SOP Instance UID overwrites.
+    """
+    now = now or utcnow()
+    result = session.execute(
+        update(OutboxItem)
+        .where(OutboxItem.state == OutboxState.PENDING, OutboxItem.next_try_at > now)
+        .values(next_try_at=now)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def record_attempt(
     session: Session,
     item: OutboxItem,
