@@ -111,6 +111,7 @@ def store_encoded(
                 size_bytes=len(encoded),
                 calling_ae_title=calling_ae_title,
                 accession_number=str(header.get("AccessionNumber", "")) or None,
+                patient_name=str(header.get("PatientName", ""))[:324] or None,
                 skip_reason=skip_reason(header),
             )
         except Exception as exc:  # noqa: BLE001 - every failure must become a status

@@ -25,6 +25,7 @@ class ReceivedInstance:
     size_bytes: int
     calling_ae_title: str | None = None
     accession_number: str | None = None
+    patient_name: str | None = None  # PN as received; shown on the dashboard, never logged
     skip_reason: str | None = None
 
     def __post_init__(self) -> None:
@@ -49,11 +50,14 @@ def record_instance(
         study = Study(
             study_instance_uid=received.study_instance_uid,
             accession_number=received.accession_number,
+            patient_name=received.patient_name,
             first_received_at=now,
             last_received_at=now,
         )
         session.add(study)
         session.flush()
+    elif study.patient_name is None and received.patient_name:
+        study.patient_name = received.patient_name
     existing = session.scalar(
         select(Instance).where(Instance.sop_instance_uid == received.sop_instance_uid)
     )

@@ -84,6 +84,8 @@ class Study(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     accession_number: Mapped[str | None] = mapped_column(String(64))
+    # PatientName (PN) as received, shown on the dashboard only; never logged.
+    patient_name: Mapped[str | None] = mapped_column(String(324))
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -195,3 +197,86 @@ class ExportAttempt(Base):
     success: Mapped[bool] = mapped_column(Boolean, default=False)
 
     outbox_item: Mapped[OutboxItem] = relationship(back_populates="attempts_log")
+
+
+# ---- access control and audit (dashboard and API) ---------------------------------------------
+
+
+class Role(StrEnum):
+    """Dashboard and API roles, each including the ones before it."""
+
+    VIEWER = "viewer"  # sees jobs and images
+    OPERATOR = "operator"  # + retry, process now, upload
+    ADMIN = "admin"  # + users, tokens, audit trail, configuration
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def allows(self, needed: Role | str) -> bool:
+        """True when this role may do what `needed` may do."""
+        return self.rank >= Role(needed).rank
+
+
+class User(Base):
+    """A person (or a script's owner) who may use the dashboard and API."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(Text)  # argon2id, PHC string
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    tokens: Mapped[list[ApiToken]] = relationship(back_populates="user")
+
+
+class ApiToken(Base):
+    """A bearer token for scripts, acting as its user; only its sha256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class WebSession(Base):
+    """A dashboard log-in: the cookie holds the (signed) id, the table its sha256 and CSRF token.
+
+    Server-side, so log-out and disabling a user end the session at once."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+    user: Mapped[User] = relationship()
+
+
+class AuditEvent(Base):
+    """Who did or saw what, when, from where; written in the transaction of the action."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str | None] = mapped_column(String(64))  # user name; None: unknown
+    token_name: Mapped[str | None] = mapped_column(String(64))  # set when via an API token
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    target: Mapped[str | None] = mapped_column(String(128))  # job id, user name, uid hash
+    client: Mapped[str | None] = mapped_column(String(64))  # client IP address
+    detail: Mapped[str | None] = mapped_column(Text)  # never PHI

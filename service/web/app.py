@@ -8,7 +8,8 @@ run on its own (`wecare web`) it builds its own engine from the settings.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -19,12 +20,14 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings
 from service.errors import JobError
+from service.web.auth import LoginThrottle, authenticate_requests, bootstrap, make_signer
 from service.web.deps import RuntimeView
-from service.web.routes import health, jobs, metrics, pages
+from service.web.routes import admin, auth, health, instances, jobs, metrics, pages
 from storage.db import make_engine
 from storage.errors import DiskFullError, InvalidUIDError, StorageError
 from storage.files import DataDir
@@ -36,11 +39,17 @@ WeCare receives breast-ultrasound studies from the PACS over DICOM, segments and
 them, and sends a DICOM SEG and a TID 1500 SR back. This API shows every job and lets IT
 push a waiting study into the queue or retry a failed one.
 
+Every route except /health (and /metrics when configured) needs a user: scripts send
+`Authorization: Bearer <token>` (`wecare token create NAME --user USER`). Roles: viewer reads,
+operator also retries, processes now and uploads, admin also reads the audit trail.
+
 Results are decision support for a radiologist, not a diagnosis.
 """
 
 TAGS = [
     {"name": "jobs", "description": "One job per processing of a study: state, results, outputs."},
+    {"name": "instances", "description": "Upload a DICOM file, stored like one from the PACS."},
+    {"name": "admin", "description": "Audit trail (admin role)."},
     {"name": "health", "description": "Health check and Prometheus metrics for IT monitoring."},
     {"name": "dashboard", "description": "Server-rendered HTML pages."},
 ]
@@ -58,7 +67,14 @@ def create_app(settings: Settings, runtime: RuntimeView | None = None) -> FastAP
         The running service (service.runtime.Runtime), read for the model and DICOM listener
         state on /health. None when the web app runs on its own.
     """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(bootstrap, settings, app.state.engine)
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="WeCare",
         summary="Breast-ultrasound AI for the PACS: jobs, results and deliveries",
         description=DESCRIPTION,
@@ -77,17 +93,55 @@ def create_app(settings: Settings, runtime: RuntimeView | None = None) -> FastAP
     app.state.data_dir = data_dir
     app.state.templates = make_templates()
     app.state.metrics_registry = metrics.make_registry(engine)
+    app.state.signer = make_signer(settings)
+    app.state.login_throttle = LoginThrottle()
 
+    # The last added runs first: headers on every answer, then the cross-site check, then auth.
+    app.middleware("http")(authenticate_requests)
     app.middleware("http")(_refuse_cross_site_writes)
+    app.middleware("http")(_security_headers)
     app.include_router(jobs.router)
+    app.include_router(instances.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(auth.router)
     app.include_router(pages.router)
+    app.include_router(admin.pages)
     _add_error_handlers(app)
     return app
 
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+#: Our pages: no scripts at all, inline styles (templates use style attributes), own images.
+CSP = (
+    "default-src 'self'; script-src 'none'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+#: Swagger UI (/docs) and ReDoc load their script and style from a CDN and run inline script.
+CSP_API_DOCS = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "worker-src blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+async def _security_headers(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """CSP, no MIME sniffing, no framing, no referrer leaving the site, on every answer."""
+    response = await call_next(request)
+    docs = request.url.path in ("/docs", "/redoc")
+    response.headers.setdefault("Content-Security-Policy", CSP_API_DOCS if docs else CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    # Pages carry patient names: no shared or disk caches (previews set their own, private).
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
 
 
 def _is_cross_site(request: Request) -> bool:
@@ -107,7 +161,7 @@ def _is_cross_site(request: Request) -> bool:
 async def _refuse_cross_site_writes(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
-    """The dashboard has no login yet: at least another web page must not press its buttons."""
+    """Another web page must not press our buttons (on top of the forms' CSRF tokens)."""
     if request.method not in _SAFE_METHODS and _is_cross_site(request):
         return JSONResponse(
             {"detail": "cross-site request refused", "code": "cross_site"},
@@ -131,9 +185,14 @@ def _domain_error(exc: Exception) -> tuple[HTTPStatus, str]:
 
 _HTTP_CODES = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
     503: "unavailable",
 }
 
@@ -187,7 +246,17 @@ def make_templates() -> Jinja2Templates:
     env.filters["short_uid"] = short_uid
     env.filters["pct"] = format_pct
     env.filters["bar"] = bar_width
+    env.filters["person_name"] = person_name
     return templates
+
+
+def person_name(value: str | None) -> str:
+    """DICOM PN 'DOE^JANE^M' → 'DOE, JANE M' (first component group only); '–' when unset."""
+    if not value:
+        return "–"
+    family, _, rest = value.split("=")[0].partition("^")
+    given = " ".join(p for p in rest.split("^") if p)
+    return f"{family}, {given}" if family and given else (family or given or "–")
 
 
 def format_duration(seconds: float | None) -> str:

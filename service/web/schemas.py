@@ -90,6 +90,9 @@ class JobPublic(BaseModel):
 
     id: int
     study_instance_uid: str
+    patient_name: str | None = Field(
+        None, description="Patient's name as received (DICOM PN, '^' between name parts)"
+    )
     accession_number: str | None = None
     state: str = Field(description="waiting | queued | running | exporting | done | failed")
     created_at: datetime = Field(description="First instance of the study seen (UTC)")
@@ -210,6 +213,7 @@ def _job_fields(job: Job, now: datetime) -> dict[str, Any]:
     return {
         "id": job.id,
         "study_instance_uid": job.study.study_instance_uid,
+        "patient_name": job.study.patient_name,
         "accession_number": job.study.accession_number,
         "state": job.state,
         "created_at": job.created_at,

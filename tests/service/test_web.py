@@ -24,7 +24,8 @@ from service.web.app import create_app, format_duration, short_uid
 from service.web.schemas import is_preview_name, stage_durations
 from storage.db import make_engine, session_scope
 from storage.files import DataDir
-from storage.models import Job, JobState, OutboxItem, OutboxState, Output, Study
+from storage.models import Job, JobState, OutboxItem, OutboxState, Output, Role, Study
+from storage.users import create_token, create_user, get_user
 
 T0 = datetime(2026, 11, 23, 19, 0, 0, tzinfo=UTC)
 HTML = {"accept": "text/html"}
@@ -68,9 +69,27 @@ def app(settings: Settings, runtime: FakeRuntime) -> FastAPI:
     return create_app(settings, runtime)
 
 
+PASSWORD = "correct horse battery staple"
+
+
+def make_token(engine: Engine, role: Role | str = Role.ADMIN, user: str | None = None) -> str:
+    """A bearer token of a user with `role` (the user is created when missing)."""
+    name = user or f"{Role(role).value}-user"
+    with session_scope(engine) as session:
+        owner = get_user(session, name) or create_user(session, name, role, PASSWORD)
+        count = len(owner.tokens)
+        _, secret = create_token(session, f"{name}-token-{count}", owner)
+    return secret
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
 @pytest.fixture()
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as c:
+def client(app: FastAPI, engine: Engine) -> Iterator[TestClient]:
+    """An admin script's client: every request carries an admin's API token."""
+    with TestClient(app, headers=bearer(make_token(engine))) as c:
         yield c
 
 
@@ -408,12 +427,12 @@ def test_api_retry_exporting_job_all_rows_sent_returns_409(
     assert client.post(f"/api/jobs/{job_id}/retry").status_code == 409
 
 
-def test_app_domain_error_returns_detail_and_code(app: FastAPI) -> None:
+def test_app_domain_error_returns_detail_and_code(app: FastAPI, client: TestClient) -> None:
     def boom() -> None:
         raise JobError("no_us_region", "no ultrasound region in image 3f2a1b0c")
 
     app.add_api_route("/api/boom", boom)
-    response = TestClient(app).get("/api/boom")
+    response = client.get("/api/boom")
 
     assert response.status_code == 409
     assert response.json() == {
@@ -765,7 +784,7 @@ def test_create_app_without_runtime_uses_settings_database(
     job_id = add_job(engine, accession="ACC-OWN")
     app = create_app(settings)
 
-    with TestClient(app) as client:
+    with TestClient(app, headers=bearer(make_token(engine, Role.VIEWER))) as client:
         assert client.get(f"/api/jobs/{job_id}").json()["accession_number"] == "ACC-OWN"
         health = client.get("/health").json()
     assert health["listener"] == "down" and health["model"]["loaded"] is False
@@ -798,12 +817,13 @@ def test_metrics_jobs_and_outbox_counted_by_state(client: TestClient, engine: En
 
 
 def test_metrics_two_apps_in_one_process_do_not_collide(
-    settings: Settings, runtime: FakeRuntime
+    settings: Settings, runtime: FakeRuntime, engine: Engine
 ) -> None:
     first, second = create_app(settings, runtime), create_app(settings, runtime)
+    headers = bearer(make_token(engine, Role.VIEWER))
 
-    assert TestClient(first).get("/metrics").status_code == 200
-    assert TestClient(second).get("/metrics").status_code == 200
+    assert TestClient(first, headers=headers).get("/metrics").status_code == 200
+    assert TestClient(second, headers=headers).get("/metrics").status_code == 200
     assert first.state.metrics_registry is not second.state.metrics_registry
 
 

@@ -12,10 +12,15 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
+from service.ingest import StoreOutcome
+from service.web.auth import CsrfDep, OperatorDep, ViewerDep, audit
 from service.web.deps import DataDirDep, SessionDep
 from service.web.jobs import count_by_state, do_process_now, do_retry, get_job, list_jobs
+from service.web.routes.instances import check_upload_csrf, read_upload, store_upload
 from service.web.schemas import is_preview_name, job_detail, job_public
+from storage.audit import AuditAction
 from storage.models import JobState, utcnow
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
@@ -34,6 +39,9 @@ NOTICES = {
     "sent_now": ("ok", "Pending deliveries will be tried now."),
     "refused": ("warn", "Nothing to do: the job's state changed or does not allow that action."),
     "missing": ("warn", "That job no longer exists."),
+    "user_created": ("ok", "User created."),
+    "user_disabled": ("ok", "User disabled: their sessions ended and their tokens stopped."),
+    "token_revoked": ("ok", "Token revoked."),
 }
 
 _NEXT_RE = re.compile(r"^/(jobs/[0-9]+)?(\?[A-Za-z0-9=&_.-]*)?$")
@@ -56,6 +64,7 @@ def _notice(key: str | None) -> tuple[str, str] | None:
 def index(
     request: Request,
     session: SessionDep,
+    _: ViewerDep,
     state: Annotated[JobState | None, Query()] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     notice: str | None = None,
@@ -89,10 +98,12 @@ def job_page(
     job_id: int,
     session: SessionDep,
     data_dir: DataDirDep,
+    _: ViewerDep,
     notice: str | None = None,
 ) -> Response:
     now = utcnow()
     job = job_detail(get_job(session, job_id), now)
+    audit(session, request, AuditAction.VIEW_JOB, f"job:{job_id}")
     # A preview the pipeline did not (or not yet) write shows a placeholder, not a broken image.
     preview_dir = data_dir.outputs / str(job.id) / "preview"
     available = {p.name for p in preview_dir.glob("*.png")} if preview_dir.is_dir() else set()
@@ -117,30 +128,91 @@ def job_page(
     )
 
 
-@router.post("/jobs/{job_id}/process-now", summary="Button: process now")
+@router.post("/jobs/{job_id}/process-now", summary="Button: process now", dependencies=[CsrfDep])
 def process_now_form(
-    job_id: int, session: SessionDep, next: Annotated[str | None, Form()] = None
+    job_id: int,
+    request: Request,
+    session: SessionDep,
+    _: OperatorDep,
+    next: Annotated[str | None, Form()] = None,
 ) -> RedirectResponse:
     try:
         result = do_process_now(session, job_id)
     except HTTPException as exc:
         return _back(next, "missing" if exc.status_code == 404 else "refused")
+    audit(session, request, AuditAction.PROCESS_NOW, f"job:{job_id}")
     return _back(next, result.action)
 
 
-@router.post("/jobs/{job_id}/retry", summary="Button: retry")
+@router.post("/jobs/{job_id}/retry", summary="Button: retry", dependencies=[CsrfDep])
 def retry_form(
-    job_id: int, session: SessionDep, next: Annotated[str | None, Form()] = None
+    job_id: int,
+    request: Request,
+    session: SessionDep,
+    _: OperatorDep,
+    next: Annotated[str | None, Form()] = None,
 ) -> RedirectResponse:
     try:
         result = do_retry(session, job_id)
     except HTTPException as exc:
         return _back(next, "missing" if exc.status_code == 404 else "refused")
+    audit(session, request, AuditAction.RETRY, f"job:{job_id}", detail=result.action)
     return _back(next, result.action)
 
 
+@router.get("/upload", summary="Upload form")
+def upload_form(request: Request, _: OperatorDep) -> Response:
+    return _upload_page(request, None)
+
+
+@router.post("/upload", summary="Upload a DICOM file from the form")
+async def upload_from_form(request: Request, principal: OperatorDep) -> Response:
+    """The dashboard's upload: same checks and storage path as POST /api/instances."""
+    try:
+        data, fields = await read_upload(request)
+        check_upload_csrf(request, principal, fields)
+    except HTTPException as exc:
+        if exc.status_code == status.HTTP_403_FORBIDDEN:
+            raise
+        return _upload_page(request, None, error=str(exc.detail), status_code=exc.status_code)
+    outcome = await run_in_threadpool(store_upload, request, data)
+    code = (
+        (status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK)
+        if outcome.ok
+        else status.HTTP_400_BAD_REQUEST
+    )
+    if outcome.status.name == "OUT_OF_RESOURCES":
+        code = status.HTTP_507_INSUFFICIENT_STORAGE
+    return _upload_page(request, outcome, status_code=code)
+
+
+def _upload_page(
+    request: Request,
+    outcome: StoreOutcome | None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    context: dict[str, Any] = {
+        "outcome": outcome,
+        "error": error,
+        "max_upload_mb": request.app.state.settings.web.max_upload_mb,
+        "refresh": None,
+        "now": utcnow(),
+    }
+    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
+        request, "upload.html", context, status_code=status_code
+    )
+
+
 @router.get("/jobs/{job_id}/preview/{name}", summary="Preview PNG")
-def preview(job_id: int, name: str, data_dir: DataDirDep) -> FileResponse:
+def preview(
+    job_id: int,
+    name: str,
+    request: Request,
+    session: SessionDep,
+    data_dir: DataDirDep,
+    _: ViewerDep,
+) -> FileResponse:
     """`<data_dir>/outputs/<job>/preview/<name>`; `name` must be a preview file name, so nothing
     else on disk can be reached."""
     if not is_preview_name(name):
@@ -148,6 +220,7 @@ def preview(job_id: int, name: str, data_dir: DataDirDep) -> FileResponse:
     path = data_dir.outputs / str(int(job_id)) / "preview" / name
     if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, "preview not found")
+    audit(session, request, AuditAction.VIEW_IMAGE, f"job:{job_id}", detail=name)
     return FileResponse(
         path, media_type="image/png", headers={"Cache-Control": "private, max-age=300"}
     )
