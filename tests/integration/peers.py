@@ -238,6 +238,9 @@ def write_config(
         "study": {"stable_seconds": 1},
         "worker": {"poll_seconds": 0.2, "torch_threads": 2, "lease_seconds": 30},
         "export": {"poll_seconds": 0.2, "base_backoff_seconds": 1, "max_backoff_seconds": 2},
+        # These pipeline tests drive the JSON API as an anonymous script; log-in and tokens
+        # are proven end to end in tests/service/test_auth_serve.py.
+        "auth": {"enabled": False},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
