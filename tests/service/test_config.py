@@ -78,5 +78,11 @@ def test_load_settings_missing_file_clear_error(tmp_path: Path) -> None:
 
 
 def test_masked_database_password_hidden() -> None:
-    s = load_settings(None, storage={"database_url": "postgresql://u:secret@db/wecare"})
-    assert "secret" not in str(masked(s))
+    s = load_settings(
+        None,
+        storage={"database_url": "postgresql://u:Pw-9f3kQ@db/wecare"},
+        auth={"session_secret": "cookie-key-77aa"},
+    )
+    shown = str(masked(s))
+    assert "Pw-9f3kQ" not in shown and "cookie-key-77aa" not in shown
+    assert "postgresql://u:***@db/wecare" in shown
