@@ -8,9 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
+
+# One intra-op thread: the suite runs beside training jobs on a 2-core box, where more threads
+# only add contention.
+torch.set_num_threads(1)
 
 
 def _lesion_image(rng: np.random.Generator, size: tuple[int, int], lesion: bool
