@@ -8,6 +8,7 @@ when its Modality is US, OT or absent (a screen capture of a CT is not ultrasoun
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
 
@@ -15,21 +16,26 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder
+from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder, iter_pixels
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from dicom_io.errors import UnsupportedObjectError, uid_hash
 from dicom_io.regions import tissue_regions
-from dicom_io.types import Frames
+from dicom_io.types import Frames, ImageInfo
 from dicom_io.uids import WECARE_MANUFACTURER, is_our_uid
 
 __all__ = [
     "SECONDARY_CAPTURE_SOP_CLASSES",
     "SUPPORTED_SOP_CLASSES",
     "ULTRASOUND_SOP_CLASSES",
+    "FRAME_BATCH",
     "is_our_object",
+    "iter_frames",
     "read_frames",
+    "read_info",
     "decode_pixels",
     "read_header",
+    "skip_code",
     "skip_reason",
     "to_grayscale",
 ]
@@ -57,6 +63,18 @@ _DERIVED_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.30",  # parametric map
 )
 _PALETTE = "PALETTE COLOR"
+_PHOTOMETRICS = (
+    "MONOCHROME1",
+    "MONOCHROME2",
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_RCT",
+    "YBR_ICT",
+    _PALETTE,
+)
+#: Frames decoded at a time by :func:`iter_frames` (memory ∝ batch, not clip length).
+FRAME_BATCH = 16
 _LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601, as YBR_FULL
 
 
@@ -87,11 +105,12 @@ def is_our_object(ds: Dataset) -> bool:
     return str(ds.get("SOPClassUID", "")).startswith(_DERIVED_PREFIXES)
 
 
-def skip_reason(ds: Dataset) -> str | None:
-    """Return why ``ds`` is not processed (a code of ``errors.SKIP_REASONS``) or None.
+def skip_code(ds: Dataset) -> str | None:
+    """Return why ``ds`` is not processed as a stable code of ``errors.SKIP_REASONS``.
 
-    Only attributes are inspected (works on a header read with ``stop_before_pixels``,
-    so ``no_pixel_data`` is reported only when the element list is complete).
+    None when it is processed. Only attributes are inspected (works on a header read
+    with ``stop_before_pixels``, so ``no_pixel_data`` is reported only when the element
+    list is complete).
     """
     sop_class_uid = str(ds.get("SOPClassUID", ""))
     manufacturer = str(ds.get("Manufacturer", "") or "").strip()
@@ -112,6 +131,49 @@ def skip_reason(ds: Dataset) -> str | None:
     if "Rows" not in ds or "Columns" not in ds:
         return "no_pixel_data"
     return None
+
+
+def _sop_class_name(ds: Dataset) -> str:
+    uid = str(ds.get("SOPClassUID", "") or "").strip()
+    if not uid:
+        return "an object without SOP Class UID"
+    name = UID(uid).name
+    return name if name != uid else f"SOP class {uid}"
+
+
+def _safe_code_string(value: object) -> str:
+    # Modality is a CS (A-Z, 0-9, space, _): keep only those, never free text.
+    text = str(value or "").strip().upper()[:16]
+    return "".join(c for c in text if c.isalnum() or c in " _") or "none"
+
+
+def skip_reason(ds: Dataset) -> str | None:
+    """Return why ``ds`` is stored but not processed, as text for people, or None.
+
+    The text starts with the stable code of :func:`skip_code` and a colon (so callers can
+    group by ``reason.split(":")[0]``), then says in plain words what the object is and
+    why we leave it alone, e.g. ``"not_ultrasound: CT Image Storage is not an ultrasound
+    or secondary capture image; stored, not analysed"``. It names only the SOP class,
+    Modality code or transfer syntax, never patient, study or institution data.
+    """
+    code = skip_code(ds)
+    if code is None:
+        return None
+    what = _sop_class_name(ds)
+    if code == "our_own_object":
+        text = f"{what} created by WeCare (our own result); never analysed again"
+    elif code == "derived_object":
+        text = f"{what} is a derived object (segmentation, report, ...), not an image"
+    elif code == "not_ultrasound" and str(ds.get("SOPClassUID", "")) in SUPPORTED_SOP_CLASSES:
+        modality = _safe_code_string(ds.get("Modality"))
+        text = f"{what} with Modality {modality} is not an ultrasound screen capture"
+    elif code == "not_ultrasound":
+        text = f"{what} is not an ultrasound or secondary capture image"
+    elif code == "missing_uid":
+        text = f"{what} without Study, Series or SOP Instance UID cannot be tracked"
+    else:
+        text = f"{what} has no pixel data (no Rows/Columns)"
+    return f"{code}: {text}; stored, not analysed"
 
 
 def _laterality(ds: Dataset) -> str | None:
@@ -256,7 +318,7 @@ def read_frames(path: str | PathLike[str]) -> Frames:
         ds = pydicom.dcmread(Path(path))
     except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
         raise UnsupportedObjectError("unreadable", type(exc).__name__) from exc
-    reason = skip_reason(ds)
+    reason = skip_code(ds)
     if reason is not None:
         raise UnsupportedObjectError(reason, f"sop={uid_hash(ds.get('SOPInstanceUID'))}")
     pixels = decode_pixels(ds)
@@ -270,3 +332,99 @@ def read_frames(path: str | PathLike[str]) -> Frames:
         regions=tissue_regions(ds),
         laterality=_laterality(ds),
     )
+
+
+def _read_supported_header(path: str | PathLike[str]) -> Dataset:
+    header = read_header(path)
+    reason = skip_code(header)
+    if reason is not None:
+        raise UnsupportedObjectError(reason, f"sop={uid_hash(header.get('SOPInstanceUID'))}")
+    photometric = str(header.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in _PHOTOMETRICS:
+        raise UnsupportedObjectError("unsupported_pixel_format", photometric or "none")
+    return header
+
+
+def _info(header: Dataset) -> ImageInfo:
+    return ImageInfo(
+        study_instance_uid=str(header.StudyInstanceUID),
+        series_instance_uid=str(header.SeriesInstanceUID),
+        sop_instance_uid=str(header.SOPInstanceUID),
+        sop_class_uid=str(header.SOPClassUID),
+        rows=int(header.Rows),
+        columns=int(header.Columns),
+        number_of_frames=max(1, int(header.get("NumberOfFrames", 1) or 1)),
+        regions=tissue_regions(header),
+        laterality=_laterality(header),
+    )
+
+
+def read_info(path: str | PathLike[str]) -> ImageInfo:
+    """Read what a supported instance is (UIDs, size, frame count, regions), not its pixels.
+
+    Raises
+    ------
+    UnsupportedObjectError
+        The codes of :func:`skip_code`, ``unreadable`` or ``unsupported_pixel_format``.
+    """
+    return _info(_read_supported_header(path))
+
+
+def iter_frames(
+    path: str | PathLike[str], batch: int = FRAME_BATCH
+) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Decode a supported instance ``batch`` frames at a time.
+
+    Yields ``(frame_numbers, pixels)``: 1-based frame numbers and ``(n, H, W) float32``
+    luminance in 0..1, exactly as :func:`read_frames` gives them, with ``n <= batch``.
+    Pixel data is read frame by frame from the file (pydicom ``iter_pixels``), so memory
+    is proportional to ``batch``, not to the length of a cine clip. Deflated files are
+    the exception: the whole data set must be inflated first.
+
+    Raises
+    ------
+    UnsupportedObjectError
+        As :func:`read_info`, and ``no_pixel_data`` / ``undecodable`` while iterating.
+    """
+    if batch < 1:
+        raise ValueError("batch must be >= 1")
+    header = _read_supported_header(path)
+    photometric = str(header.PhotometricInterpretation).strip().upper()
+    samples = int(header.get("SamplesPerPixel", 1) or 1)
+    # As decode_pixels: keep YBR_FULL(_422) and use Y; other colour models become RGB.
+    as_rgb = photometric not in ("YBR_FULL", "YBR_FULL_422")
+    decoded = photometric if samples == 1 or not as_rgb else "RGB"
+    if decoded == "YBR_FULL_422":
+        decoded = "YBR_FULL"  # decoders upsample 4:2:2 to full resolution
+    sop = uid_hash(header.get("SOPInstanceUID"))
+    source: str | Path | Dataset = Path(path)
+    if header.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        source = pydicom.dcmread(Path(path))  # the stream must be inflated as a whole
+        if "PixelData" not in source:
+            raise UnsupportedObjectError("no_pixel_data", f"sop={sop}")
+    frames = iter_pixels(source, as_rgb=as_rgb)
+    number = 0
+    pending: list[np.ndarray] = []
+    while True:
+        try:
+            frame = next(frames, None)
+        except UnsupportedObjectError:
+            raise
+        except AttributeError as exc:
+            if number == 0 and "no pixel data" in str(exc).lower():
+                raise UnsupportedObjectError("no_pixel_data", f"sop={sop}") from exc
+            raise UnsupportedObjectError("undecodable", f"{type(exc).__name__}, sop={sop}") from exc
+        except Exception as exc:  # any decoder failure: corrupt stream, missing plugin, ...
+            raise UnsupportedObjectError("undecodable", f"{type(exc).__name__}, sop={sop}") from exc
+        if frame is not None:
+            pending.append(frame)
+        if pending and (frame is None or len(pending) == batch):
+            numbers = tuple(range(number + 1, number + len(pending) + 1))
+            number += len(pending)
+            pixels = to_grayscale(np.stack(pending), header, decoded)
+            pending = []
+            yield numbers, pixels
+        if frame is None:
+            break
+    if number == 0:
+        raise UnsupportedObjectError("no_pixel_data", f"sop={sop}")

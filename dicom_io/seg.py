@@ -195,7 +195,9 @@ def _validate(
     masks: Sequence[np.ndarray],
     frame_numbers: Sequence[Sequence[int]],
     series_number: int,
-) -> list[np.ndarray]:
+) -> list[tuple[np.ndarray, tuple[int, ...]]]:
+    # Each mask with its frame numbers, sorted by frame number; no full-clip array is
+    # made (a 600-frame cine would need one byte per pixel of every frame).
     if not sources:
         raise ValueError("sources must not be empty")
     if not (len(sources) == len(masks) == len(frame_numbers)):
@@ -208,7 +210,7 @@ def _validate(
         raise ValueError("sources must be instances of one series")
     if len({str(ds.SOPInstanceUID) for ds in sources}) != len(sources):
         raise ValueError("sources must not repeat an instance")
-    full_masks = []
+    checked: list[tuple[np.ndarray, tuple[int, ...]]] = []
     for index, (ds, mask, numbers) in enumerate(zip(sources, masks, frame_numbers, strict=True)):
         mask = np.asarray(mask)
         rows, columns, total = int(ds.Rows), int(ds.Columns), _number_of_frames(ds)
@@ -225,10 +227,9 @@ def _validate(
             raise ValueError(f"frame_numbers[{index}] must have one number per mask frame")
         if len(set(numbers)) != len(numbers) or any(n < 1 or n > total for n in numbers):
             raise ValueError(f"frame_numbers[{index}] must be distinct values in 1..{total}")
-        full = np.zeros((total, rows, columns), dtype=bool)
-        full[np.array(numbers, dtype=int) - 1] = mask
-        full_masks.append(full)
-    return full_masks
+        order = np.argsort(np.asarray(numbers, dtype=int), kind="stable")
+        checked.append((mask[order], tuple(int(numbers[k]) for k in order)))
+    return checked
 
 
 def build_seg(
@@ -288,12 +289,12 @@ def build_seg(
     """
     if not isinstance(algorithm, AlgorithmInfo):
         raise TypeError("algorithm must be an AlgorithmInfo")
-    full_masks = _validate(sources, masks, frame_numbers, series_number)
-    keep = [index for index, mask in enumerate(full_masks) if mask.any()]
+    checked = _validate(sources, masks, frame_numbers, series_number)
+    keep = [index for index, (mask, _) in enumerate(checked) if mask.any()]
     if not keep:
         raise EmptySegmentationError("no frame contains a lesion: no SEG is built")
     kept_sources = [sources[index] for index in keep]
-    kept_masks = [full_masks[index] for index in keep]
+    kept_masks = [checked[index] for index in keep]
     multi = [ds for ds in kept_sources if _number_of_frames(ds) > 1]
     if multi and len(kept_sources) > 1:
         raise SegmentationInputError(
@@ -316,7 +317,23 @@ def build_seg(
         proxies = _with_synthetic_geometry(
             kept_sources, output_uid(series_uid, algorithm.version, "seg-frame-of-reference")
         )
-    pixel_array = np.concatenate(kept_masks, axis=0)
+    plane_positions = None
+    if multi:
+        # One cine clip: give highdicom only the frames with a lesion and their planes
+        # (frame n of the synthetic geometry lies at z = -(n - 1)); highdicom matches
+        # each plane to its source frame for the Derivation Image Sequence. Memory is
+        # then ∝ lesion frames, not clip length (highdicom otherwise wants every frame).
+        mask, numbers = kept_masks[0]
+        lesion = [k for k in range(len(numbers)) if mask[k].any()]
+        pixel_array = mask[lesion]
+        plane_positions = [
+            hd.PlanePositionSequence(
+                hd.CoordinateSystemNames.PATIENT, (0.0, 0.0, -float(numbers[k] - 1))
+            )
+            for k in lesion
+        ]
+    else:
+        pixel_array = np.concatenate([mask for mask, _ in kept_masks], axis=0)
 
     description = hd.seg.SegmentDescription(
         segment_number=1,
@@ -349,6 +366,7 @@ def build_seg(
         content_description=SEG_SERIES_DESCRIPTION,
         series_description=SEG_SERIES_DESCRIPTION,
         omit_empty_frames=True,
+        plane_positions=plane_positions,
     )
     retired = {
         str(ds.SOPInstanceUID): str(ds.SOPClassUID)

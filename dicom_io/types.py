@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Frames", "UltrasoundRegion"]
+__all__ = ["Frames", "ImageInfo", "UltrasoundRegion"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,52 @@ class Frames:
     def shape(self) -> tuple[int, int]:
         """(rows, columns) of every frame."""
         return int(self.pixels.shape[1]), int(self.pixels.shape[2])
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a source instance is, without its pixels (see :func:`dicom_io.read.read_info`).
+
+    Attributes
+    ----------
+    rows, columns, number_of_frames: int
+        Size of the pixel data; frames are decoded lazily by
+        :func:`dicom_io.read.iter_frames`.
+    regions: tuple[UltrasoundRegion, ...]
+        2D tissue regions of the Sequence of Ultrasound Regions (may be empty).
+    laterality: str | None
+        "L" or "R" from Image Laterality (0020,0062) or Laterality (0020,0060).
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    rows: int
+    columns: int
+    number_of_frames: int
+    regions: tuple[UltrasoundRegion, ...]
+    laterality: str | None
+
+    def __post_init__(self) -> None:
+        for name in (
+            "study_instance_uid",
+            "series_instance_uid",
+            "sop_instance_uid",
+            "sop_class_uid",
+        ):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"ImageInfo.{name} must be a non-empty str")
+        for name in ("rows", "columns", "number_of_frames"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"ImageInfo.{name} must be an int >= 1")
+        if not all(isinstance(r, UltrasoundRegion) for r in self.regions):
+            raise TypeError("ImageInfo.regions must hold UltrasoundRegion items")
+        if self.laterality not in (None, "L", "R"):
+            raise ValueError("ImageInfo.laterality must be 'L', 'R' or None")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of every frame."""
+        return int(self.rows), int(self.columns)

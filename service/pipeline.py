@@ -22,10 +22,10 @@ from pydicom.dataset import Dataset
 
 from dicom_io.errors import DicomIOError
 from dicom_io.measure import mask_measurements
-from dicom_io.read import read_frames
+from dicom_io.read import FRAME_BATCH, iter_frames, read_info
 from dicom_io.seg import AlgorithmInfo, SegmentationInputError, build_seg
 from dicom_io.sr import LesionFinding, StudyClassification, build_sr
-from dicom_io.types import Frames, UltrasoundRegion
+from dicom_io.types import Frames, ImageInfo, UltrasoundRegion
 from service.errors import JobError
 from service.logs import uid_hash
 from service.previews import cam_overlay, mask_overlay, save_png
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SEG_SERIES_NUMBER = 990
 SR_SERIES_NUMBER = 991
 PREDICT_BATCH = 8
+PREVIEW_FRAMES = 4  # previews (PNG) and dashboard rows for the first frames of an image
 ALGORITHM_NAME = "WeCare breast lesion AI"
 
 
@@ -67,7 +68,7 @@ class _Tile:
     """One model input: a region of one frame of one instance."""
 
     source_index: int
-    frame_index: int  # index into Frames.pixels
+    frame_index: int  # index into the decoded batch
     frame_number: int  # 1-based DICOM frame number
     box: tuple[int, int, int, int]  # y0, y1, x0, x1
     region: UltrasoundRegion | None
@@ -103,9 +104,11 @@ def algorithm_info(model: ModelLike) -> AlgorithmInfo:
     return AlgorithmInfo(name=ALGORITHM_NAME, version=model.version[: 64 - len(suffix)] + suffix)
 
 
-def tissue_boxes(frames: Frames) -> list[tuple[tuple[int, int, int, int], UltrasoundRegion | None]]:
+def tissue_boxes(
+    frames: Frames | ImageInfo,
+) -> list[tuple[tuple[int, int, int, int], UltrasoundRegion | None]]:
     """Crop boxes (y0, y1, x0, x1): each 2D tissue region, or the whole frame when none."""
-    _, height, width = frames.pixels.shape
+    height, width = frames.shape
     boxes: list[tuple[tuple[int, int, int, int], UltrasoundRegion | None]] = []
     for region in frames.regions:
         if region.spatial_format != 1:
@@ -117,6 +120,34 @@ def tissue_boxes(frames: Frames) -> list[tuple[tuple[int, int, int, int], Ultras
     return boxes or [((0, height, 0, width), None)]
 
 
+@dataclass
+class _Best:
+    """The largest lesion seen so far in one tissue region of one source instance."""
+
+    area: int
+    tile: _Tile
+    mask: np.ndarray  # the tile's crop-sized mask (a copy)
+
+
+@dataclass
+class _SourceState:
+    """What is kept of one source while its frames stream past: only lesion frames."""
+
+    info: ImageInfo
+    lesion_frames: dict[int, np.ndarray] = field(default_factory=dict)  # number -> packbits
+    best: dict[int, _Best] = field(default_factory=dict)  # region box index -> largest lesion
+
+    def unpacked_masks(self) -> tuple[np.ndarray, tuple[int, ...]]:
+        """(N, H, W) bool masks of the frames with a lesion and their frame numbers."""
+        rows, columns = self.info.shape
+        numbers = tuple(sorted(self.lesion_frames))
+        masks = np.zeros((len(numbers), rows, columns), dtype=bool)
+        for k, number in enumerate(numbers):
+            bits = np.unpackbits(self.lesion_frames[number], count=rows * columns)
+            masks[k] = bits.reshape(rows, columns).astype(bool)
+        return masks, numbers
+
+
 def process_study(
     sources: Sequence[SourceImage],
     model: ModelLike,
@@ -124,79 +155,124 @@ def process_study(
     *,
     explain: bool = True,
     on_progress: Callable[[], None] | None = None,
+    frame_batch: int = FRAME_BATCH,
+    preview_frames: int = PREVIEW_FRAMES,
 ) -> StudyResult:
     """Run the models on every frame of every source; write SEG(s), SR and previews in `out_dir`.
+
+    Frames are decoded `frame_batch` at a time (`dicom_io.read.iter_frames`) and dropped
+    once predicted: what stays per source is the bit-packed mask of each frame that has a
+    lesion, the largest lesion of each tissue region, and previews of the first
+    `preview_frames` frames. Memory therefore does not grow with the length of a clip
+    (beyond 1 bit per pixel of lesion frames, and the SEG highdicom builds from them).
 
     Files are named `<SOPInstanceUID>.dcm` (deterministic UIDs, so a re-run overwrites) and
     `preview/<image>_<frame>_{mask,cam}.png`.
     """
     timings: dict[str, float] = defaultdict(float)
     tick = time.perf_counter()
-    frames_list: list[Frames] = []
+    states: list[_SourceState] = []
     kept: list[SourceImage] = []
     skipped: list[dict[str, str]] = []
+
+    def skip(source: SourceImage, exc: DicomIOError) -> None:
+        code = getattr(exc, "code", "undecodable")
+        skipped.append({"uid_hash": uid_hash(source.sop_instance_uid), "reason": f"{code}: {exc}"})
+        log.warning("image %s not processed: %s", uid_hash(source.sop_instance_uid), code)
+
     for source in sources:
         try:
-            frames_list.append(read_frames(source.path))
+            states.append(_SourceState(read_info(source.path)))
             kept.append(source)
         except DicomIOError as exc:
-            code = getattr(exc, "code", "undecodable")
-            skipped.append(
-                {"uid_hash": uid_hash(source.sop_instance_uid), "reason": f"{code}: {exc}"}
+            skip(source, exc)
+    timings["decode"] += time.perf_counter() - tick
+
+    best_class: tuple[float, str, dict[str, float]] | None = None
+    results: list[dict[str, Any]] = []
+    preview_dir = out_dir / "preview"
+    failed: set[int] = set()
+    for index, state in enumerate(states):
+        boxes = tissue_boxes(state.info)
+        frames = iter_frames(kept[index].path, batch=frame_batch)
+        while True:
+            tick = time.perf_counter()
+            try:
+                batch = next(frames, None)
+            except DicomIOError as exc:
+                # A clip that breaks half-way: keep nothing of it (no partial SEG).
+                skip(kept[index], exc)
+                failed.add(index)
+                break
+            finally:
+                timings["decode"] += time.perf_counter() - tick
+            if batch is None:
+                break
+            frame_numbers, pixels = batch
+            tiles = [
+                _Tile(index, f_index, f_number, box, region)
+                for f_index, f_number in enumerate(frame_numbers)
+                for box, region in boxes
+            ]
+            tick = time.perf_counter()
+            predictions: list[Any] = []
+            for start in range(0, len(tiles), PREDICT_BATCH):
+                chunk = tiles[start : start + PREDICT_BATCH]
+                crops = [
+                    pixels[t.frame_index, t.box[0] : t.box[1], t.box[2] : t.box[3]] for t in chunk
+                ]
+                predictions.extend(model.predict(crops, with_cam=explain))
+                if on_progress:
+                    on_progress()
+            timings["inference"] += time.perf_counter() - tick
+
+            tick = time.perf_counter()
+            for pred in predictions:
+                p_malignant = float(pred.probabilities.get("malignant", 0.0))
+                if best_class is None or p_malignant > best_class[0]:
+                    best_class = (p_malignant, pred.predicted_class, dict(pred.probabilities))
+            full = np.zeros((len(frame_numbers), *state.info.shape), dtype=bool)
+            cams: dict[int, np.ndarray] = {}
+            for tile, pred in zip(tiles, predictions, strict=True):
+                y0, y1, x0, x1 = tile.box
+                full[tile.frame_index, y0:y1, x0:x1] |= pred.mask
+                area = int(np.count_nonzero(pred.mask))
+                key = boxes.index((tile.box, tile.region))
+                current = state.best.get(key)
+                if area and (current is None or area > current.area):
+                    state.best[key] = _Best(area, tile, np.array(pred.mask, dtype=bool))
+                if pred.cam is not None and tile.frame_number <= preview_frames:
+                    cam = cams.setdefault(
+                        tile.frame_index, np.zeros(state.info.shape, dtype=np.float32)
+                    )
+                    cam[y0:y1, x0:x1] = np.maximum(cam[y0:y1, x0:x1], pred.cam)
+            for f_index, f_number in enumerate(frame_numbers):
+                if full[f_index].any():
+                    state.lesion_frames[f_number] = np.packbits(full[f_index], axis=None)
+            results.extend(
+                _preview_rows(
+                    tiles, predictions, pixels, full, cams, kept[index], preview_dir, preview_frames
+                )
             )
-            log.warning("image %s not processed: %s", uid_hash(source.sop_instance_uid), code)
-    if not frames_list:
+            timings["store"] += time.perf_counter() - tick
+            del pixels, full, cams, predictions, tiles, batch
+
+    good = [i for i in range(len(states)) if i not in failed]
+    if not good or best_class is None:
         raise JobError(
             "no_processable_images",
             "no image of the study could be decoded"
             + (f" ({skipped[0]['reason']})" if skipped else ""),
         )
-    timings["decode"] += time.perf_counter() - tick
-
-    tiles: list[_Tile] = []
-    for index, frames in enumerate(frames_list):
-        for f_index, f_number in enumerate(frames.frame_numbers):
-            for box, region in tissue_boxes(frames):
-                tiles.append(_Tile(index, f_index, f_number, box, region))
-
-    tick = time.perf_counter()
-    predictions: list[Any] = []
-    for start in range(0, len(tiles), PREDICT_BATCH):
-        batch = tiles[start : start + PREDICT_BATCH]
-        crops = [
-            frames_list[t.source_index].pixels[
-                t.frame_index, t.box[0] : t.box[1], t.box[2] : t.box[3]
-            ]
-            for t in batch
-        ]
-        predictions.extend(model.predict(crops, with_cam=explain))
-        if on_progress:
-            on_progress()
-    timings["inference"] += time.perf_counter() - tick
-
-    # Paste each tile's mask back into its frame's full grid.
-    masks = [np.zeros(f.pixels.shape, dtype=bool) for f in frames_list]
-    cams: dict[tuple[int, int], np.ndarray] = {}
-    for tile, pred in zip(tiles, predictions, strict=True):
-        y0, y1, x0, x1 = tile.box
-        masks[tile.source_index][tile.frame_index, y0:y1, x0:x1] |= pred.mask
-        if pred.cam is not None:
-            cam = cams.setdefault(
-                (tile.source_index, tile.frame_index),
-                np.zeros(frames_list[tile.source_index].pixels.shape[1:], dtype=np.float32),
-            )
-            cam[y0:y1, x0:x1] = np.maximum(cam[y0:y1, x0:x1], pred.cam)
-
-    # Study classification: the most suspicious tile speaks for the study (max P(malignant)).
-    best = max(range(len(tiles)), key=lambda i: predictions[i].probabilities.get("malignant", 0.0))
-    classification = StudyClassification(
-        predicted_class=predictions[best].predicted_class,
-        probabilities=dict(predictions[best].probabilities),
-    )
+    states = [states[i] for i in good]
+    kept = [kept[i] for i in good]
+    results = [r for r in results if r["image"] - 1 in good]
+    classification = StudyClassification(predicted_class=best_class[1], probabilities=best_class[2])
 
     tick = time.perf_counter()
     algorithm = algorithm_info(model)
-    datasets = [dcmread(s.path) for s in kept]
+    # Headers only: build_seg and build_sr never need the source pixels.
+    datasets = [dcmread(s.path, stop_before_pixels=True) for s in kept]
     by_series: dict[str, list[int]] = defaultdict(list)
     for index, source in enumerate(kept):
         by_series[source.series_instance_uid].append(index)
@@ -204,34 +280,36 @@ def process_study(
     outputs: list[WrittenOutput] = []
     seg_datasets: list[Dataset] = []
     for indices in by_series.values():
-        with_lesion = [i for i in indices if masks[i].any()]
+        with_lesion = [i for i in indices if states[i].lesion_frames]
         if not with_lesion:
             continue  # no SEG for a series without a lesion: the SR says "no lesion found"
+        unpacked = [states[i].unpacked_masks() for i in with_lesion]
         try:
             seg_datasets.append(
                 build_seg(
                     [datasets[i] for i in with_lesion],
-                    [masks[i] for i in with_lesion],
-                    [frames_list[i].frame_numbers for i in with_lesion],
+                    [masks for masks, _ in unpacked],
+                    [numbers for _, numbers in unpacked],
                     algorithm,
                     SEG_SERIES_NUMBER,
                 )
             )
         except SegmentationInputError:
             # One SEG cannot hold this series (several cine loops, mixed sizes): one per image.
-            for i in with_lesion:
+            for i, (masks, numbers) in zip(with_lesion, unpacked, strict=True):
                 seg_datasets.append(
                     build_seg(
                         [datasets[i]],
-                        [masks[i]],
-                        [frames_list[i].frame_numbers],
+                        [masks],
+                        [numbers],
                         algorithm,
                         SEG_SERIES_NUMBER,
                         uid_source=kept[i].sop_instance_uid,
                     )
                 )
+        del unpacked
 
-    findings = _findings(tiles, predictions, frames_list, masks)
+    findings = _findings(states)
     sr = build_sr(datasets, seg_datasets, classification, findings, algorithm, SR_SERIES_NUMBER)
     timings["build"] += time.perf_counter() - tick
 
@@ -246,15 +324,12 @@ def process_study(
                 kind, str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID), path
             )
         )
-    results = _previews_and_results(
-        tiles, predictions, frames_list, masks, cams, kept, out_dir / "preview"
-    )
     timings["store"] += time.perf_counter() - tick
     return StudyResult(
         outputs=outputs,
         predicted_class=classification.predicted_class,
         probabilities=classification.probabilities,
-        image_count=sum(len(f.frame_numbers) for f in frames_list),
+        image_count=sum(s.info.number_of_frames for s in states),
         stage_seconds={k: round(v, 3) for k, v in timings.items()},
         results=results,
         skipped=skipped,
@@ -262,77 +337,70 @@ def process_study(
 
 
 def _measure(mask: np.ndarray, tile: _Tile) -> tuple[float | None, float | None, float | None]:
-    """(area mm², long axis mm, short axis mm); all None without a calibrated region or lesion."""
+    """(area mm², long axis mm, short axis mm); all None without a calibrated region or lesion.
+
+    `mask` is the tile's crop of the region, measured with that region's own Physical
+    Delta X/Y (absolute values): each pane of a dual view has its own calibration.
+    """
     region = tile.region
     if region is None or not region.mm_per_pixel_x or not region.mm_per_pixel_y or not mask.any():
         return None, None, None
     return mask_measurements(mask, region.mm_per_pixel_x, region.mm_per_pixel_y)
 
 
-def _findings(
-    tiles: Sequence[_Tile],
-    predictions: Sequence[Any],
-    frames_list: Sequence[Frames],
-    masks: Sequence[np.ndarray],
-) -> list[LesionFinding]:
-    """One finding per source instance with a lesion: its frame with the largest lesion."""
-    best_per_source: dict[int, tuple[int, _Tile, Any]] = {}
-    for tile, pred in zip(tiles, predictions, strict=True):
-        area = int(pred.mask.sum())
-        if area == 0:
-            continue
-        current = best_per_source.get(tile.source_index)
-        if current is None or area > current[0]:
-            best_per_source[tile.source_index] = (area, tile, pred)
+def _findings(states: Sequence[_SourceState]) -> list[LesionFinding]:
+    """One finding per tissue region with a lesion: its frame with the largest lesion.
+
+    A dual-view image (two B-mode panes) gives one finding per pane, each measured with
+    its own pane's calibration.
+    """
     findings = []
-    for index, (area, tile, pred) in sorted(best_per_source.items()):
-        area_mm2, long_mm, short_mm = _measure(pred.mask, tile)
-        frames = frames_list[index]
-        findings.append(
-            LesionFinding(
-                source_sop_instance_uid=frames.sop_instance_uid,
-                frame_number=tile.frame_number if len(frames.frame_numbers) > 1 else None,
-                area_mm2=area_mm2,
-                long_axis_mm=long_mm,
-                short_axis_mm=short_mm,
-                area_px=area,
+    for state in states:
+        for _, best in sorted(state.best.items()):
+            area_mm2, long_mm, short_mm = _measure(best.mask, best.tile)
+            findings.append(
+                LesionFinding(
+                    source_sop_instance_uid=state.info.sop_instance_uid,
+                    frame_number=(
+                        best.tile.frame_number if state.info.number_of_frames > 1 else None
+                    ),
+                    area_mm2=area_mm2,
+                    long_axis_mm=long_mm,
+                    short_axis_mm=short_mm,
+                    area_px=best.area,
+                )
             )
-        )
     return findings
 
 
-def _previews_and_results(
+def _preview_rows(
     tiles: Sequence[_Tile],
     predictions: Sequence[Any],
-    frames_list: Sequence[Frames],
-    masks: Sequence[np.ndarray],
-    cams: dict[tuple[int, int], np.ndarray],
-    sources: Sequence[SourceImage],
+    pixels: np.ndarray,
+    masks: np.ndarray,
+    cams: dict[int, np.ndarray],
+    source: SourceImage,
     preview_dir: Path,
-    max_frames: int = 4,
+    max_frames: int,
 ) -> list[dict[str, Any]]:
-    """Per-frame rows for the dashboard, with overlay PNGs of the first frames of each image."""
+    """Per-frame rows for the dashboard, with overlay PNGs of the first frames of an image."""
     rows: list[dict[str, Any]] = []
     for tile, pred in zip(tiles, predictions, strict=True):
-        frames = frames_list[tile.source_index]
-        if tile.frame_index >= max_frames:
+        if tile.frame_number > max_frames:
             continue
-        key = (tile.source_index, tile.frame_index)
         name = f"{tile.source_index:03d}_{tile.frame_number:04d}"
-        image = frames.pixels[tile.frame_index]
+        image = pixels[tile.frame_index]
         mask_png, cam_png = f"{name}_mask.png", None
-        save_png(
-            preview_dir / mask_png, mask_overlay(image, masks[tile.source_index][tile.frame_index])
-        )
-        if key in cams:
+        save_png(preview_dir / mask_png, mask_overlay(image, masks[tile.frame_index]))
+        if tile.frame_index in cams:
             cam_png = f"{name}_cam.png"
-            save_png(preview_dir / cam_png, cam_overlay(image, cams[key]))
+            save_png(preview_dir / cam_png, cam_overlay(image, cams[tile.frame_index]))
         area_mm2, long_mm, short_mm = _measure(pred.mask, tile)
         rows.append(
             {
                 "image": tile.source_index + 1,
-                "series_uid_hash": uid_hash(sources[tile.source_index].series_instance_uid),
-                "sop_instance_uid": sources[tile.source_index].sop_instance_uid,
+                "series_uid_hash": uid_hash(source.series_instance_uid),
+                "sop_instance_uid": source.sop_instance_uid,
                 "frame": tile.frame_number,
                 "predicted_class": pred.predicted_class,
                 "probabilities": {k: round(float(v), 4) for k, v in pred.probabilities.items()},

@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,7 @@ def make_us_dataset(
     bits: int = 8,
     lesion: tuple[int, int] | None | str = "center",
     lesion_radii: tuple[int, int] = (30, 45),
+    lesion_frames: Sequence[int] | None = None,
     regions: bool = True,
     mm_per_pixel: float = MM_PER_PIXEL,
     negative_delta: bool = False,
@@ -146,6 +148,8 @@ def make_us_dataset(
         8 or 16 (16 only for MONOCHROME*).
     lesion: "center" | (row, column) | None
         Centre of the bright elliptic lesion, or None for a normal image.
+    lesion_frames: Sequence[int] | None
+        0-based indices of the frames that show the lesion (default: every frame).
     regions: bool
         Add a Sequence of Ultrasound Regions with one calibrated 2D tissue region
         covering the image minus a 10-pixel margin (``mm_per_pixel`` in cm as DICOM says).
@@ -170,6 +174,10 @@ def make_us_dataset(
         center = None if lesion == "center" else tuple(lesion)  # type: ignore[arg-type]
         mask = lesion_mask(rows, columns, center, lesion_radii)  # type: ignore[arg-type]
     gray = _gray_frames(frames, rows, columns, mask, seed)
+    if mask is not None and lesion_frames is not None:
+        plain = np.ones(frames, dtype=bool)
+        plain[list(lesion_frames)] = False
+        gray[plain] = _gray_frames(int(plain.sum()), rows, columns, None, seed)
 
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from dicom_io.errors import SKIP_REASONS, UnsupportedObjectError
-from dicom_io.read import decode_pixels, is_our_object, read_frames, read_header, skip_reason
+from dicom_io.read import decode_pixels, is_our_object, read_frames, read_header, skip_code
 from dicom_io.regions import bmode_region, crop_box, parse_regions, tissue_regions
 from dicom_io.types import Frames, UltrasoundRegion
 from dicom_io.uids import output_uid
@@ -216,7 +216,7 @@ def test_skip_reason_header_variants_give_expected_code(
     ds = make_us_dataset()
     for keyword, value in changes.items():
         setattr(ds, keyword, value)
-    assert skip_reason(ds) == reason
+    assert skip_code(ds) == reason
     assert reason is None or reason in SKIP_REASONS
     assert is_our_object(ds) == (reason in ("our_own_object", "derived_object"))
 
@@ -378,7 +378,7 @@ def test_skip_reason_multiframe_secondary_capture_variants(
     sop_class_uid: str, reason: str | None
 ) -> None:
     ds = make_us_dataset(frames=2, sop_class_uid=sop_class_uid)
-    assert skip_reason(ds) == reason
+    assert skip_code(ds) == reason
 
 
 def test_dicom_io_imports_no_torch_database_or_network() -> None:
