@@ -16,8 +16,12 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
+user_app = typer.Typer(help="Dashboard and API users.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens for scripts.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
 
 ConfigOption = Annotated[
     Path | None,
@@ -64,6 +68,115 @@ def config_check(config: ConfigOption = None) -> None:
     """Validate the configuration and exit 0, or name the bad keys and exit 2."""
     _settings(config)
     typer.echo("configuration is valid")
+
+
+def _user_db(settings: Settings) -> Any:
+    """The migrated database's engine (user commands may run before the first `serve`)."""
+    from storage.db import make_engine, upgrade
+
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.storage.resolved_database_url()
+    upgrade(url)
+    return make_engine(url)
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="User name (letters, digits, . _ @ -)")],
+    role: Annotated[str, typer.Option(help="viewer, operator or admin")] = "viewer",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin's first line")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create a user; the password is prompted for (twice) unless --password-stdin."""
+    from storage.audit import AuditAction, record
+    from storage.db import session_scope
+    from storage.users import UserError, create_user
+
+    settings = _settings(config)
+    password = _read_password(password_stdin)
+    engine = _user_db(settings)
+    try:
+        with session_scope(engine) as session:
+            create_user(session, name, role, password)
+            record(session, AuditAction.USER_CREATED, actor="cli", target=name, detail=role)
+    except UserError as exc:
+        typer.echo(f"wecare: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"user {name} created with role {role}")
+
+
+@user_app.command("list")
+def user_list(config: ConfigOption = None) -> None:
+    """List users: name, role, active, last log-in."""
+    from storage.db import session_scope
+    from storage.users import list_users
+
+    engine = _user_db(_settings(config))
+    with session_scope(engine) as session:
+        for user in list_users(session):
+            last = user.last_login_at.isoformat() if user.last_login_at else "-"
+            state = "active" if user.active else "disabled"
+            typer.echo(f"{user.name}\t{user.role}\t{state}\t{last}")
+    engine.dispose()
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="Token name, e.g. the script using it")],
+    user: Annotated[str, typer.Option("--user", help="The user the token acts as")],
+    config: ConfigOption = None,
+) -> None:
+    """Create an API token and print it once (only its hash is kept)."""
+    from storage.audit import AuditAction, record
+    from storage.db import session_scope
+    from storage.users import UserError, create_token, get_user
+
+    engine = _user_db(_settings(config))
+    try:
+        with session_scope(engine) as session:
+            owner = get_user(session, user)
+            if owner is None:
+                raise UserError(f"no user named {user}")
+            _, secret = create_token(session, name, owner)
+            record(session, AuditAction.TOKEN_CREATED, actor="cli", target=name, detail=user)
+    except UserError as exc:
+        typer.echo(f"wecare: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    typer.echo(secret)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="Token name")], config: ConfigOption = None
+) -> None:
+    """Revoke an API token: it stops working at once."""
+    from storage.audit import AuditAction, record
+    from storage.db import session_scope
+    from storage.users import UserError, revoke_token
+
+    engine = _user_db(_settings(config))
+    try:
+        with session_scope(engine) as session:
+            revoke_token(session, name)
+            record(session, AuditAction.TOKEN_REVOKED, actor="cli", target=name)
+    except UserError as exc:
+        typer.echo(f"wecare: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"token {name} revoked")
 
 
 @app.command()

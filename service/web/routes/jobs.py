@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from service.web.auth import OperatorDep, ViewerDep, audit
+from service.web.auth import CsrfDep, OperatorDep, ViewerDep, audit
 from service.web.deps import SessionDep
 from service.web.jobs import do_process_now, do_retry, get_job, list_jobs
 from service.web.schemas import (
@@ -63,6 +63,7 @@ def read_job(job_id: int, request: Request, session: SessionDep, _: ViewerDep) -
     response_model=JobActionPublic,
     responses={**_NOT_FOUND, **_CONFLICT},
     summary="Queue a waiting job now",
+    dependencies=[CsrfDep],
 )
 def post_process_now(
     job_id: int, request: Request, session: SessionDep, _: OperatorDep
@@ -80,6 +81,7 @@ def post_process_now(
     response_model=JobActionPublic,
     responses={**_NOT_FOUND, **_CONFLICT},
     summary="Retry a failed or stuck job",
+    dependencies=[CsrfDep],
 )
 def post_retry(
     job_id: int, request: Request, session: SessionDep, _: OperatorDep
