@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from PIL import Image
 from sqlalchemy import Engine
 
+from service.config import AuthSettings
 from service.web.app import create_app
 from storage.files import DataDir
 from storage.models import JobState, OutboxState
@@ -62,8 +63,15 @@ def base_url(app_under_test: FastAPI) -> Iterator[str]:
 
 
 @pytest.fixture()
-def app_under_test(data_dir: DataDir, db_url: str, engine: Engine) -> FastAPI:
-    settings = make_settings(data_dir, database_url=db_url)
+def app_under_test(
+    request: pytest.FixtureRequest, data_dir: DataDir, db_url: str, engine: Engine
+) -> FastAPI:
+    """The app; log-in is off (the CLI browser cannot log in) unless a test parametrizes this
+    fixture indirectly with True, to see what an anonymous browser gets."""
+    with_auth = bool(getattr(request, "param", False))
+    settings = make_settings(data_dir, database_url=db_url).model_copy(
+        update={"auth": AuthSettings(enabled=with_auth)}
+    )
     runtime = FakeRuntime(
         settings=settings, engine=engine, data_dir=data_dir, models=FakeModels(loaded=True)
     )
@@ -192,3 +200,20 @@ def test_dashboard_in_chromium_job_list_and_detail_render(
     ).stdout
     assert "Model is an early training checkpoint" in detail_dom
     assert f"/jobs/{done}/preview/000_0001_cam.png" in detail_dom
+
+
+@pytest.mark.parametrize("app_under_test", [True], indirect=True, ids=["auth"])
+def test_login_page_in_chromium_anonymous_browser_lands_on_login_form(
+    base_url: str, engine: Engine, data_dir: DataDir, tmp_path: Path
+) -> None:
+    add_job(engine, study_uid="1.2.826.0.1.3680043.8.498.2001", accession="ACC-2001")
+
+    dom = _chromium("--dump-dom", "--virtual-time-budget=2000", f"{base_url}/").stdout
+
+    assert 'id="login-form"' in dom  # redirected from the job list to the log-in page
+    assert 'type="password"' in dom and 'name="csrf_token"' in dom
+    assert "ACC-2001" not in dom  # nothing of the job list leaks
+    png = _screenshot(f"{base_url}/login", tmp_path / "dashboard-login.png", height=700)
+    with Image.open(png) as image:
+        assert image.size[0] == 1280
+    assert _distinct_colours(png) > 10  # a rendered form, not a blank or error page
