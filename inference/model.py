@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -125,7 +126,7 @@ class Model:
     weights_path: Path
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    _cache = {}  # type: dict[tuple[str, str], Model]
+    _cache: ClassVar[dict[tuple[str, str], Model]] = {}
 
     @property
     def image_size(self) -> int:
