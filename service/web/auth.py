@@ -34,6 +34,7 @@ from urllib.parse import quote
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, Signer
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -127,7 +128,7 @@ def ensure_initial_admin(settings: Settings, session: Session) -> Path | None:
     return path
 
 
-def bootstrap(settings: Settings, engine: object) -> None:
+def bootstrap(settings: Settings, engine: Engine) -> None:
     """Start-up of the web app: warn when auth is off, else make sure someone can log in."""
     if not settings.auth.enabled:
         log.warning(
@@ -136,7 +137,7 @@ def bootstrap(settings: Settings, engine: object) -> None:
         )
         return
     try:
-        with session_scope(engine) as session:  # type: ignore[arg-type]
+        with session_scope(engine) as session:
             path = ensure_initial_admin(settings, session)
     except SQLAlchemyError as exc:
         # Another node may have created it first, or the database is not there yet.

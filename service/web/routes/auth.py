@@ -26,7 +26,14 @@ from service.web.auth import (
 )
 from storage.audit import AuditAction
 from storage.db import session_scope
-from storage.users import authenticate, close_session, get_user, open_session, same_secret
+from storage.users import (
+    authenticate,
+    close_session,
+    get_user,
+    open_session,
+    purge_expired_sessions,
+    same_secret,
+)
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
@@ -112,6 +119,7 @@ async def login(
                     actor=known.name if known else "",
                 )
                 return None
+            purge_expired_sessions(session)
             new = open_session(session, user, session_lifetime(settings))
             audit(session, request, AuditAction.LOGIN, user.name, actor=user.name)
             return new.secret
