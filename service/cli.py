@@ -115,6 +115,60 @@ def user_add(
     typer.echo(f"user {name} created with role {role}")
 
 
+@user_app.command("password")
+def user_password(
+    name: Annotated[str, typer.Argument(help="User name")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin's first line")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Set a user's password (e.g. a forgotten one); every session of the user ends."""
+    from storage.audit import AuditAction, record
+    from storage.db import session_scope
+    from storage.users import UserError, get_user, set_password
+
+    settings = _settings(config)
+    password = _read_password(password_stdin)
+    engine = _user_db(settings)
+    try:
+        with session_scope(engine) as session:
+            user = get_user(session, name)
+            if user is None:
+                raise UserError(f"no user named {name}")
+            set_password(session, user, password)
+            record(session, AuditAction.PASSWORD_CHANGED, actor="cli", target=name)
+    except UserError as exc:
+        typer.echo(f"wecare: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"password of {name} changed")
+
+
+@user_app.command("disable")
+def user_disable(
+    name: Annotated[str, typer.Argument(help="User name")], config: ConfigOption = None
+) -> None:
+    """Disable a user: sessions end and tokens stop working at once (the row stays)."""
+    from storage.audit import AuditAction, record
+    from storage.db import session_scope
+    from storage.users import get_user, set_active
+
+    engine = _user_db(_settings(config))
+    try:
+        with session_scope(engine) as session:
+            user = get_user(session, name)
+            if user is None:
+                typer.echo(f"wecare: no user named {name}", err=True)
+                raise typer.Exit(2)
+            set_active(session, user, False)
+            record(session, AuditAction.USER_DISABLED, actor="cli", target=name)
+    finally:
+        engine.dispose()
+    typer.echo(f"user {name} disabled")
+
+
 @user_app.command("list")
 def user_list(config: ConfigOption = None) -> None:
     """List users: name, role, active, last log-in."""

@@ -28,6 +28,7 @@ class AuditAction(StrEnum):
     UPLOAD_REFUSED = "upload_refused"
     USER_CREATED = "user_created"
     USER_DISABLED = "user_disabled"
+    PASSWORD_CHANGED = "password_changed"
     TOKEN_CREATED = "token_created"
     TOKEN_REVOKED = "token_revoked"
     VIEW_AUDIT = "view_audit"

@@ -709,3 +709,72 @@ def test_login_page_form_csrf_cookie_is_strict_and_scoped(anon: TestClient) -> N
     cookie = response.headers["set-cookie"]
     assert cookie.startswith(f"{LOGIN_CSRF_COOKIE}=")
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/login" in cookie
+
+
+# ---- own account ------------------------------------------------------------------------------
+
+
+def _change(client: TestClient, current: str, new: str, repeat: str | None = None) -> Any:
+    return client.post(
+        "/account/password",
+        data={
+            "current": current,
+            "new": new,
+            "repeat": new if repeat is None else repeat,
+            "csrf_token": csrf_of(client, "/account"),
+        },
+        follow_redirects=False,
+    )
+
+
+def test_account_change_password_ends_other_sessions_keeps_this_one(
+    app: FastAPI, engine: Engine
+) -> None:
+    add_user(engine, "olga", Role.OPERATOR)
+    new_password = "a brand new long password"
+    with TestClient(app) as other, TestClient(app) as this:
+        log_in(other, "olga")
+        log_in(this, "olga")
+
+        response = _change(this, PASSWORD, new_password)
+
+        assert response.status_code == 303
+        assert this.get("/api/jobs").status_code == 200
+        assert other.get("/api/jobs").status_code == 401
+    with TestClient(app) as fresh:
+        assert log_in(fresh, "olga", PASSWORD).status_code == 401
+        assert log_in(fresh, "olga", new_password).status_code == 303
+    assert [r.target for r in audit_rows(engine, "password_changed")] == ["olga"]
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "repeat", "message"),
+    [
+        ("wrong current pw", "a brand new long password", None, "current password is wrong"),
+        (PASSWORD, "a brand new long password", "something else entirely", "differ"),
+        (PASSWORD, "short", None, "at least 12"),
+    ],
+)
+def test_account_change_password_bad_input_returns_400_keeps_password(
+    session_client: TestClient,
+    engine: Engine,
+    current: str,
+    new: str,
+    repeat: str | None,
+    message: str,
+) -> None:
+    response = _change(session_client, current, new, repeat)
+
+    assert response.status_code == 400 and message in response.text
+    assert session_client.get("/api/jobs").status_code == 200
+    assert audit_rows(engine, "password_changed") == []
+
+
+def test_account_change_password_without_csrf_returns_403(session_client: TestClient) -> None:
+    response = session_client.post(
+        "/account/password",
+        data={"current": PASSWORD, "new": "x" * 20, "repeat": "x" * 20},
+        follow_redirects=False,
+    )
+
+    assert response.status_code == 403

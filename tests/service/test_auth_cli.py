@@ -93,3 +93,24 @@ def test_token_create_unknown_user_exit_2(data: Path) -> None:
 
     assert result.exit_code == 2
     assert "no user named ghost" in result.output
+
+
+def test_user_password_sets_new_password_and_disable_blocks_log_in(data: Path) -> None:
+    runner.invoke(app, ["user", "add", "alice", "--password-stdin"], input=PASSWORD + "\n")
+    new = "another long password"
+
+    changed = runner.invoke(
+        app, ["user", "password", "alice", "--password-stdin"], input=new + "\n"
+    )
+    engine = _engine(data)
+    with session_scope(engine) as session:
+        assert changed.exit_code == 0
+        assert authenticate(session, "alice", PASSWORD) is None
+        assert authenticate(session, "alice", new) is not None
+    disabled = runner.invoke(app, ["user", "disable", "alice"])
+    with session_scope(engine) as session:
+        assert disabled.exit_code == 0
+        assert authenticate(session, "alice", new) is None
+    assert "disabled" in runner.invoke(app, ["user", "list"]).output
+    assert runner.invoke(app, ["user", "disable", "ghost"]).exit_code == 2
+    engine.dispose()

@@ -11,7 +11,7 @@ import secrets
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -24,15 +24,19 @@ from service.web.auth import (
     audit,
     session_lifetime,
 )
+from service.web.deps import SessionDep
 from storage.audit import AuditAction
 from storage.db import session_scope
+from storage.models import utcnow
 from storage.users import (
+    UserError,
     authenticate,
     close_session,
     get_user,
     open_session,
     purge_expired_sessions,
     same_secret,
+    set_password,
 )
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
@@ -130,16 +134,73 @@ async def login(
         return _login_page(request, next_url, "Wrong name or password.", HTTPStatus.UNAUTHORIZED)
     throttle.succeeded(client)
     response = RedirectResponse(next_url, status_code=HTTPStatus.SEE_OTHER)
+    _set_session_cookie(request, response, secret)
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+def _set_session_cookie(request: Request, response: Response, secret: str) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         request.app.state.signer.sign(secret).decode(),
-        max_age=int(session_lifetime(settings).total_seconds()),
+        max_age=int(session_lifetime(request.app.state.settings).total_seconds()),
         httponly=True,
         samesite="lax",
         secure=_secure(request),
         path="/",
     )
-    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+
+
+def _account_page(
+    request: Request,
+    *,
+    error: str | None = None,
+    notice: tuple[str, str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    context: dict[str, Any] = {"error": error, "notice": notice, "refresh": None, "now": utcnow()}
+    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
+        request, "account.html", context, status_code=status_code
+    )
+
+
+@router.get("/account", summary="Own account: change password")
+def account(request: Request, principal: PrincipalDep, changed: int = 0) -> Response:
+    notice = ("ok", "Password changed; other sessions were logged out.") if changed else None
+    return _account_page(request, notice=notice)
+
+
+@router.post("/account/password", summary="Change own password", dependencies=[CsrfDep])
+def change_password(
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    current: Annotated[str, Form(max_length=1000)],
+    new: Annotated[str, Form(max_length=1000)],
+    repeat: Annotated[str, Form(max_length=1000)],
+) -> Response:
+    """Needs the current password; ends every session of the user, then opens a new one for
+    this browser (a stolen session cannot outlive a password change)."""
+    if principal.via != "session":
+        raise HTTPException(HTTPStatus.FORBIDDEN, "log in with a password to change it")
+    if authenticate(session, principal.name, current) is None:
+        return _account_page(
+            request, error="The current password is wrong.", status_code=HTTPStatus.BAD_REQUEST
+        )
+    if new != repeat:
+        return _account_page(
+            request, error="The new passwords differ.", status_code=HTTPStatus.BAD_REQUEST
+        )
+    user = get_user(session, principal.name)
+    assert user is not None
+    try:
+        set_password(session, user, new)
+    except UserError as exc:
+        return _account_page(request, error=str(exc), status_code=HTTPStatus.BAD_REQUEST)
+    new_session = open_session(session, user, session_lifetime(request.app.state.settings))
+    audit(session, request, AuditAction.PASSWORD_CHANGED, user.name)
+    response = RedirectResponse("/account?changed=1", status_code=HTTPStatus.SEE_OTHER)
+    _set_session_cookie(request, response, new_session.secret)
     return response
 
 
