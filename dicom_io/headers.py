@@ -29,7 +29,8 @@ def source_header(ds: Dataset) -> Dataset:
     highdicom copies Patient/Study attributes and reads IOD tables by SOP class; real
     files bend the rules. The copy (the caller's dataset is never modified) gets: missing
     Type 2 Patient/Study attributes as empty values, old-style dates/times normalised,
-    multi-valued single-valued identifiers reduced to the first value, and a retired
+    multi-valued single-valued identifiers reduced to the first value, a missing Modality
+    as "OT", and a retired
     SOP Class UID replaced by its current equivalent (undo in the output with
     :func:`restore_referenced_sop_classes`).
     """
@@ -45,6 +46,10 @@ def source_header(ds: Dataset) -> Dataset:
         if keyword not in header:
             setattr(header, keyword, None)
     _repair_dates_and_times(header)
+    if not str(header.get("Modality", "") or "").strip():
+        # Type 1, yet absent from some secondary captures; highdicom's SR templates read
+        # it (copied nowhere: SEG and SR carry their own Modality).
+        header.Modality = "OT"
     header.SOPClassUID = RETIRED_SOP_CLASSES.get(str(ds.SOPClassUID), ds.SOPClassUID)
     return header
 

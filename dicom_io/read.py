@@ -397,6 +397,15 @@ def iter_frames(
     if decoded == "YBR_FULL_422":
         decoded = "YBR_FULL"  # decoders upsample 4:2:2 to full resolution
     sop = uid_hash(header.get("SOPInstanceUID"))
+    syntax = UID(header.file_meta.get("TransferSyntaxUID", ""))
+    if photometric == "YBR_FULL_422" and not syntax.is_compressed:
+        # pydicom 3.0.2 iter_array miscounts the frame length of native 4:2:2 data
+        # ("cannot reshape"): decode this rare case as a whole, then hand out batches.
+        pixels = decode_pixels(pydicom.dcmread(Path(path)))
+        for start in range(0, pixels.shape[0], batch):
+            numbers = tuple(range(start + 1, min(start + batch, pixels.shape[0]) + 1))
+            yield numbers, pixels[start : start + batch]
+        return
     source: str | Path | Dataset = Path(path)
     if header.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         source = pydicom.dcmread(Path(path))  # the stream must be inflated as a whole
@@ -407,13 +416,21 @@ def iter_frames(
     pending: list[np.ndarray] = []
     while True:
         try:
-            frame = next(frames, None)
+            try:
+                frame = next(frames, None)
+            except Exception:
+                if number or pending or isinstance(source, Dataset):
+                    raise
+                # Streaming from the file failed before the first frame (no pixel data,
+                # or e.g. an odd Basic Offset Table that pydicom's file-level parser
+                # rejects): decode from the whole data set instead.
+                source = pydicom.dcmread(Path(path))
+                if "PixelData" not in source:
+                    raise UnsupportedObjectError("no_pixel_data", f"sop={sop}") from None
+                frames = iter_pixels(source, as_rgb=as_rgb)
+                continue
         except UnsupportedObjectError:
             raise
-        except AttributeError as exc:
-            if number == 0 and "no pixel data" in str(exc).lower():
-                raise UnsupportedObjectError("no_pixel_data", f"sop={sop}") from exc
-            raise UnsupportedObjectError("undecodable", f"{type(exc).__name__}, sop={sop}") from exc
         except Exception as exc:  # any decoder failure: corrupt stream, missing plugin, ...
             raise UnsupportedObjectError("undecodable", f"{type(exc).__name__}, sop={sop}") from exc
         if frame is not None:

@@ -30,12 +30,13 @@ from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
+from highdicom._standard_utils import is_multiframe_image  # pinned highdicom 0.28.2
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from dicom_io import codes
 from dicom_io.errors import DicomIOError, EmptySegmentationError
-from dicom_io.headers import RETIRED_SOP_CLASSES, restore_referenced_sop_classes, source_header
+from dicom_io.headers import restore_referenced_sop_classes, source_header
 from dicom_io.regions import bmode_region, tissue_regions
 from dicom_io.uids import WECARE_MANUFACTURER, output_uid
 
@@ -53,6 +54,7 @@ SEGMENT_LABEL = "lesion"
 #: RecommendedDisplayCIELabValue of the lesion segment: a saturated yellow, visible on
 #: grey ultrasound (sRGB ≈ 255, 221, 0).
 LESION_DISPLAY_COLOR = hd.color.CIELabColor(88.0, -5.0, 88.0)
+_MULTIFRAME_US = "1.2.840.10008.5.1.4.1.1.3.1"
 _IDENTITY_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 # Synthetic frames are 1 mm slabs 1 mm apart (z = k); readers (highdicom's own among
 # them) require Slice Thickness in Pixel Measures once a Frame of Reference is present.
@@ -318,6 +320,11 @@ def build_seg(
             kept_sources, output_uid(series_uid, algorithm.version, "seg-frame-of-reference")
         )
     plane_positions = None
+    if multi and not is_multiframe_image(proxies[0]):
+        # Several frames in a single-frame IOD (US Image or Secondary Capture with Number
+        # of Frames > 1, as some writers do): highdicom can only segment such a clip as
+        # the multi-frame class; the references get the real class back below.
+        proxies[0].SOPClassUID = _MULTIFRAME_US
     if multi:
         # One cine clip: give highdicom only the frames with a lesion and their planes
         # (frame n of the synthetic geometry lies at z = -(n - 1)); highdicom matches
@@ -370,8 +377,8 @@ def build_seg(
     )
     retired = {
         str(ds.SOPInstanceUID): str(ds.SOPClassUID)
-        for ds in kept_sources
-        if str(ds.SOPClassUID) in RETIRED_SOP_CLASSES
+        for ds, proxy in zip(kept_sources, proxies, strict=True)
+        if str(ds.SOPClassUID) != str(proxy.SOPClassUID)
     }
     if retired:
         restore_referenced_sop_classes(seg, retired)

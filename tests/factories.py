@@ -32,6 +32,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
@@ -73,6 +74,7 @@ TRANSFER_SYNTAXES: dict[str, UID] = {
     "big-endian": ExplicitVRBigEndian,
     "deflate": DeflatedExplicitVRLittleEndian,
     "jpeg-baseline": JPEGBaseline8Bit,
+    "jpeg-extended": JPEGExtended12Bit,
     "jpeg-lossless": JPEGLosslessSV1,
     "jpeg-ls": JPEGLSLossless,
     "jpeg-ls-near": JPEGLSNearLossless,
@@ -83,6 +85,7 @@ TRANSFER_SYNTAXES: dict[str, UID] = {
 _DCMTK = {
     # +sr: keep the stored range (default +sp rescales min..max); +un: keep our UIDs.
     JPEGBaseline8Bit: ["dcmcjpeg", "+eb", "+sr", "+un"],
+    JPEGExtended12Bit: ["dcmcjpeg", "+ee", "+sr", "+un"],
     JPEGLosslessSV1: ["dcmcjpeg", "+e1", "+un"],
 }
 
@@ -127,6 +130,7 @@ def make_us_dataset(
     regions: bool = True,
     mm_per_pixel: float = MM_PER_PIXEL,
     negative_delta: bool = False,
+    planar_configuration: int = 0,
     laterality: str | None = "L",
     sop_class_uid: str | None = None,
     study_instance_uid: str | None = None,
@@ -143,7 +147,10 @@ def make_us_dataset(
     rows, columns, frames: int
         Size; ``frames > 1`` makes an Ultrasound Multi-frame Image (with cine attributes).
     photometric: str
-        MONOCHROME2, MONOCHROME1, RGB, YBR_FULL (uncompressed) or PALETTE COLOR.
+        MONOCHROME2, MONOCHROME1, RGB, YBR_FULL, YBR_FULL_422 (uncompressed: Y Y Cb Cr
+        per pair of pixels, even ``columns``) or PALETTE COLOR.
+    planar_configuration: int
+        0 (R G B R G B ...) or 1 (all R, then G, then B) for RGB and YBR_FULL.
     bits: int
         8 or 16 (16 only for MONOCHROME*).
     lesion: "center" | (row, column) | None
@@ -214,14 +221,22 @@ def make_us_dataset(
         values = gray if photometric == "MONOCHROME2" else 1.0 - gray
         data = np.round(values * maximum).astype(np.uint8 if bits == 8 else np.uint16)
         ds.SamplesPerPixel = 1
-    elif photometric in ("RGB", "YBR_FULL"):
+    elif photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
         # Slightly tinted grey, as US screen captures are; luminance stays ≈ gray.
         rgb = np.stack([gray * 1.0, gray * 0.98, gray * 1.04], axis=-1).clip(0, 1)
         data = np.round(rgb * 255).astype(np.uint8)
-        if photometric == "YBR_FULL":
+        if photometric != "RGB":
             data = convert_color_space(data, "RGB", "YBR_FULL")
         ds.SamplesPerPixel = 3
-        ds.PlanarConfiguration = 0
+        ds.PlanarConfiguration = planar_configuration
+        if photometric == "YBR_FULL_422":
+            if columns % 2 or planar_configuration:
+                raise ValueError("YBR_FULL_422 needs even columns and planar configuration 0")
+            pairs = data.reshape(frames, rows, columns // 2, 2, 3).astype(np.uint16)
+            chroma = np.round(pairs[..., 1:].mean(axis=3)).astype(np.uint8)  # (f, r, c/2, 2)
+            data = np.concatenate([pairs[..., 0].astype(np.uint8), chroma], axis=-1)
+        elif planar_configuration == 1:
+            data = np.ascontiguousarray(data.transpose(0, 3, 1, 2))
     elif photometric == "PALETTE COLOR":
         # Index i maps to grey level 255 - i: the LUT matters (identity would hide bugs).
         # 16 bit LUT entries, as the US Palette Color module requires.
@@ -293,6 +308,14 @@ def write_dataset(ds: Dataset, path: Path | str, transfer_syntax: str | UID = "e
             ds.save_as(plain, enforce_file_format=True)
             subprocess.run([*_DCMTK[uid], str(plain), str(path)], check=True, capture_output=True)
         return path
+    if uid.is_compressed and int(ds.get("PlanarConfiguration", 0) or 0) == 1:
+        # Planar configuration describes native data only: compress interleaved pixels.
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        planes = np.frombuffer(ds.PixelData, np.uint8).reshape(
+            frames, 3, int(ds.Rows), int(ds.Columns)
+        )
+        ds.PixelData = np.ascontiguousarray(planes.transpose(0, 2, 3, 1)).tobytes()
+        ds.PlanarConfiguration = 0
     if uid.is_compressed:
         kwargs = {}
         if uid == JPEGLSNearLossless:
