@@ -206,3 +206,161 @@ def test_algorithm_info_checkpoint_model_marked_unvalidated() -> None:
     model.status = "checkpoint epoch 3: training in progress"  # type: ignore[misc]
     info = algorithm_info(model)
     assert info.version.endswith("(unvalidated checkpoint)") and len(info.version) <= 64
+
+
+# --- Sequence of Ultrasound Regions: each 2D tissue region, its own calibration ---------
+
+
+def _region(x0: int, x1: int, rows: int, delta_cm: float | None, spatial_format: int = 1):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.RegionSpatialFormat = spatial_format
+    item.RegionDataType = 1 if spatial_format == 1 else 3
+    item.RegionFlags = 0
+    item.RegionLocationMinX0, item.RegionLocationMaxX1 = x0, x1 - 1
+    item.RegionLocationMinY0, item.RegionLocationMaxY1 = 0, rows - 1
+    item.PhysicalUnitsXDirection = item.PhysicalUnitsYDirection = 3 if delta_cm else 0
+    item.PhysicalDeltaX = item.PhysicalDeltaY = delta_cm or 1.0
+    return item
+
+
+def _dual_view(path: Path, left_cm: float | None, right_cm: float | None) -> Path:
+    """Two B-mode panes side by side (x 0-159 and 160-319), one lesion in each, and a
+    spectral Doppler strip that must be ignored."""
+    from tests.factories import lesion_mask, make_us_dataset, write_dataset
+
+    rows, columns = 128, 320
+    ds = make_us_dataset(rows=rows, columns=columns, lesion=(64, 80), lesion_radii=(20, 25))
+    pixels = np.frombuffer(ds.PixelData, np.uint8).reshape(rows, columns).copy()
+    pixels[lesion_mask(rows, columns, center=(60, 240), radii=(12, 30))] = 230
+    ds.PixelData = pixels.tobytes()
+    ds.SequenceOfUltrasoundRegions = [
+        _region(0, 160, rows, left_cm),
+        _region(160, 320, rows, right_cm),
+        _region(0, 320, 20, 0.05, spatial_format=3),  # spectral strip: not a tissue region
+    ]
+    return write_dataset(ds, path)
+
+
+@pytest.mark.parametrize(
+    ("left_cm", "right_cm"),
+    [(0.01, -0.02), (-0.015, None), (None, None)],
+    ids=["both-calibrated-negative-delta", "one-uncalibrated", "none-calibrated"],
+)
+def test_process_study_dual_view_one_finding_per_region_with_its_own_deltas(
+    tmp_path: Path, left_cm: float | None, right_cm: float | None
+) -> None:
+    from dicom_io.measure import mask_measurements
+    from tests.factories import lesion_mask
+    from tests.service.pipeline_checks import check_study_outputs, expected_source
+
+    path = _dual_view(tmp_path / "dual.dcm", left_cm, right_cm)
+    model = ThresholdModel()
+    result = process_study([_source(path)], model, tmp_path / "out")
+    assert model.calls == [2]  # one crop per tissue pane, the Doppler strip is not sent
+    summary = check_study_outputs(result, [expected_source(path, 0.6)], "dual view")
+    assert summary["findings"] == 2
+    assert summary["measured"] == sum(d is not None for d in (left_cm, right_cm))
+    # The values the SR carries, independently of the pipeline's own helpers.
+    sr = hd.sr.srread(_outputs(result, "sr")[0])
+    groups = sr.content.get_planar_roi_measurement_groups()
+    masks = [
+        lesion_mask(128, 320, center=(64, 80), radii=(20, 25))[:, :160],
+        lesion_mask(128, 320, center=(60, 240), radii=(12, 30))[:, 160:],
+    ]
+    for group, mask, delta in zip(groups, masks, (left_cm, right_cm), strict=True):
+        values = {m.name.meaning: m.value for m in group.get_measurements()}
+        if delta is None:
+            assert values == {}
+            notes = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+            assert notes["Lesion size measurement"].startswith("Not measured")
+        else:
+            mm = abs(delta) * 10
+            area, long_axis, short_axis = mask_measurements(mask, mm, mm)
+            assert values["Area"] == pytest.approx(area, abs=0.01)
+            assert values["Long axis"] == pytest.approx(long_axis, abs=0.01)
+            assert values["Short axis"] == pytest.approx(short_axis, abs=0.01)
+    if left_cm == 0.01 and right_cm == -0.02:
+        # Right pane: 60 px wide lesion at 0.2 mm/px ≈ 12 mm; left: 50 px at 0.1 ≈ 5 mm.
+        long_axes = [
+            {m.name.meaning: m.value for m in g.get_measurements()}["Long axis"] for g in groups
+        ]
+        assert long_axes[0] == pytest.approx(5.0, abs=0.5)
+        assert long_axes[1] == pytest.approx(12.0, abs=0.5)
+
+
+def test_process_study_no_region_whole_frame_and_sr_says_not_measured(tmp_path: Path) -> None:
+    from tests.service.pipeline_checks import check_study_outputs, expected_source
+
+    path = make_us_image(tmp_path / "a.dcm", regions=False)
+    result = process_study([_source(path)], ThresholdModel(), tmp_path / "out")
+    summary = check_study_outputs(result, [expected_source(path, 0.6)], "no region")
+    assert summary == {"segs": 1, "seg_frames": 1, "findings": 1, "measured": 0}
+    assert result.results[0]["lesion_area_mm2"] is None
+
+
+# --- Cine streaming: memory does not grow with the number of frames -------------------
+
+_MEMORY_CHILD = """
+import gc, sys
+from pathlib import Path
+from pydicom import dcmread
+from service.pipeline import SourceImage, process_study
+from tests.service.test_pipeline import ThresholdModel
+
+def peak_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1])
+
+def run(path, out):
+    ds = dcmread(path, stop_before_pixels=True)
+    source = SourceImage(str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), Path(path))
+    return process_study([source], ThresholdModel(), Path(out))
+
+run(sys.argv[2], sys.argv[3] + "-warm")  # imports, highdicom's IOD tables: a constant
+gc.collect()
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # reset VmHWM to the current RSS
+before = peak_kib()
+result = run(sys.argv[1], sys.argv[3])
+assert result.image_count > 1
+print(peak_kib() - before)
+"""
+
+
+def _peak_growth_kib(clip: Path, warm: Path, out: Path) -> int:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(clip), str(warm), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=root,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_process_study_long_cine_memory_does_not_grow_with_frame_count(tmp_path: Path) -> None:
+    """Peak RSS growth of process_study for a 50- and a 400-frame clip (240 × 320, lesion
+    in 5 frames). Before streaming, every frame was held as float32 plus a bool mask and a
+    float32 CAM: ≈ 450 MB more for 400 frames than for 50. Now the growth is bounded by
+    the decode batch, the previews and the lesion frames, whatever the clip length."""
+    size = {"rows": 240, "columns": 320, "lesion_frames": range(5)}
+    warm = make_us_image(tmp_path / "warm.dcm", frames=2, rows=240, columns=320)
+    short = make_us_image(tmp_path / "short.dcm", frames=50, **size)
+    long = make_us_image(tmp_path / "long.dcm", frames=400, **size)
+    grow_short = _peak_growth_kib(short, warm, tmp_path / "o-short")
+    grow_long = _peak_growth_kib(long, warm, tmp_path / "o-long")
+    print(f"peak RSS growth: 50 frames {grow_short} KiB, 400 frames {grow_long} KiB")
+    assert grow_long < 60 * 1024  # stated bound: 60 MiB for any clip length at this size
+    assert grow_long - grow_short < 10 * 1024  # 350 more frames (≈ 100 MB as float32)
