@@ -26,6 +26,9 @@ SKIP_REASONS: dict[str, str] = {
     "unsupported_pixel_format": "photometric interpretation or bit depth not supported",
     "unreadable": "the file is not a readable DICOM file",
     "missing_uid": "Study, Series or SOP Instance UID is missing",
+    "bad_dimensions": "Rows, Columns, Samples per Pixel, Bits Allocated or Number of Frames "
+    "missing, not a number or out of range",
+    "too_large": "the decoded image would exceed the memory budget (dicom_io.read.MAX_*)",
 }
 
 

@@ -9,19 +9,19 @@ when its Modality is US, OT or absent (a screen capture of a CT is not ultrasoun
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder, iter_pixels
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from dicom_io.errors import UnsupportedObjectError, uid_hash
+from dicom_io.errors import DicomIOError, UnsupportedObjectError, uid_hash
 from dicom_io.regions import tissue_regions
-from dicom_io.types import Frames, ImageInfo
+from dicom_io.types import Frames, ImageInfo, UltrasoundRegion
 from dicom_io.uids import WECARE_MANUFACTURER, is_our_uid
 
 __all__ = [
@@ -29,6 +29,10 @@ __all__ = [
     "SUPPORTED_SOP_CLASSES",
     "ULTRASOUND_SOP_CLASSES",
     "FRAME_BATCH",
+    "MAX_DECODED_BYTES",
+    "MAX_FRAME_BYTES",
+    "MAX_FRAMES",
+    "check_dimensions",
     "is_our_object",
     "iter_frames",
     "read_frames",
@@ -75,6 +79,12 @@ _PHOTOMETRICS = (
 )
 #: Frames decoded at a time by :func:`iter_frames` (memory ∝ batch, not clip length).
 FRAME_BATCH = 16
+#: Memory budget of decoding, checked from the header before anything is allocated: one
+#: decoded frame (samples as float32, 8192 × 8192 grey) and a whole :func:`read_frames` result.
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+MAX_DECODED_BYTES = 2 * 1024 * 1024 * 1024
+#: Largest Number of Frames we accept (a 10 minute clip at 60 frames/s is 36 000).
+MAX_FRAMES = 100_000
 _LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601, as YBR_FULL
 
 
@@ -88,7 +98,7 @@ def read_header(path: str | PathLike[str]) -> Dataset:
     """
     try:
         return pydicom.dcmread(Path(path), stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # corrupt input: deep nesting, absurd lengths, bad values, ...
         raise UnsupportedObjectError("unreadable", type(exc).__name__) from exc
 
 
@@ -315,12 +325,26 @@ def read_frames(path: str | PathLike[str]) -> Frames:
         ``unsupported_pixel_format``, ``unreadable``.
     """
     try:
+        return _read_frames(path)
+    except DicomIOError:
+        raise
+    except Exception as exc:  # a lazily parsed element or a decoder step choked on corrupt input
+        raise UnsupportedObjectError("undecodable", type(exc).__name__) from exc
+
+
+def _read_frames(path: str | PathLike[str]) -> Frames:
+    try:
         ds = pydicom.dcmread(Path(path))
-    except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # corrupt input: deep nesting, absurd lengths, bad values, ...
         raise UnsupportedObjectError("unreadable", type(exc).__name__) from exc
-    reason = skip_code(ds)
+    reason = _skip_code_checked(ds)
     if reason is not None:
         raise UnsupportedObjectError(reason, f"sop={uid_hash(ds.get('SOPInstanceUID'))}")
+    dims = check_dimensions(ds)
+    if dims.frames * dims.frame_bytes > MAX_DECODED_BYTES:
+        raise UnsupportedObjectError(
+            "too_large", f"{dims.frames} frames of {dims.rows}x{dims.columns}"
+        )
     pixels = decode_pixels(ds)
     return Frames(
         study_instance_uid=str(ds.StudyInstanceUID),
@@ -329,19 +353,79 @@ def read_frames(path: str | PathLike[str]) -> Frames:
         sop_class_uid=str(ds.SOPClassUID),
         pixels=pixels,
         frame_numbers=tuple(range(1, pixels.shape[0] + 1)),
-        regions=tissue_regions(ds),
+        regions=_regions(ds),
         laterality=_laterality(ds),
     )
 
 
+@dataclass(frozen=True)
+class Dimensions:
+    """Size of the pixel data as the header declares it, checked for sanity."""
+
+    rows: int
+    columns: int
+    samples: int
+    frames: int
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one decoded frame (every sample as float32)."""
+        return self.rows * self.columns * self.samples * 4
+
+
+def check_dimensions(ds: Dataset) -> Dimensions:
+    """Refuse absurd or unreadable Rows/Columns/Samples/Bits/Number of Frames before decoding.
+
+    Raises
+    ------
+    UnsupportedObjectError
+        ``bad_dimensions`` (missing, not a number, out of range) or ``too_large`` (one frame
+        over :data:`MAX_FRAME_BYTES`, or more than :data:`MAX_FRAMES` frames).
+    """
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 8) or 0)
+        raw_frames = ds.get("NumberOfFrames", 1)
+        frames = int(raw_frames) if raw_frames not in (None, "") else 1
+    except Exception as exc:  # a wrong VR or value is not an image we read
+        raise UnsupportedObjectError("bad_dimensions", type(exc).__name__) from exc
+    if not (1 <= rows <= 65535 and 1 <= columns <= 65535):
+        raise UnsupportedObjectError("bad_dimensions", f"rows={rows} columns={columns}")
+    if samples not in (1, 3) or bits not in (1, 8, 16, 32) or frames < 1:
+        raise UnsupportedObjectError(
+            "bad_dimensions", f"samples={samples} bits={bits} frames={frames}"
+        )
+    dims = Dimensions(rows, columns, samples, frames)
+    if dims.frame_bytes > MAX_FRAME_BYTES or frames > MAX_FRAMES:
+        raise UnsupportedObjectError("too_large", f"{frames} frames of {rows}x{columns}x{samples}")
+    return dims
+
+
+def _skip_code_checked(ds: Dataset) -> str | None:
+    try:
+        return skip_code(ds)
+    except Exception as exc:  # a value that cannot be read as its VR
+        raise UnsupportedObjectError("unreadable", type(exc).__name__) from exc
+
+
+def _regions(ds: Dataset) -> tuple[UltrasoundRegion, ...]:
+    """US Regions, or none when they are malformed (the image is still read, uncalibrated)."""
+    try:
+        return tissue_regions(ds)
+    except Exception:  # noqa: BLE001 - hostile region values: NaN, inf, negative, wrong VR
+        return ()
+
+
 def _read_supported_header(path: str | PathLike[str]) -> Dataset:
     header = read_header(path)
-    reason = skip_code(header)
+    reason = _skip_code_checked(header)
     if reason is not None:
         raise UnsupportedObjectError(reason, f"sop={uid_hash(header.get('SOPInstanceUID'))}")
     photometric = str(header.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in _PHOTOMETRICS:
         raise UnsupportedObjectError("unsupported_pixel_format", photometric or "none")
+    check_dimensions(header)
     return header
 
 
@@ -354,7 +438,7 @@ def _info(header: Dataset) -> ImageInfo:
         rows=int(header.Rows),
         columns=int(header.Columns),
         number_of_frames=max(1, int(header.get("NumberOfFrames", 1) or 1)),
-        regions=tissue_regions(header),
+        regions=_regions(header),
         laterality=_laterality(header),
     )
 
@@ -367,10 +451,36 @@ def read_info(path: str | PathLike[str]) -> ImageInfo:
     UnsupportedObjectError
         The codes of :func:`skip_code`, ``unreadable`` or ``unsupported_pixel_format``.
     """
-    return _info(_read_supported_header(path))
+    try:
+        return _info(_read_supported_header(path))
+    except DicomIOError:
+        raise
+    except Exception as exc:  # a lazily parsed element that is corrupt
+        raise UnsupportedObjectError("unreadable", type(exc).__name__) from exc
 
 
 def iter_frames(
+    path: str | PathLike[str], batch: int = FRAME_BATCH
+) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Decode a supported instance ``batch`` frames at a time (see :func:`_iter_frames`).
+
+    Any failure on corrupt input (a lazily parsed element, a decoder step) is raised as
+    :class:`UnsupportedObjectError`, and each batch is checked to be ``(n, H, W)``.
+    """
+    if batch < 1:
+        raise ValueError("batch must be >= 1")
+    try:
+        for numbers, pixels in _iter_frames(path, batch):
+            if pixels.ndim != 3 or pixels.shape[0] != len(numbers):
+                raise UnsupportedObjectError("undecodable", f"pixel array of shape {pixels.shape}")
+            yield numbers, pixels
+    except DicomIOError:
+        raise
+    except Exception as exc:
+        raise UnsupportedObjectError("undecodable", type(exc).__name__) from exc
+
+
+def _iter_frames(
     path: str | PathLike[str], batch: int = FRAME_BATCH
 ) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
     """Decode a supported instance ``batch`` frames at a time.
