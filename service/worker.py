@@ -90,6 +90,13 @@ def work_once(
     settings: Settings, engine: Engine, data_dir: DataDir, models: ModelProvider, worker_id: str
 ) -> int | None:
     """Claim and process one job; returns its id, or None when the queue was empty."""
+    if not models.loaded and models.error is None:
+        # Load (or wait for the start-up load) before claiming: a load takes seconds to
+        # minutes on a busy CPU, and a job claimed meanwhile could outlive its lease.
+        try:
+            models.get()
+        except JobError:
+            pass  # the job claimed below records model_unavailable
     with session_scope(engine) as session:
         job = claim_next_job(session, worker_id, settings.worker.lease_seconds)
         if job is None:
