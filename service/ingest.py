@@ -60,22 +60,28 @@ class UIDMismatchError(ValueError):
     """The dataset's SOP Instance UID is not the one the request announced."""
 
 
-def _status_for(exc: BaseException) -> StoreStatus:
-    """One table from failure to status: resources for disk/database, else cannot understand."""
-    if isinstance(exc, (DiskFullError, OSError, SQLAlchemyError)):
+def _status_for(exc: BaseException, parsing: bool = False) -> StoreStatus:
+    """One table from failure to status: resources for disk/database, else cannot understand.
+
+    While parsing the header, an OSError is pydicom's "No tag to read at file position ..."
+    about a corrupt dataset, not a resource problem: cannot understand (a PACS retries
+    0xA7xx forever)."""
+    if isinstance(exc, DiskFullError) or (
+        not parsing and isinstance(exc, (OSError, SQLAlchemyError))
+    ):
         return StoreStatus.OUT_OF_RESOURCES
     if isinstance(exc, UIDMismatchError):
         return StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
     return StoreStatus.CANNOT_UNDERSTAND
 
 
-def _reason_for(exc: BaseException) -> str:
+def _reason_for(exc: BaseException, parsing: bool = False) -> str:
     """A PHI-free reason: the exception class and, for our own errors, their message."""
     if isinstance(exc, (DiskFullError, InvalidUIDError, UIDMismatchError)):
         return str(exc)
-    if isinstance(exc, SQLAlchemyError):
+    if isinstance(exc, SQLAlchemyError) and not parsing:
         return "database unavailable"
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and not parsing:
         return f"storage error ({type(exc).__name__})"
     return f"not a readable DICOM dataset ({type(exc).__name__})"
 
@@ -115,9 +121,9 @@ def store_encoded(
                 skip_reason=skip_reason(header),
             )
         except Exception as exc:  # noqa: BLE001 - every failure must become a status
-            status = _status_for(exc)
+            status = _status_for(exc, parsing=True)
             log.warning("store refused: %s (status 0x%04X)", type(exc).__name__, status)
-            return StoreOutcome(status, _reason_for(exc))
+            return StoreOutcome(status, _reason_for(exc, parsing=True))
         try:
             write_atomic(Path(received.path), encoded)
             with session_scope(ctx.engine) as session:
