@@ -426,7 +426,35 @@ def _read_supported_header(path: str | PathLike[str]) -> Dataset:
     if photometric not in _PHOTOMETRICS:
         raise UnsupportedObjectError("unsupported_pixel_format", photometric or "none")
     check_dimensions(header)
+    _check_all_elements(header)
     return header
+
+
+#: Deepest sequence nesting we accept; real ultrasound headers nest a few levels.
+MAX_SEQUENCE_DEPTH = 16
+
+
+def _check_all_elements(header: Dataset) -> None:
+    """Parse every element now (pydicom converts values lazily) and bound the nesting.
+
+    A corrupt element (an unknown VR, a value that is not its VR) or sequences nested deeper
+    than :data:`MAX_SEQUENCE_DEPTH` (SEG/SR building copies the source recursively) make the
+    image unreadable here, not a crash later.
+    """
+    stack: list[tuple[Dataset, int]] = [(header, 0)]
+    try:
+        while stack:
+            dataset, depth = stack.pop()
+            for element in dataset:
+                value = element.value
+                if element.VR == "SQ" and value:
+                    if depth + 1 > MAX_SEQUENCE_DEPTH:
+                        raise UnsupportedObjectError("unreadable", "sequences nested too deep")
+                    stack.extend((item, depth + 1) for item in value)
+    except UnsupportedObjectError:
+        raise
+    except Exception as exc:
+        raise UnsupportedObjectError("unreadable", type(exc).__name__) from exc
 
 
 def _info(header: Dataset) -> ImageInfo:

@@ -9,6 +9,7 @@ the axis), so we use the absolute value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
@@ -54,7 +55,8 @@ def _region_from_item(item: Dataset, shape: tuple[int, int] | None) -> Ultrasoun
             candidate_x, candidate_y = abs(float(delta_x)) * 10.0, abs(float(delta_y)) * 10.0
         except (TypeError, ValueError):
             candidate_x = candidate_y = 0.0
-        if candidate_x > 0 and candidate_y > 0:
+        # Finite only: a delta of inf or 1e308 cm is no calibration (fuzz found it crashing).
+        if 0 < candidate_x < math.inf and 0 < candidate_y < math.inf:
             mm_x, mm_y = candidate_x, candidate_y
     return UltrasoundRegion(
         x0=x0,
