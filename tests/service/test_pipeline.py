@@ -321,8 +321,12 @@ def run(path, out):
 
 run(sys.argv[2], sys.argv[3] + "-warm")  # imports, highdicom's IOD tables: a constant
 gc.collect()
-with open("/proc/self/clear_refs", "w") as handle:
-    handle.write("5")  # reset VmHWM to the current RSS
+try:
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # reset VmHWM to the current RSS
+except OSError:
+    print("no-clear-refs")
+    sys.exit(0)
 before = peak_kib()
 result = run(sys.argv[1], sys.argv[3])
 assert result.image_count > 1
@@ -346,7 +350,10 @@ def _peak_growth_kib(clip: Path, warm: Path, out: Path) -> int:
         env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return int(done.stdout.strip().splitlines()[-1])
+    last = done.stdout.strip().splitlines()[-1]
+    if last == "no-clear-refs":
+        pytest.skip("cannot reset the peak RSS (/proc/self/clear_refs not writable)")
+    return int(last)
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
