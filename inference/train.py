@@ -28,10 +28,14 @@ from tqdm import tqdm
 
 from inference.data import CLASSES, discover, load_arrays, save_split, split_samples
 from inference.metrics import compute_metrics
+from inference.model import DEFAULT_POSTPROCESS, postprocess_mask
 from inference.networks import ARCHS, build_network
 from inference.transforms import normalise, train_augmentation
 
 SEG_LOSSES: tuple[str, ...] = ("dice", "dicebce", "focal", "tversky")
+# Bump when selection_score or the validation masks change: a resumed run then forgets its
+# old best score instead of comparing scores computed two different ways.
+SCORE_VERSION = 2
 
 
 @dataclass
@@ -124,10 +128,22 @@ def predict_arrays(
 def validation_metrics(
     net: nn.Module, arrays: dict[str, np.ndarray]
 ) -> tuple[dict, np.ndarray]:
-    """Per-source metrics on the model grid; returns (metrics, logits) for later calibration."""
+    """Per-source metrics on the model grid; returns (metrics, logits) for later calibration.
+
+    Masks go through the same post-processing the service applies (small components dropped,
+    holes filled, empty when the image is classified normal), so the checkpoint is chosen on
+    what ships; raw-mask normal FPR is logged as ``normal_fpr_raw``.
+    """
     seg, logits = predict_arrays(net, arrays["images"])
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    pred_masks = seg > 0.5
+    raw_masks = seg > 0.5
+    pp = DEFAULT_POSTPROCESS
+    pred_masks = np.stack([
+        np.zeros_like(m) if (pp["empty_if_normal"] and p.argmax() == 0) else
+        postprocess_mask(m, float(pp["min_area_fraction"]), bool(pp["keep_largest"]),
+                         bool(pp["fill_holes"]))
+        for m, p in zip(raw_masks, probs)
+    ])
     true_masks = arrays["masks"].astype(bool)
     out: dict = {}
     for source, sel in (("busi", arrays["is_busi"]), ("busbra", ~arrays["is_busi"])):
@@ -137,6 +153,10 @@ def validation_metrics(
             out[source] = {k: m[k] for k in ("n_images", "dice_mean", "accuracy",
                                              "auc_benign_malignant", "normal_false_positive_rate",
                                              "ece")}
+            normal = arrays["labels"][sel] == 0
+            out[source]["normal_fpr_raw"] = (
+                float(raw_masks[sel][normal].any(axis=(1, 2)).mean()) if normal.any()
+                else float("nan"))
     return out, logits
 
 
@@ -226,6 +246,8 @@ def train(cfg: TrainConfig) -> Path:
         opt.load_state_dict(ck["optimizer"])
         start_epoch, elapsed = ck["epoch"] + 1, ck["elapsed_s"]
         best_score, step = ck["best_score"], ck["step"]
+        if ck.get("score_version") != SCORE_VERSION:
+            best_score = -1.0
         torch.set_rng_state(ck["torch_rng"])
         aug.set_random_state(seed=cfg.seed + start_epoch)  # type: ignore[attr-defined]
         print(f"resumed from epoch {ck['epoch']} ({elapsed / 60:.1f} min done)", flush=True)
@@ -281,7 +303,8 @@ def train(cfg: TrainConfig) -> Path:
         state = {
             "model": net.state_dict(), "arch": cfg.arch, "image_size": cfg.image_size,
             "classes": list(CLASSES), "epoch": epoch, "metrics": metrics, "score": score,
-            "config": cfg.to_json(), "saved_at": datetime.now(timezone.utc).isoformat(),
+            "score_version": SCORE_VERSION, "config": cfg.to_json(),
+            "saved_at": datetime.now(timezone.utc).isoformat(),
         }
         if score > best_score:
             best_score = score
