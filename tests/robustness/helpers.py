@@ -40,6 +40,7 @@ class SendLog:
     """What an SCU saw: the peer's status per SOP Instance UID (None: no answer)."""
 
     statuses: dict[str, int | None] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # why a file got no status
     established: bool = False
     rejected: bool = False
     error: str | None = None
@@ -75,10 +76,9 @@ def send_files(
     uids = list(uids) if uids is not None else [file_uids(p) for p in paths]
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    contexts: dict[str, set[str]] = {}
-    for sop_class, _, syntax in uids:
-        contexts.setdefault(sop_class, set()).add(syntax)
-    ae.requested_contexts = [build_context(c, sorted(s)) for c, s in contexts.items()][:128]
+    # One context per (class, syntax): the SCP accepts one transfer syntax per context.
+    pairs = sorted({(sop_class, syntax) for sop_class, _, syntax in uids})[:128]
+    ae.requested_contexts = [build_context(c, [s]) for c, s in pairs]
     try:
         assoc = ae.associate("127.0.0.1", port, ae_title=called)
     except Exception as exc:  # noqa: BLE001
@@ -95,13 +95,16 @@ def send_files(
                     break
                 if not assoc.is_established:
                     log.statuses.setdefault(sop, None)
+                    log.errors.setdefault(sop, "association lost")
                     continue
                 try:
                     rsp = assoc.send_c_store(path)
                     log.statuses[sop] = int(rsp.Status) if "Status" in rsp else None
-                except Exception as exc:  # noqa: BLE001 - the peer died: no status
+                    if "Status" not in rsp:
+                        log.errors[sop] = "no response (aborted or timed out)"
+                except Exception as exc:  # noqa: BLE001 - the peer died, or no context: no status
                     log.statuses[sop] = None
-                    log.error = f"send: {type(exc).__name__}: {exc}"
+                    log.errors[sop] = log.error = f"send: {type(exc).__name__}: {exc}"
     finally:
         if assoc.is_established:
             assoc.release()

@@ -1,0 +1,165 @@
+"""Fuzz: 1 100 seeded mutations of ultrasound files, read directly and sent over DICOM.
+
+1. In-process: `read_info` + `iter_frames` (the pipeline's path) and `read_frames` on every
+   case raise nothing but `DicomIOError` (a clear code), with peak memory bounded.
+2. Against the real `wecare serve` (workers off, so no model on CPU): every case sent raw
+   over a few associations gets a status (Success or a failure, never an abort); the listener
+   stays up and its memory grows by less than a bound. Then the stored cases run through the
+   real worker code in-process with a stand-in model: every job ends `done` or `failed` with a
+   known error code, never `internal_error`.
+Seeded (same cases every run) and time-bounded.
+"""
+
+from __future__ import annotations
+
+import collections
+import resource
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from dicom_io.errors import SKIP_REASONS, DicomIOError
+from dicom_io.read import iter_frames, read_frames, read_info
+from service.config import load_settings
+from service.worker import ModelProvider, work_once
+from storage.db import make_engine, session_scope
+from storage.files import DataDir
+from storage.models import Job, JobState
+from storage.queue import queue_stable_studies
+from tests.factories import make_us_image
+from tests.integration.peers import free_port, wecare
+from tests.realfiles import deid_ultrasound, pydicom_data_file
+from tests.robustness.helpers import SUCCESS, echo, rss_kb, send_files
+from tests.robustness.mutators import Case, cases
+from tests.service.test_pipeline import ThresholdModel
+
+FUZZ_CASES = 1100
+FUZZ_SEED = 20261123
+# Statuses a bad object may get: Success (stored as received; judged by the worker later),
+# 0xA900 (dataset does not match the request), 0xC000 (cannot understand).
+ALLOWED_FAILURES = {0xA900, 0xC000}
+# Job error codes a corrupt study may end with (the worker's catch-all `internal_error`: no).
+JOB_CODES = {"no_processable_images", "images_skipped", *SKIP_REASONS}
+
+
+@pytest.fixture(scope="module")
+def fuzz_cases(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
+    tmp = tmp_path_factory.mktemp("fuzz-seeds")
+    small = {"rows": 64, "columns": 80, "lesion_radii": (10, 14)}
+    seeds = {
+        "mono8": make_us_image(tmp / "mono8.dcm", **small),
+        "implicit": make_us_image(tmp / "implicit.dcm", transfer_syntax="implicit", **small),
+        "rgb": make_us_image(tmp / "rgb.dcm", photometric="RGB", **small),
+        "cine": make_us_image(tmp / "cine.dcm", frames=3, **small),
+        "mono16": make_us_image(tmp / "mono16.dcm", bits=16, **small),
+        "rle": make_us_image(tmp / "rle.dcm", transfer_syntax="rle", **small),
+        "us1_j2kr": pydicom_data_file("US1_J2KR.dcm"),
+        "deid_greyscale": deid_ultrasound("GREYSCALE_IMAGE.dcm"),
+    }
+    return list(cases(seeds, FUZZ_CASES, seed=FUZZ_SEED))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_fuzz_read_paths_raise_only_clear_errors(fuzz_cases: list[Case], tmp_path: Path) -> None:
+    outcomes: collections.Counter[str] = collections.Counter()
+    crashes: list[str] = []
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    for case in fuzz_cases:
+        path = case.write(tmp_path)
+        for name, read in (
+            ("stream", lambda p: [f for f in iter_frames(p)] and read_info(p)),
+            ("whole", read_frames),
+        ):
+            try:
+                read(path)
+                outcomes[f"{name}: ok"] += 1
+            except DicomIOError as exc:
+                outcomes[f"{name}: {exc.code}"] += 1
+            except Exception as exc:  # noqa: BLE001 - what the test is looking for
+                crashes.append(f"{case.index} {case.seed_name} {case.mutation} {name}: {exc!r}")
+        path.unlink()
+    peak_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    print(
+        f"\nfuzz read: {len(fuzz_cases)} cases in {time.monotonic() - started:.1f} s, "
+        f"peak RSS growth {peak_growth_mb:.0f} MB; outcomes {dict(sorted(outcomes.items()))}"
+    )
+    assert not crashes, "\n".join(crashes[:20])
+    assert peak_growth_mb < 512
+    assert all(c in SKIP_REASONS for k in outcomes for c in [k.split(": ")[1]] if c != "ok")
+
+
+@pytest.mark.integration
+@pytest.mark.filterwarnings("ignore")
+def test_fuzz_over_dicom_then_worker(fuzz_cases: list[Case], tmp_path: Path) -> None:
+    files_dir = tmp_path / "cases"
+    files_dir.mkdir()
+    paths = [c.write(files_dir) for c in fuzz_cases]
+    uids = [(c.sop_class_uid, c.sop_instance_uid, c.transfer_syntax_uid) for c in fuzz_cases]
+    port = free_port()
+    statuses: dict[str, int | None] = {}
+    unsent: dict[str, str] = {}
+    with wecare(
+        tmp_path / "w",
+        {},
+        port,
+        auth={"enabled": False},
+        worker={"count": 0},
+        study={"stable_seconds": 600},
+        log={"level": "WARNING"},
+    ) as service:
+        assert echo(port)
+        rss_before = rss_kb(service.proc.pid)
+        started = time.monotonic()
+        step = 275  # a few associations, each carrying many cases
+        for start in range(0, len(paths), step):
+            log = send_files(port, paths[start : start + step], uids=uids[start : start + step])
+            assert log.established, log.error
+            statuses.update(log.statuses)
+            unsent.update(log.errors)
+        send_seconds = time.monotonic() - started
+        assert echo(port), "the listener went down during the fuzz"
+        assert service.proc.poll() is None
+        rss_after = rss_kb(service.proc.pid)
+    by_status = collections.Counter(
+        f"0x{s:04X}" if s is not None else "none" for s in statuses.values()
+    )
+    growth_mb = (rss_after - rss_before) / 1024
+    print(
+        f"\nfuzz over DICOM: {len(paths)} cases in {send_seconds:.1f} s, statuses "
+        f"{dict(by_status)}; listener RSS {rss_before // 1024} → {rss_after // 1024} MB"
+    )
+    assert len(statuses) == len(paths)
+    index = {c.sop_instance_uid: c for c in fuzz_cases}
+    for sop, error in list(unsent.items())[:5]:
+        print(f"  no status: case {index[sop].index} {index[sop].mutation}: {error}")
+    # No status only where the file claims a transfer syntax nobody knows (our SCP refuses the
+    # presentation context, pynetdicom's SCU refuses the UID): it could not even be sent.
+    assert all("transfer syntax" in e or "presentation context" in e for e in unsent.values()), set(
+        unsent.values()
+    )
+    answered = [s for sop, s in statuses.items() if sop not in unsent]
+    assert all(s == SUCCESS or s in ALLOWED_FAILURES for s in answered), by_status
+    assert growth_mb < 150
+
+    # The worker's side, in-process with a stand-in model: every job ends with a clear code.
+    data_dir = DataDir(service.data_dir)
+    engine = make_engine(f"sqlite:///{service.data_dir / 'wecare.db'}")
+    settings = load_settings(None, worker={"max_attempts": 1, "explain": False})
+    models = ModelProvider(None, "cpu", None, model=ThresholdModel())
+    with session_scope(engine) as session:
+        queue_stable_studies(session, 0)
+    started = time.monotonic()
+    processed = 0
+    while work_once(settings, engine, data_dir, models, "fuzz:0") is not None:
+        processed += 1
+        assert time.monotonic() - started < 240, "worker pass over the fuzz cases too slow"
+    with session_scope(engine) as session:
+        jobs = session.execute(select(Job.state, Job.error_code)).all()
+    engine.dispose()
+    ends = collections.Counter(f"{state}:{code}" for state, code in jobs)
+    print(f"fuzz worker pass: {processed} jobs in {time.monotonic() - started:.1f} s: {dict(ends)}")
+    assert all(state in (JobState.DONE, JobState.FAILED) for state, _ in jobs), ends
+    assert all(code is None or code in JOB_CODES for _, code in jobs), ends
