@@ -33,7 +33,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
-        raise ValueError(f"need (N, K) logits and (N,) labels, got {tuple(z.shape)}, {tuple(y.shape)}")
+        raise ValueError(
+            f"need (N, K) logits and (N,) labels, got {tuple(z.shape)}, {tuple(y.shape)}"
+        )
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 

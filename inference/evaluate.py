@@ -124,7 +124,8 @@ def render_table(metrics: dict) -> str:
     for name, pc in metrics["per_class"].items():
         lines.append(f"{name:<12}{_fmt(pc['precision']):>10}{_fmt(pc['recall']):>8}"
                      f"{_fmt(pc['f1']):>8}{pc['support']:>6}")
-    lines.append("confusion (rows true, cols predicted): " + " ".join(c[0].upper() for c in CLASSES))
+    header = " ".join(c[0].upper() for c in CLASSES)
+    lines.append(f"confusion (rows true, cols predicted): {header}")
     for name, row in zip(CLASSES, metrics["confusion_matrix"]):
         lines.append(f"  {name:<10}" + " ".join(f"{v:>5}" for v in row))
     return "\n".join(lines)

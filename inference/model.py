@@ -296,7 +296,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     cfg = ck["config"]
     samples = [s for d in cfg["data_dirs"] for s in discover(Path(d))]
     _, val = split_samples(samples, cfg["val_fraction"], cfg["seed"])
-    cache = Path(cfg["cache_dir"]) if cfg.get("cache_dir") else Path(cfg["out_dir"]).parent / "cache"
+    cache = (Path(cfg["cache_dir"]) if cfg.get("cache_dir")
+             else Path(cfg["out_dir"]).parent / "cache")
     arrays = load_arrays(val, int(ck["image_size"]), cache)
     net = build_network(ck["arch"])
     net.load_state_dict(ck["model"])

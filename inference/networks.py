@@ -122,7 +122,7 @@ class SeparateNets(nn.Module):
 
 
 class ClassLogits(nn.Module):
-    """Expose only the class logits of a two-output network, as ``monai.visualize.GradCAM`` needs."""
+    """Expose only the class logits of a two-output network for ``monai.visualize.GradCAM``."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()

@@ -275,7 +275,8 @@ def train(cfg: TrainConfig) -> Path:
             progress = step / total_steps
             if max_s is not None:
                 progress = max(progress, (elapsed + time.monotonic() - t0) / max_s)
-            lr = cfg.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+            cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+            lr = cfg.lr * min(1.0, (step + 1) / warmup) * cosine
             for g in opt.param_groups:
                 g["lr"] = max(lr, cfg.lr * 1e-3)
             seg, cls = net(normalise(x))

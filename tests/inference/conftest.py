@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 
 def _lesion_image(rng: np.random.Generator, size: tuple[int, int], lesion: bool
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Speckle background with, when ``lesion``, a dark ellipse; returns (uint8 image, bool mask)."""
+    """Speckle background, plus a dark ellipse when ``lesion``: (uint8 image, bool mask)."""
     h, w = size
     img = rng.normal(140, 25, size=(h, w))
     mask = np.zeros((h, w), dtype=bool)

@@ -1,4 +1,4 @@
-"""The bundled model: load once, predict shapes and probabilities, post-processing, dataset check."""
+"""The bundled model: load once, shapes, probabilities, post-processing, real-data check."""
 
 from __future__ import annotations
 
