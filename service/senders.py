@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from service.config import DicomDestination
@@ -57,7 +58,12 @@ def send_files(
     for sop_class, syntax in {
         (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds in datasets
     }:
-        ae.add_requested_context(sop_class, [syntax])
+        # Our SEG/SR are Explicit VR Little Endian; Implicit VR Little Endian, the default
+        # every receiver must accept (PS3.5 10.1), is offered too and pynetdicom re-encodes.
+        syntaxes = [syntax]
+        if syntax == ExplicitVRLittleEndian:
+            syntaxes.append(ImplicitVRLittleEndian)
+        ae.add_requested_context(sop_class, syntaxes)
     try:
         tls_args = None
         if destination.tls:

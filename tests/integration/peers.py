@@ -156,14 +156,17 @@ def orthanc(
 
 @contextmanager
 def storescp(
-    out_dir: Path, port: int | None = None, aet: str = "STORESCP"
+    out_dir: Path,
+    port: int | None = None,
+    aet: str = "STORESCP",
+    syntax_option: str = "+xa",
 ) -> Iterator[tuple[str, int]]:
-    """dcmtk storescp accepting everything into `out_dir`; yields (AE title, port)."""
+    """dcmtk storescp into `out_dir` (`+xa`: any transfer syntax; `+xi`: implicit VR only)."""
     binary = require("storescp")
     port = port or free_port()
     out_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [binary, "--aetitle", aet, "-od", str(out_dir), "+xa", "--promiscuous", str(port)],
+        [binary, "--aetitle", aet, "-od", str(out_dir), syntax_option, "--promiscuous", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
