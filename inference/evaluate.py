@@ -72,7 +72,7 @@ def evaluate(
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         images = [read_grayscale(s.image) for s in chunk]
-        for s, img, p in zip(chunk, images, model.predict(images)):
+        for s, img, p in zip(chunk, images, model.predict(images), strict=True):
             labels.append(s.label)
             probs.append([p.probabilities[c] for c in CLASSES])
             truths.append(read_mask(s.mask, img.shape))
@@ -126,7 +126,7 @@ def render_table(metrics: dict) -> str:
                      f"{_fmt(pc['f1']):>8}{pc['support']:>6}")
     header = " ".join(c[0].upper() for c in CLASSES)
     lines.append(f"confusion (rows true, cols predicted): {header}")
-    for name, row in zip(CLASSES, metrics["confusion_matrix"]):
+    for name, row in zip(CLASSES, metrics["confusion_matrix"], strict=True):
         lines.append(f"  {name:<10}" + " ".join(f"{v:>5}" for v in row))
     return "\n".join(lines)
 

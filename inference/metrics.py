@@ -45,7 +45,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         in_bin = (conf > lo) & (conf <= hi)
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
@@ -124,11 +124,12 @@ def compute_metrics(
         raise ValueError("masks_true and masks_pred need one mask per label")
     has_lesion = np.array([m.any() for m in masks_true], dtype=bool)
     pred_nonempty = np.array([m.any() for m in masks_pred], dtype=bool)
-    di = np.array([dice_iou(t, p) for t, p in zip(masks_true, masks_pred)]).reshape(n, 2)
+    pairs = zip(masks_true, masks_pred, strict=True)
+    di = np.array([dice_iou(t, p) for t, p in pairs]).reshape(n, 2)
     dice, iou = di[:, 0], di[:, 1]
     pred = probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
     cm = np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
-    for t, p in zip(labels, pred):
+    for t, p in zip(labels, pred, strict=True):
         cm[t, p] += 1
     per_class = {}
     for k, name in enumerate(CLASSES):

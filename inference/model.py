@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -233,7 +233,7 @@ class Model:
                 cam = resize_probability(cam_t, shape)[0, 0].clamp(0, 1).numpy().astype(np.float32)
             out.append(Prediction(
                 mask=mask,
-                probabilities={c: float(v) for c, v in zip(CLASSES, p)},
+                probabilities={c: float(v) for c, v in zip(CLASSES, p, strict=True)},
                 predicted_class=CLASSES[cls_idx],
                 cam=cam,
             ))
@@ -264,7 +264,7 @@ def export_checkpoint(
         "status": status,
         "trained_at": ck["saved_at"],
         "epoch": int(ck["epoch"]),
-        "exported_at": datetime.now(timezone.utc).isoformat(),
+        "exported_at": datetime.now(UTC).isoformat(),
         "dtype": "float16" if half else "float32",
         "postprocess": dict(DEFAULT_POSTPROCESS),
         "train_config": ck["config"],

@@ -84,7 +84,7 @@ class MultiTaskUNet(nn.Module):
         h = self.bottleneck(h)
         pooled = torch.cat([h.mean(dim=(-2, -1)), h.amax(dim=(-2, -1))], dim=1)
         logits = self.cls_head(pooled)
-        for up, dec, skip in zip(self.up, self.dec, reversed(skips)):
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
             h = dec(up(torch.cat([h, skip], dim=1)))
         return self.seg_head(h), logits
 

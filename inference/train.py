@@ -15,12 +15,11 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.data import set_track_meta
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
 from torch import nn
@@ -142,7 +141,7 @@ def validation_metrics(
         np.zeros_like(m) if (pp["empty_if_normal"] and p.argmax() == 0) else
         postprocess_mask(m, float(pp["min_area_fraction"]), bool(pp["keep_largest"]),
                          bool(pp["fill_holes"]))
-        for m, p in zip(raw_masks, probs)
+        for m, p in zip(raw_masks, probs, strict=True)
     ])
     true_masks = arrays["masks"].astype(bool)
     out: dict = {}
@@ -193,7 +192,7 @@ def _augment_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment each (S, S) uint8 image/mask; return (B, 1, S, S) float tensors."""
     xs, ys = [], []
-    for img, msk in zip(images, masks):
+    for img, msk in zip(images, masks, strict=True):
         d = aug({"image": torch.from_numpy(img).float().div_(255.0)[None],
                  "mask": torch.from_numpy(msk).float()[None]})  # type: ignore[operator]
         xs.append(torch.as_tensor(d["image"]).clamp_(0.0, 1.0))
@@ -305,7 +304,7 @@ def train(cfg: TrainConfig) -> Path:
             "model": net.state_dict(), "arch": cfg.arch, "image_size": cfg.image_size,
             "classes": list(CLASSES), "epoch": epoch, "metrics": metrics, "score": score,
             "score_version": SCORE_VERSION, "config": cfg.to_json(),
-            "saved_at": datetime.now(timezone.utc).isoformat(),
+            "saved_at": datetime.now(UTC).isoformat(),
         }
         if score > best_score:
             best_score = score

@@ -43,7 +43,7 @@ def test_predict_shapes_and_probabilities(model: Model, shapes: list[tuple[int, 
     images = [rng.random(s, dtype=np.float32) for s in shapes]
     preds = model.predict(images)
     assert len(preds) == len(images)
-    for p, shape in zip(preds, shapes):
+    for p, shape in zip(preds, shapes, strict=True):
         assert p.mask.shape == shape and p.mask.dtype == bool
         assert tuple(p.probabilities) == CLASSES
         assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
@@ -55,7 +55,7 @@ def test_predict_shapes_and_probabilities(model: Model, shapes: list[tuple[int, 
 def test_predict_with_cam_gives_unit_range_map(model: Model) -> None:
     rng = np.random.default_rng(1)
     images = [rng.random((90, 110), dtype=np.float32), rng.random((70, 70), dtype=np.float32)]
-    for p, img in zip(model.predict(images, with_cam=True), images):
+    for p, img in zip(model.predict(images, with_cam=True), images, strict=True):
         assert p.cam is not None and p.cam.shape == img.shape and p.cam.dtype == np.float32
         assert 0.0 <= float(p.cam.min()) and float(p.cam.max()) <= 1.0
 
@@ -97,6 +97,6 @@ def test_bundled_weights_find_lesions_on_real_validation_images(model: Model) ->
     images = [read_grayscale(s.image) for s in chosen]
     preds = model.predict(images)
     dices = [dice_iou(read_mask(s.mask, img.shape), p.mask)[0]
-             for s, img, p in zip(chosen, images, preds)]
+             for s, img, p in zip(chosen, images, preds, strict=True)]
     assert sum(p.mask.any() for p in preds) >= 6
     assert float(np.mean(dices)) > 0.5
