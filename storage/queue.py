@@ -23,8 +23,20 @@ _STAMP = {
 
 
 def ensure_waiting_job(session: Session, study: Study, now: datetime | None = None) -> Job:
-    """Return the study's waiting job, creating it when there is none."""
-    job = session.scalar(select(Job).where(Job.study_id == study.id, Job.state == JobState.WAITING))
+    """Return the study's job that has not started yet, creating a waiting one when none.
+
+    A `queued` job counts: it reads the study's instances when a worker claims it, so a late
+    instance joins it. (Under load a store can wait longer than stable_seconds for the database;
+    the study was queued meanwhile, and the late instance used to start a second job.) The row
+    is locked so that, on PostgreSQL, a claim waits for this instance to be committed.
+    """
+    job = session.scalar(
+        select(Job)
+        .where(Job.study_id == study.id, Job.state.in_((JobState.WAITING, JobState.QUEUED)))
+        .order_by(Job.id)
+        .limit(1)
+        .with_for_update()
+    )
     if job is None:
         job = Job(study_id=study.id, state=JobState.WAITING, created_at=now or utcnow())
         session.add(job)
