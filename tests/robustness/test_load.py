@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 ASSOCIATIONS = 50
 IMAGES_PER_STUDY = 3
+US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 
 
 @pytest.mark.timeout(420)
@@ -33,7 +34,7 @@ def test_fifty_concurrent_associations_all_stored_and_processed(tmp_path: Path) 
         # Longer than an association takes under this load: one job per study (a shorter
         # window queues a study while its association is still sending, and the late images
         # start a second job, by design).
-        study={"stable_seconds": 12},
+        study={"stable_seconds": 20},
         worker={"count": 1, "explain": False, "lease_seconds": 60},
         log={"level": "WARNING"},
     ) as service:
@@ -76,10 +77,10 @@ def test_fifty_concurrent_associations_all_stored_and_processed(tmp_path: Path) 
     jobs = query(
         service.data_dir, "SELECT COUNT(*), COUNT(DISTINCT study_id), MAX(attempts) FROM jobs"
     )
-    # KNOWN ISSUE (reported): under this load a few studies get a second job while their first
-    # is still `waiting` (duplicate processing; outputs overwrite thanks to deterministic UIDs).
-    # The test asserts every study is processed and prints the count rather than failing CI.
-    assert jobs[0][1] == ASSOCIATIONS and jobs[0][2] == 1, jobs
+    # One job per study, run once. (Seen with a 12 s window on a busy 2-core machine: a store
+    # waited > 12 s for SQLite's write lock, its study was queued meanwhile, and the late
+    # instance started a second job, as designed for instances arriving after queueing.)
+    assert jobs == [(ASSOCIATIONS, ASSOCIATIONS, 1)], jobs
     print(f"\nload: {jobs[0][0]} jobs for {ASSOCIATIONS} studies")
     print(
         f"\nload: {ASSOCIATIONS} concurrent associations, {ok} instances stored in "
@@ -87,3 +88,40 @@ def test_fifty_concurrent_associations_all_stored_and_processed(tmp_path: Path) 
         f"studies processed {process_seconds:.1f} s after the first association "
         f"({ASSOCIATIONS / process_seconds:.2f} studies/s)"
     )
+
+
+def test_instance_committed_after_its_study_was_queued_joins_the_queued_job(
+    tmp_path: Path,
+) -> None:
+    """What 50 concurrent associations exposed: a store that waited longer than stable_seconds
+    for the database lock found its study already queued and started a second job."""
+    from storage.db import make_engine, session_scope, upgrade
+    from storage.instances import ReceivedInstance, record_instance
+    from storage.models import Job, JobState
+    from storage.queue import claim_next_job, queue_stable_studies
+
+    url = f"sqlite:///{tmp_path / 'wecare.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+
+    def receive(sop: str) -> None:
+        with session_scope(engine) as session:
+            record_instance(
+                session,
+                ReceivedInstance(
+                    "1.2.3", "1.2.3.4", sop, "1.2.840.10008.5.1.4.1.1.6.1", "", sop, 1
+                ),
+            )
+
+    receive("1.2.3.4.1")
+    with session_scope(engine) as session:
+        assert queue_stable_studies(session, 0)
+    receive("1.2.3.4.2")  # committed late: joins the queued job
+    with session_scope(engine) as session:
+        assert [j.state for j in session.query(Job)] == [JobState.QUEUED]
+        assert claim_next_job(session, "w:0", 30) is not None
+    receive("1.2.3.4.3")  # after the claim: a new job, as before
+    with session_scope(engine) as session:
+        states = [j.state for j in session.query(Job).order_by(Job.id)]
+    engine.dispose()
+    assert states == [JobState.RUNNING, JobState.WAITING]
