@@ -24,6 +24,7 @@ from service.web.app import create_app, format_duration, short_uid
 from service.web.schemas import is_preview_name, stage_durations
 from storage.db import make_engine, session_scope
 from storage.files import DataDir
+from storage.instances import ReceivedInstance, record_instance
 from storage.models import Job, JobState, OutboxItem, OutboxState, Output, Role, Study
 from storage.users import create_token, create_user, get_user
 
@@ -927,3 +928,63 @@ def test_create_app_real_runtime_health_reads_model_provider(
     assert body["model"] == {"loaded": False, "error": None}
     assert body["listener"] == "down"  # no SCP started
     assert body["status"] == "degraded"
+
+
+# Instances stored but not analysed (GET /api/instances, /not-processed)
+
+
+def _store_instance(
+    engine: Engine, sop: str, reason: str | None, calling: str | None = "PACS"
+) -> None:
+    with session_scope(engine) as s:
+        record_instance(
+            s,
+            ReceivedInstance(
+                study_instance_uid="1.2.826.0.1.3680043.8.9",
+                series_instance_uid="1.2.826.0.1.3680043.8.9.1",
+                sop_instance_uid=sop,
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                path="/x",
+                size_bytes=1,
+                calling_ae_title=calling,
+                skip_reason=reason,
+            ),
+        )
+
+
+def test_api_instances_not_processed_lists_skipped_with_code_and_text(
+    client: TestClient, engine: Engine
+) -> None:
+    _store_instance(
+        engine,
+        "1.2.826.0.1.3680043.8.9.1.1",
+        "not_ultrasound: CT Image Storage is not an ultrasound image; stored, not analysed",
+    )
+    _store_instance(engine, "1.2.826.0.1.3680043.8.9.1.2", None)  # analysed: not listed
+    _store_instance(
+        engine, "1.2.826.0.1.3680043.8.9.1.3", "our_own_object", calling=None
+    )  # old bare code
+    body = client.get("/api/instances?processed=false").json()
+    assert body["count"] == 2
+    by_sop = {r["sop_instance_uid"]: r for r in body["data"]}
+    ct = by_sop["1.2.826.0.1.3680043.8.9.1.1"]
+    assert ct["skip_code"] == "not_ultrasound" and "CT Image Storage" in ct["skip_reason"]
+    own = by_sop["1.2.826.0.1.3680043.8.9.1.3"]
+    assert own["skip_code"] == "our_own_object" and len(own["skip_reason"]) > len("our_own_object")
+    assert client.get("/api/instances?processed=true").status_code == 400
+
+
+def test_not_processed_page_shows_reason_escaped(client: TestClient, engine: Engine) -> None:
+    _store_instance(engine, "1.2.826.0.1.3680043.8.9.1.4", "not_ultrasound: <b>odd</b> modality")
+    page = client.get("/not-processed")
+    assert page.status_code == 200
+    assert "&lt;b&gt;odd&lt;/b&gt;" in page.text and "<b>odd</b>" not in page.text
+    assert "not_ultrasound" in page.text
+
+
+def test_not_processed_requires_log_in(app: object, engine: Engine) -> None:
+    with TestClient(app) as anonymous:  # type: ignore[arg-type]
+        assert anonymous.get("/api/instances").status_code == 401
+    with TestClient(app, headers=bearer(make_token(engine, "viewer"))) as viewer:  # type: ignore[arg-type]
+        assert viewer.get("/api/instances").status_code == 200

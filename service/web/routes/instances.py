@@ -10,9 +10,9 @@ Content-Length, then while the body streams in.
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +21,9 @@ from starlette.types import Message
 
 from service.ingest import StoreContext, StoreOutcome, StoreStatus, store_encoded
 from service.logs import uid_hash
-from service.web.auth import CSRF_FIELD, CSRF_HEADER, OperatorDep, Principal, audit
+from service.web.auth import CSRF_FIELD, CSRF_HEADER, OperatorDep, Principal, ViewerDep, audit
+from service.web.deps import SessionDep
+from service.web.not_processed import SkippedInstancesPublic, list_not_processed
 from service.web.schemas import ErrorPublic
 from storage.audit import AuditAction
 from storage.db import session_scope
@@ -201,3 +203,23 @@ def check_upload_csrf(request: Request, principal: Principal, fields: dict[str, 
     sent = fields.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
     if principal.via == "session" and not same_secret(sent, principal.csrf_token):
         raise HTTPException(HTTPStatus.FORBIDDEN, "missing or wrong CSRF token")
+
+
+@router.get(
+    "/api/instances",
+    response_model=SkippedInstancesPublic,
+    summary="Instances stored but not analysed, with the reason",
+)
+def read_not_processed(
+    session: SessionDep,
+    _: ViewerDep,
+    processed: Annotated[
+        bool, Query(description="Only false is supported: instances we store but do not analyse")
+    ] = False,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SkippedInstancesPublic:
+    """Other modalities, our own SEG/SR coming back, objects without pixels: newest first."""
+    if processed:
+        raise HTTPException(400, "only processed=false is supported; processed images are in jobs")
+    return list_not_processed(session, limit, offset)

@@ -18,6 +18,7 @@ from service.ingest import StoreOutcome
 from service.web.auth import CsrfDep, OperatorDep, ViewerDep, audit
 from service.web.deps import DataDirDep, SessionDep
 from service.web.jobs import count_by_state, do_process_now, do_retry, get_job, list_jobs
+from service.web.not_processed import list_not_processed
 from service.web.routes.instances import check_upload_csrf, read_upload, store_upload
 from service.web.schemas import is_preview_name, job_detail, job_public
 from storage.audit import AuditAction
@@ -89,6 +90,25 @@ def index(
     }
     return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
         request, "index.html", context
+    )
+
+
+@router.get("/not-processed", summary="Instances stored but not analysed")
+def not_processed_page(
+    request: Request,
+    session: SessionDep,
+    _: ViewerDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Response:
+    listing = list_not_processed(session, PAGE_SIZE, offset)
+    context: dict[str, Any] = {
+        "rows": listing.data,
+        "count": listing.count,
+        "offset": offset,
+        "page_size": PAGE_SIZE,
+    }
+    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
+        request, "not_processed.html", context
     )
 
 
