@@ -83,6 +83,14 @@ FRAME_BATCH = 16
 #: decoded frame (samples as float32, 8192 × 8192 grey) and a whole :func:`read_frames` result.
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 MAX_DECODED_BYTES = 2 * 1024 * 1024 * 1024
+#: SOP classes whose IOD requires Number of Frames (Type 1).
+_MULTI_FRAME_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.3.1",
+    "1.2.840.10008.5.1.4.1.1.3",
+    "1.2.840.10008.5.1.4.1.1.7.2",
+    "1.2.840.10008.5.1.4.1.1.7.3",
+    "1.2.840.10008.5.1.4.1.1.7.4",
+}
 #: Largest Number of Frames we accept (a 10 minute clip at 60 frames/s is 36 000).
 MAX_FRAMES = 100_000
 _LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601, as YBR_FULL
@@ -386,10 +394,15 @@ def check_dimensions(ds: Dataset) -> Dimensions:
         rows, columns = int(ds.Rows), int(ds.Columns)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         bits = int(ds.get("BitsAllocated", 8) or 0)
-        raw_frames = ds.get("NumberOfFrames", 1)
-        frames = int(raw_frames) if raw_frames not in (None, "") else 1
+        raw_frames = ds.get("NumberOfFrames")
+        text = "" if raw_frames is None else str(raw_frames).strip()
     except Exception as exc:  # a wrong VR or value is not an image we read
         raise UnsupportedObjectError("bad_dimensions", type(exc).__name__) from exc
+    if not text and str(ds.get("SOPClassUID", "")) in _MULTI_FRAME_SOP_CLASSES:
+        raise UnsupportedObjectError("bad_dimensions", "Number of Frames missing (multi-frame)")
+    if text and not text.isdigit():  # "1.5", "-1", "abc": not a count
+        raise UnsupportedObjectError("bad_dimensions", "Number of Frames is not a count")
+    frames = int(text) if text else 1
     if not (1 <= rows <= 65535 and 1 <= columns <= 65535):
         raise UnsupportedObjectError("bad_dimensions", f"rows={rows} columns={columns}")
     if samples not in (1, 3) or bits not in (1, 8, 16, 32) or frames < 1:
