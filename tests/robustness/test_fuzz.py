@@ -163,3 +163,55 @@ def test_fuzz_over_dicom_then_worker(fuzz_cases: list[Case], tmp_path: Path) -> 
     print(f"fuzz worker pass: {processed} jobs in {time.monotonic() - started:.1f} s: {dict(ends)}")
     assert all(state in (JobState.DONE, JobState.FAILED) for state, _ in jobs), ends
     assert all(code is None or code in JOB_CODES for _, code in jobs), ends
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_fuzz_upload_api_every_case_gets_a_clear_answer(
+    fuzz_cases: list[Case], tmp_path: Path
+) -> None:
+    """The same 1 100 cases through POST /api/instances (operator token, auth on)."""
+    from fastapi.testclient import TestClient
+
+    from service.web.app import create_app
+    from storage.db import upgrade
+    from tests.service.test_web import FakeRuntime, bearer, make_settings, make_token
+
+    data_dir = DataDir(tmp_path / "data")
+    data_dir.create()
+    url = f"sqlite:///{data_dir.root / 'wecare.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    settings = make_settings(data_dir, database_url=url)
+    app = create_app(settings, FakeRuntime(settings=settings, engine=engine, data_dir=data_dir))
+    answers: collections.Counter[int] = collections.Counter()
+    stored: set[str] = set()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with TestClient(app, headers=bearer(make_token(engine, "operator"))) as client:
+        for case in fuzz_cases:
+            rsp = client.post(
+                "/api/instances",
+                content=case.data,
+                headers={"content-type": "application/dicom"},
+            )
+            answers[rsp.status_code] += 1
+            assert rsp.status_code in (200, 201, 400), (case.mutation, rsp.status_code, rsp.text)
+            body = rsp.json()
+            if rsp.status_code == 400:
+                assert body.get("detail"), case.mutation  # a reason, not an empty refusal
+            else:
+                stored.add(body["sop_instance_uid"])
+        assert client.get("/health").status_code == 200
+    peak_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    print(
+        f"\nupload fuzz: {len(fuzz_cases)} cases, answers {dict(answers)}, "
+        f"peak RSS growth {peak_growth_mb:.0f} MB"
+    )
+    assert sum(answers.values()) == len(fuzz_cases)
+    assert answers[400] > 0 and answers[201] > 0
+    with session_scope(engine) as session:
+        from storage.models import Instance
+
+        rows = set(session.scalars(select(Instance.sop_instance_uid)))
+    assert rows == stored  # every acknowledged upload is in the database, nothing else
+    assert peak_growth_mb < 300
+    engine.dispose()
