@@ -98,9 +98,10 @@ def algorithm_info(model: ModelLike) -> AlgorithmInfo:
     """The model identity carried by SEG and SR; an unfinished model says so in its version.
 
     AlgorithmVersion is an LO (64 characters): the full status goes to the job and dashboard,
-    the DICOM objects carry the short "unvalidated checkpoint" marker.
+    the DICOM objects carry the short "not validated" marker. Only status "final" (a model that
+    met its validation targets, see inference/MODEL_CARD.md) goes without it.
     """
-    suffix = "" if model.status == "final" else " (unvalidated checkpoint)"
+    suffix = "" if model.status == "final" else " (not validated)"
     return AlgorithmInfo(name=ALGORITHM_NAME, version=model.version[: 64 - len(suffix)] + suffix)
 
 

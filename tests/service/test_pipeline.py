@@ -205,7 +205,7 @@ def test_algorithm_info_checkpoint_model_marked_unvalidated() -> None:
     model = ThresholdModel()
     model.status = "checkpoint epoch 3: training in progress"  # type: ignore[misc]
     info = algorithm_info(model)
-    assert info.version.endswith("(unvalidated checkpoint)") and len(info.version) <= 64
+    assert info.version.endswith("(not validated)") and len(info.version) <= 64
 
 
 # --- Sequence of Ultrasound Regions: each 2D tissue region, its own calibration ---------

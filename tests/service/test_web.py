@@ -531,7 +531,7 @@ def test_dashboard_job_page_checkpoint_model_shows_everything(
 
     page = client.get(f"/jobs/{job_id}").text
 
-    assert "Model is an early training checkpoint — not validated" in page
+    assert "Model not validated for clinical use" in page
     assert "checkpoint: epoch 12" in page
     assert "Decision support only" in page
     assert "wecare-multitask 2026-11-23 ab12cd34" in page

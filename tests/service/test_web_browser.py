@@ -198,7 +198,7 @@ def test_dashboard_in_chromium_job_list_and_detail_render(
     detail_dom = _chromium(
         "--dump-dom", "--virtual-time-budget=2000", f"{base_url}/jobs/{done}"
     ).stdout
-    assert "Model is an early training checkpoint" in detail_dom
+    assert "Model not validated for clinical use" in detail_dom
     assert f"/jobs/{done}/preview/000_0001_cam.png" in detail_dom
 
 
