@@ -11,6 +11,8 @@ from sqlalchemy import Engine
 
 from service.config import Settings
 from service.senders import SendResult, send_files
+from storage import audit
+from storage.audit import AuditAction
 from storage.db import session_scope
 from storage.models import OutboxItem
 from storage.outbox import RetryPolicy, claim_due, record_attempt, release_claims
@@ -66,6 +68,15 @@ def export_once(settings: Settings, engine: Engine) -> int:
                     status=result.status,
                     error=result.error,
                     policy=policy,
+                )
+                # The audit trail says what left WeCare, to whom, in the same transaction.
+                outcome = "delivered" if result.delivered else f"not delivered ({result.error})"
+                audit.record(
+                    session,
+                    AuditAction.EXPORT,
+                    actor="exporter",
+                    target=f"job:{item.output.job_id}",
+                    detail=f"{item.output.kind} to {name}: {outcome}",
                 )
         sent = sum(1 for r in results if r.delivered)
         log.info("export to %s: %d of %d delivered", name, sent, len(rows))
