@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -70,14 +72,25 @@ def config_check(config: ConfigOption = None) -> None:
     typer.echo("configuration is valid")
 
 
-def _user_db(settings: Settings) -> Any:
-    """The migrated database's engine (user commands may run before the first `serve`)."""
-    from storage.db import make_engine, upgrade
+@contextmanager
+def _user_session(settings: Settings) -> Iterator[Any]:
+    """One transaction on the migrated database (user commands may run before the first
+    `serve`); a UserError becomes `wecare: <message>` and exit status 2."""
+    from storage.db import make_engine, session_scope, upgrade
+    from storage.users import UserError
 
     settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.storage.resolved_database_url()
     upgrade(url)
-    return make_engine(url)
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as session:
+            yield session
+    except UserError as exc:
+        typer.echo(f"wecare: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -97,21 +110,13 @@ def user_add(
 ) -> None:
     """Create a user; the password is prompted for (twice) unless --password-stdin."""
     from storage.audit import AuditAction, record
-    from storage.db import session_scope
-    from storage.users import UserError, create_user
+    from storage.users import create_user
 
     settings = _settings(config)
     password = _read_password(password_stdin)
-    engine = _user_db(settings)
-    try:
-        with session_scope(engine) as session:
-            create_user(session, name, role, password)
-            record(session, AuditAction.USER_CREATED, actor="cli", target=name, detail=role)
-    except UserError as exc:
-        typer.echo(f"wecare: {exc}", err=True)
-        raise typer.Exit(2) from None
-    finally:
-        engine.dispose()
+    with _user_session(settings) as session:
+        create_user(session, name, role, password)
+        record(session, AuditAction.USER_CREATED, actor="cli", target=name, detail=role)
     typer.echo(f"user {name} created with role {role}")
 
 
@@ -125,24 +130,16 @@ def user_password(
 ) -> None:
     """Set a user's password (e.g. a forgotten one); every session of the user ends."""
     from storage.audit import AuditAction, record
-    from storage.db import session_scope
     from storage.users import UserError, get_user, set_password
 
     settings = _settings(config)
     password = _read_password(password_stdin)
-    engine = _user_db(settings)
-    try:
-        with session_scope(engine) as session:
-            user = get_user(session, name)
-            if user is None:
-                raise UserError(f"no user named {name}")
-            set_password(session, user, password)
-            record(session, AuditAction.PASSWORD_CHANGED, actor="cli", target=name)
-    except UserError as exc:
-        typer.echo(f"wecare: {exc}", err=True)
-        raise typer.Exit(2) from None
-    finally:
-        engine.dispose()
+    with _user_session(settings) as session:
+        user = get_user(session, name)
+        if user is None:
+            raise UserError(f"no user named {name}")
+        set_password(session, user, password)
+        record(session, AuditAction.PASSWORD_CHANGED, actor="cli", target=name)
     typer.echo(f"password of {name} changed")
 
 
@@ -152,36 +149,27 @@ def user_disable(
 ) -> None:
     """Disable a user: sessions end and tokens stop working at once (the row stays)."""
     from storage.audit import AuditAction, record
-    from storage.db import session_scope
-    from storage.users import get_user, set_active
+    from storage.users import UserError, get_user, set_active
 
-    engine = _user_db(_settings(config))
-    try:
-        with session_scope(engine) as session:
-            user = get_user(session, name)
-            if user is None:
-                typer.echo(f"wecare: no user named {name}", err=True)
-                raise typer.Exit(2)
-            set_active(session, user, False)
-            record(session, AuditAction.USER_DISABLED, actor="cli", target=name)
-    finally:
-        engine.dispose()
+    with _user_session(_settings(config)) as session:
+        user = get_user(session, name)
+        if user is None:
+            raise UserError(f"no user named {name}")
+        set_active(session, user, False)
+        record(session, AuditAction.USER_DISABLED, actor="cli", target=name)
     typer.echo(f"user {name} disabled")
 
 
 @user_app.command("list")
 def user_list(config: ConfigOption = None) -> None:
     """List users: name, role, active, last log-in."""
-    from storage.db import session_scope
     from storage.users import list_users
 
-    engine = _user_db(_settings(config))
-    with session_scope(engine) as session:
+    with _user_session(_settings(config)) as session:
         for user in list_users(session):
             last = user.last_login_at.isoformat() if user.last_login_at else "-"
             state = "active" if user.active else "disabled"
             typer.echo(f"{user.name}\t{user.role}\t{state}\t{last}")
-    engine.dispose()
 
 
 @token_app.command("create")
@@ -192,22 +180,14 @@ def token_create(
 ) -> None:
     """Create an API token and print it once (only its hash is kept)."""
     from storage.audit import AuditAction, record
-    from storage.db import session_scope
     from storage.users import UserError, create_token, get_user
 
-    engine = _user_db(_settings(config))
-    try:
-        with session_scope(engine) as session:
-            owner = get_user(session, user)
-            if owner is None:
-                raise UserError(f"no user named {user}")
-            _, secret = create_token(session, name, owner)
-            record(session, AuditAction.TOKEN_CREATED, actor="cli", target=name, detail=user)
-    except UserError as exc:
-        typer.echo(f"wecare: {exc}", err=True)
-        raise typer.Exit(2) from None
-    finally:
-        engine.dispose()
+    with _user_session(_settings(config)) as session:
+        owner = get_user(session, user)
+        if owner is None:
+            raise UserError(f"no user named {user}")
+        _, secret = create_token(session, name, owner)
+        record(session, AuditAction.TOKEN_CREATED, actor="cli", target=name, detail=user)
     typer.echo(secret)
 
 
@@ -217,19 +197,11 @@ def token_revoke(
 ) -> None:
     """Revoke an API token: it stops working at once."""
     from storage.audit import AuditAction, record
-    from storage.db import session_scope
-    from storage.users import UserError, revoke_token
+    from storage.users import revoke_token
 
-    engine = _user_db(_settings(config))
-    try:
-        with session_scope(engine) as session:
-            revoke_token(session, name)
-            record(session, AuditAction.TOKEN_REVOKED, actor="cli", target=name)
-    except UserError as exc:
-        typer.echo(f"wecare: {exc}", err=True)
-        raise typer.Exit(2) from None
-    finally:
-        engine.dispose()
+    with _user_session(_settings(config)) as session:
+        revoke_token(session, name)
+        record(session, AuditAction.TOKEN_REVOKED, actor="cli", target=name)
     typer.echo(f"token {name} revoked")
 
 
