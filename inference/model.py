@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from scipy import ndimage
+from torch import nn
 
 from inference.gradcam import grad_cam
 from inference.networks import build_network
@@ -35,6 +36,7 @@ DEFAULT_POSTPROCESS: dict[str, float | bool] = {
     "keep_largest": False,
     "fill_holes": True,
     "empty_if_normal": True,
+    "flip_tta": True,
 }
 
 
@@ -94,6 +96,21 @@ def postprocess_mask(mask: np.ndarray, min_area_fraction: float = 0.0,
     if fill_holes:
         out = ndimage.binary_fill_holes(out)
     return out
+
+
+def forward_tta(
+    net: nn.Module, x: torch.Tensor, flip: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(seg probabilities, class logits) for a normalised batch, optionally averaged with the
+    left-right mirror image (the flip training already uses, so both views are in-distribution).
+    """
+    seg, cls = net(x)
+    prob = torch.sigmoid(seg)
+    if flip:
+        seg_f, cls_f = net(torch.flip(x, dims=(-1,)))
+        prob = 0.5 * (prob + torch.flip(torch.sigmoid(seg_f), dims=(-1,)))
+        cls = 0.5 * (cls + cls_f)
+    return prob, cls
 
 
 def _sha256(path: Path) -> str:
@@ -210,12 +227,12 @@ class Model:
         s = self.image_size
         x = torch.from_numpy(np.stack([resize_image(im, s) for im in images]))[:, None]
         x = normalise(x).to(self.device)
-        with torch.no_grad():
-            seg, logits = self.net(x)
-        probs = torch.softmax(logits.double() / self.temperature, dim=1).cpu().numpy()
-        seg_prob = torch.sigmoid(seg).float().cpu()
-        cams = grad_cam(self.net, x, self.meta["arch"]) if with_cam else None
         pp = self.postprocess
+        with torch.no_grad():
+            seg_prob, logits = forward_tta(self.net, x, bool(pp["flip_tta"]))
+        probs = torch.softmax(logits.double() / self.temperature, dim=1).cpu().numpy()
+        seg_prob = seg_prob.float().cpu()
+        cams = grad_cam(self.net, x, self.meta["arch"]) if with_cam else None
         out = []
         for i, im in enumerate(images):
             shape = (int(im.shape[0]), int(im.shape[1]))
@@ -301,7 +318,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     arrays = load_arrays(val, int(ck["image_size"]), cache)
     net = build_network(ck["arch"])
     net.load_state_dict(ck["model"])
-    _, logits = predict_arrays(net, arrays["images"])
+    flip = bool(DEFAULT_POSTPROCESS["flip_tta"])
+    _, logits = predict_arrays(net, arrays["images"], flip_tta=flip)
     report = calibration_report(logits, arrays["labels"])
     pt = export_checkpoint(args.checkpoint, args.weights_dir, args.status, report["temperature"],
                            extra={"calibration": report}, half=not args.fp32)

@@ -14,7 +14,7 @@ from monai.networks.nets import UNet
 from monai.networks.nets.resnet import ResNet
 from torch import nn
 
-ARCHS: tuple[str, ...] = ("multitask", "separate")
+ARCHS: tuple[str, ...] = ("multitask", "separate", "cascade")
 
 
 class MultiTaskUNet(nn.Module):
@@ -121,6 +121,42 @@ class SeparateNets(nn.Module):
         return self.segmenter(x), self.classifier(x)
 
 
+class CascadeNets(nn.Module):
+    """A MONAI ``UNet`` for the mask, then a small MONAI ``ResNet`` that reads the image *and*
+    the predicted lesion probability (2 channels).
+
+    The classifier is told where the lesion is, so its features come from the lesion and its
+    margin rather than the whole field; the mask channel is detached, so the class loss never
+    bends the segmenter. Grad-CAM target layer: ``classifier.layer4``.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 3) -> None:
+        super().__init__()
+        self.segmenter = UNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=1,
+            channels=(16, 32, 64, 128, 256),
+            strides=(2, 2, 2, 2),
+            num_res_units=2,
+            norm="BATCH",
+        )
+        self.classifier = ResNet(
+            block="basic",
+            layers=(1, 1, 1, 1),
+            block_inplanes=(32, 64, 128, 256),
+            spatial_dims=2,
+            n_input_channels=in_channels + 1,
+            num_classes=num_classes,
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (seg logits (B, 1, H, W), class logits (B, num_classes))."""
+        seg = self.segmenter(x)
+        lesion = torch.sigmoid(seg.detach()).to(x.dtype)
+        return seg, self.classifier(torch.cat([x, lesion], dim=1))
+
+
 class ClassLogits(nn.Module):
     """Expose only the class logits of a two-output network for ``monai.visualize.GradCAM``."""
 
@@ -139,9 +175,12 @@ def build_network(arch: str, num_classes: int = 3) -> nn.Module:
         return MultiTaskUNet(num_classes=num_classes)
     if arch == "separate":
         return SeparateNets(num_classes=num_classes)
+    if arch == "cascade":
+        return CascadeNets(num_classes=num_classes)
     raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
 
 
 def cam_target_layer(arch: str) -> str:
     """Name (inside :class:`ClassLogits`) of the layer whose activations Grad-CAM weighs."""
-    return {"multitask": "net.bottleneck", "separate": "net.classifier.layer4"}[arch]
+    return {"multitask": "net.bottleneck", "separate": "net.classifier.layer4",
+            "cascade": "net.classifier.layer4"}[arch]

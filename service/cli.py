@@ -244,12 +244,21 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Batch size")] = 16,
     lr: Annotated[float, typer.Option(help="Learning rate")] = 1e-3,
     seg_loss: Annotated[str, typer.Option(help="dice, dicebce, focal or tversky")] = "dicebce",
-    arch: Annotated[str, typer.Option(help="multitask or separate")] = "multitask",
+    arch: Annotated[str, typer.Option(help="multitask, separate or cascade")] = "multitask",
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     resume: Annotated[
         bool, typer.Option(help="Resume from the run folder's last checkpoint")
     ] = False,
     num_threads: Annotated[int, typer.Option(help="Torch CPU threads")] = 2,
+    amp: Annotated[
+        bool, typer.Option(help="bf16 autocast + channels-last (fast on AVX-512 BF16 CPUs)")
+    ] = False,
+    busi_share: Annotated[
+        float | None, typer.Option(help="Share of each epoch's draws taken from BUSI")
+    ] = None,
+    flip_tta: Annotated[
+        bool, typer.Option(help="Validate with left-right flip test-time augmentation")
+    ] = True,
 ) -> None:
     """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
     from inference.train import TrainConfig
@@ -268,6 +277,9 @@ def train(
         seed=seed,
         resume=resume,
         num_threads=num_threads,
+        amp=amp,
+        busi_share=busi_share,
+        flip_tta=flip_tta,
     )
     best = run_train(cfg)
     typer.echo(f"best checkpoint: {best}")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from inference.train import TrainConfig, build_seg_loss, main, train
+from inference.gradcam import grad_cam
+from inference.model import forward_tta
+from inference.networks import ARCHS, build_network
+from inference.train import TrainConfig, build_seg_loss, epoch_order, main, train
 
 
 def _config(busi_dir: Path, out: Path, **kw: object) -> TrainConfig:
@@ -60,5 +64,58 @@ def test_main_help_lists_cli_options(capsys: pytest.CaptureFixture[str]) -> None
     text = capsys.readouterr().out
     for opt in ("--data-dir", "--out", "--epochs", "--max-minutes", "--image-size",
                 "--batch-size", "--lr", "--seg-loss", "--arch", "--seed", "--resume",
-                "--num-threads"):
+                "--num-threads", "--amp", "--busi-share", "--no-flip-tta"):
         assert opt in text
+
+
+def test_train_cascade_amp_busi_share_one_epoch(busi_dir: Path, busbra_dir: Path,
+                                                tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    best = train(_config(busi_dir, out, arch="cascade", amp=True, busi_share=0.5,
+                         data_dirs=[busi_dir, busbra_dir]))
+    ck = torch.load(best, map_location="cpu", weights_only=False)
+    assert ck["arch"] == "cascade" and ck["config"]["amp"] is True
+    assert "busi" in ck["metrics"]
+    assert all(v.dtype == torch.float32 for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_epoch_order_busi_share_sets_the_mix() -> None:
+    is_busi = np.zeros(100, dtype=bool)
+    is_busi[:10] = True
+    order = epoch_order(is_busi, 0.5, np.random.default_rng(0))
+    assert len(order) == 100
+    draws = np.concatenate([epoch_order(is_busi, 0.5, np.random.default_rng(s))
+                            for s in range(50)])
+    assert abs(is_busi[draws].mean() - 0.5) < 0.03
+    plain = epoch_order(is_busi, None, np.random.default_rng(0))
+    assert sorted(plain.tolist()) == list(range(100))
+
+
+def test_train_config_rejects_bad_busi_share(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="busi_share"):
+        TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path, busi_share=1.5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_flip_tta_is_mirror_consistent(arch: str) -> None:
+    torch.manual_seed(0)
+    net = build_network(arch).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        prob, cls = forward_tta(net, x, flip=True)
+        prob_m, cls_m = forward_tta(net, torch.flip(x, dims=(-1,)), flip=True)
+        plain, _ = forward_tta(net, x, flip=False)
+    assert torch.allclose(torch.flip(prob_m, dims=(-1,)), prob, atol=1e-5)
+    assert torch.allclose(cls_m, cls, atol=1e-5)
+    assert not torch.allclose(plain, prob, atol=1e-5)  # the flip view did change something
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_grad_cam_runs_on_every_arch(arch: str) -> None:
+    torch.manual_seed(0)
+    net = build_network(arch).eval()
+    x = torch.randn(3, 1, 64, 64)
+    cams = grad_cam(net, x, arch)
+    assert cams.shape == (3, 64, 64) and cams.dtype == np.float32
+    assert float(cams.min()) >= 0.0 and float(cams.max()) <= 1.0
+    assert float(cams.max()) == pytest.approx(1.0)  # each map is scaled to its own peak
