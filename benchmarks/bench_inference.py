@@ -1,8 +1,10 @@
 """Throughput of the bundled model on CPU: segmentation + classification, batch 1 and batch 8.
 
-Run: ``python benchmarks/bench_inference.py [--threads N] [--seconds S]``. Images are 300x400
-float32 (a typical B-mode crop), so the figure includes the resize in, the resize of the mask
-back and post-processing: what the service pays per frame. Prints measured figures only.
+Run: ``python benchmarks/bench_inference.py [--threads N] [--seconds S] [--size H W]``. Images
+are 256x256 float32 by default (``--size 300 400`` for a typical B-mode crop), so the figure
+includes the resize to the model grid, the resize of the mask back and post-processing (and the
+flip test-time augmentation when the model's settings ask for it): what the service pays per
+frame. Prints measured figures only.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import torch
 from inference.model import Model
 
 
-def _rate(model: Model, batch: int, seconds: float, with_cam: bool) -> tuple[float, int]:
+def _rate(model: Model, batch: int, seconds: float, with_cam: bool,
+          size: tuple[int, int] = (256, 256)) -> tuple[float, int]:
     """Images per second over repeated calls of ``predict`` on ``batch`` images (after warm-up)."""
     rng = np.random.default_rng(0)
-    images = [rng.random((300, 400), dtype=np.float32) for _ in range(batch)]
+    images = [rng.random(size, dtype=np.float32) for _ in range(batch)]
     model.predict(images, with_cam=with_cam)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -34,18 +37,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = Model.load(device="cpu")
     results = []
     for with_cam in (False, True):
         for batch in (1, 8):
-            rate, n = _rate(model, batch, args.seconds, with_cam)
+            rate, n = _rate(model, batch, args.seconds, with_cam, tuple(args.size))
             results.append({"batch": batch, "with_cam": with_cam, "images_per_s": round(rate, 1),
                             "images": n})
             print(f"batch {batch:>2} cam={str(with_cam):<5} {rate:7.1f} img/s ({n} images)",
                   flush=True)
     print(json.dumps({"model": model.version, "image_size": model.image_size,
+                      "input_size": list(args.size),
+                      "flip_tta": bool(model.postprocess["flip_tta"]),
                       "threads": args.threads, "cpu": platform.processor() or platform.machine(),
                       "torch": torch.__version__, "results": results}))
 
