@@ -287,6 +287,7 @@ def export_checkpoint(
         "train_config": ck["config"],
         "validation_during_training": ck["metrics"],
         "sha256": _sha256(pt),
+        **({"averaged_epochs": ck["averaged_epochs"]} if "averaged_epochs" in ck else {}),
         **(extra or {}),
     }
     (weights_dir / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
