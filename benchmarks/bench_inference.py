@@ -10,6 +10,7 @@ frame. Prints measured figures only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -38,9 +39,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
+    p.add_argument("--no-flip-tta", action="store_true",
+                   help="measure without the flip test-time augmentation the model asks for")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = Model.load(device="cpu")
+    if args.no_flip_tta:
+        pp = {**model.meta.get("postprocess", {}), "flip_tta": False}
+        model = dataclasses.replace(model, meta={**model.meta, "postprocess": pp})
     results = []
     for with_cam in (False, True):
         for batch in (1, 8):
