@@ -21,16 +21,15 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, update_bn
 
-from inference.data import discover, load_arrays, split_samples
+from inference.data import run_split_arrays
 from inference.networks import build_network
-from inference.transforms import normalise
+from inference.transforms import network_input
 
 
 def _batches(images: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
     """Normalised (B, 1, S, S) float batches of (N, S, S) uint8 images, in order."""
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size]).float().div_(255.0)[:, None]
-        yield normalise(x)
+        yield network_input(images[i : i + batch_size])
 
 
 def average_checkpoints(
@@ -88,17 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.num_threads)
     ck = torch.load(args.checkpoints[0], map_location="cpu", weights_only=False)
     cfg = ck["config"]
-    samples = [s for d in cfg["data_dirs"] for s in discover(Path(d))]
-    train_s, val_s = split_samples(samples, cfg["val_fraction"], cfg["seed"])
-    cache = (Path(cfg["cache_dir"]) if cfg.get("cache_dir")
-             else Path(cfg["out_dir"]).parent / "cache")
-    size = int(ck["image_size"])
-    bn = None if args.no_bn_update else load_arrays(train_s, size, cache)["images"]
+    train_arrays, val_arrays = run_split_arrays(cfg, int(ck["image_size"]))
+    bn = None if args.no_bn_update else train_arrays["images"]
     result = average_checkpoints(args.checkpoints, args.out, bn)
     net = build_network(result["arch"])
     net.load_state_dict(result["model"])
-    metrics, _ = validation_metrics(net, load_arrays(val_s, size, cache),
-                                    bool(cfg.get("flip_tta", False)))
+    metrics, _ = validation_metrics(net, val_arrays, bool(cfg.get("flip_tta", False)))
     result["metrics"] = metrics
     torch.save(result, args.out)
     print(json.dumps({"out": str(args.out), "averaged_epochs": result["averaged_epochs"],

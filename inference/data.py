@@ -210,3 +210,16 @@ def load_arrays(
         np.savez_compressed(tmp, **out)
         os.replace(tmp, cache_file)
     return out
+
+
+def run_split_arrays(config: dict, image_size: int) -> tuple[dict, dict]:
+    """(train, validation) arrays of the split a training run used, from its saved config.
+
+    Export (temperature fitting) and weight averaging must see exactly the run's own split and
+    array cache, so both call this instead of rebuilding it.
+    """
+    samples = [s for d in config["data_dirs"] for s in discover(Path(d))]
+    train, val = split_samples(samples, config["val_fraction"], config["seed"])
+    cache = (Path(config["cache_dir"]) if config.get("cache_dir")
+             else Path(config["out_dir"]).parent / "cache")
+    return load_arrays(train, image_size, cache), load_arrays(val, image_size, cache)

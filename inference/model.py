@@ -306,17 +306,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--num-threads", type=int, default=2)
     args = p.parse_args(argv)
     from inference.calibration import calibration_report
-    from inference.data import discover, load_arrays, split_samples
+    from inference.data import run_split_arrays
     from inference.train import predict_arrays
 
     torch.set_num_threads(args.num_threads)
     ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    cfg = ck["config"]
-    samples = [s for d in cfg["data_dirs"] for s in discover(Path(d))]
-    _, val = split_samples(samples, cfg["val_fraction"], cfg["seed"])
-    cache = (Path(cfg["cache_dir"]) if cfg.get("cache_dir")
-             else Path(cfg["out_dir"]).parent / "cache")
-    arrays = load_arrays(val, int(ck["image_size"]), cache)
+    _, arrays = run_split_arrays(ck["config"], int(ck["image_size"]))
     net = build_network(ck["arch"])
     net.load_state_dict(ck["model"])
     flip = bool(DEFAULT_POSTPROCESS["flip_tta"])

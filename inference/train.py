@@ -29,7 +29,7 @@ from inference.data import CLASSES, discover, load_arrays, save_split, split_sam
 from inference.metrics import compute_metrics
 from inference.model import DEFAULT_POSTPROCESS, forward_tta, postprocess_mask
 from inference.networks import ARCHS, build_network
-from inference.transforms import normalise, train_augmentation
+from inference.transforms import network_input, normalise, train_augmentation
 
 SEG_LOSSES: tuple[str, ...] = ("dice", "dicebce", "focal", "tversky")
 # Bump when selection_score or the validation masks change: a resumed run then forgets its
@@ -122,8 +122,7 @@ def predict_arrays(
     probs, logits = [], []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[i : i + batch_size]).float().div_(255.0)[:, None]
-            prob, cls = forward_tta(net, normalise(x), flip_tta)
+            prob, cls = forward_tta(net, network_input(images[i : i + batch_size]), flip_tta)
             probs.append(prob[:, 0].float().numpy())
             logits.append(cls.float().numpy())
     return np.concatenate(probs), np.concatenate(logits)

@@ -59,6 +59,11 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / (std + 1e-6)
 
 
+def network_input(images: np.ndarray) -> torch.Tensor:
+    """(N, S, S) uint8 images of the array cache -> normalised (N, 1, S, S) float32 batch."""
+    return normalise(torch.from_numpy(images).float().div_(255.0)[:, None])
+
+
 def train_augmentation(image_size: int) -> Compose:
     """Cheap ultrasound-plausible augmentations on ``{"image", "mask"}``, each (1, S, S).
 
