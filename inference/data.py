@@ -212,6 +212,15 @@ def load_arrays(
     return out
 
 
+def split_seed_of(config: dict) -> int:
+    """Seed of a run's validation split: ``split_seed`` when set, else the training ``seed``.
+
+    Older runs have no ``split_seed``; their split followed ``seed``.
+    """
+    split_seed = config.get("split_seed")
+    return int(config.get("seed", 0) if split_seed is None else split_seed)
+
+
 def run_split_arrays(config: dict, image_size: int) -> tuple[dict, dict]:
     """(train, validation) arrays of the split a training run used, from its saved config.
 
@@ -219,7 +228,7 @@ def run_split_arrays(config: dict, image_size: int) -> tuple[dict, dict]:
     array cache, so both call this instead of rebuilding it.
     """
     samples = [s for d in config["data_dirs"] for s in discover(Path(d))]
-    train, val = split_samples(samples, config["val_fraction"], config["seed"])
+    train, val = split_samples(samples, config["val_fraction"], split_seed_of(config))
     cache = (Path(config["cache_dir"]) if config.get("cache_dir")
              else Path(config["out_dir"]).parent / "cache")
     return load_arrays(train, image_size, cache), load_arrays(val, image_size, cache)

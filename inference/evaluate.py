@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from inference.data import detect_layout, discover, read_grayscale, read_mask, split_samples
+from inference.data import (
+    detect_layout,
+    discover,
+    read_grayscale,
+    read_mask,
+    split_samples,
+    split_seed_of,
+)
 from inference.metrics import CLASSES, compute_metrics
 
 if TYPE_CHECKING:
@@ -66,7 +73,7 @@ def evaluate(
     samples = discover(data_dir)
     if split != "all":
         cfg = getattr(model, "meta", {}).get("train_config", {})
-        train_s, val_s = split_samples(samples, cfg.get("val_fraction", 0.2), cfg.get("seed", 0))
+        train_s, val_s = split_samples(samples, cfg.get("val_fraction", 0.2), split_seed_of(cfg))
         samples = val_s if split == "val" else train_s
     labels, probs, truths, preds = [], [], [], []
     for start in range(0, len(samples), batch_size):

@@ -25,7 +25,14 @@ from monai.losses import DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
 from torch import nn
 from tqdm import tqdm
 
-from inference.data import CLASSES, discover, load_arrays, save_split, split_samples
+from inference.data import (
+    CLASSES,
+    discover,
+    load_arrays,
+    save_split,
+    split_samples,
+    split_seed_of,
+)
 from inference.metrics import compute_metrics
 from inference.model import DEFAULT_POSTPROCESS, forward_tta, postprocess_mask
 from inference.networks import ARCHS, build_network
@@ -42,7 +49,10 @@ class TrainConfig:
     """Everything that defines a training run; saved inside every checkpoint.
 
     ``max_minutes`` bounds wall time (the learning-rate schedule follows whichever of epochs or
-    time runs out first); ``resume`` continues from ``out_dir/last.pt``.
+    time runs out first); ``resume`` continues from ``out_dir/last.pt``. ``split_seed`` (default:
+    ``seed``) fixes the validation split on its own, so runs with different seeds, and an
+    ensemble of them, share one held-out set. ``keep_epochs`` also writes every epoch's weights
+to ``out_dir/epochs/ep_NNN.pt`` for :mod:`inference.average`.
     """
 
     data_dirs: list[Path]
@@ -55,6 +65,7 @@ class TrainConfig:
     seg_loss: str = "dicebce"
     arch: str = "multitask"
     seed: int = 0
+    split_seed: int | None = None
     resume: bool = False
     num_threads: int = 2
     val_fraction: float = 0.2
@@ -65,6 +76,7 @@ class TrainConfig:
     amp: bool = False
     busi_share: float | None = None
     flip_tta: bool = True
+    keep_epochs: bool = False
 
     def __post_init__(self) -> None:
         self.data_dirs = [Path(d) for d in self.data_dirs]
@@ -241,7 +253,7 @@ def train(cfg: TrainConfig) -> Path:
     cache_dir = cfg.cache_dir or out.parent / "cache"
 
     samples = [s for d in cfg.data_dirs for s in discover(d)]
-    train_s, val_s = split_samples(samples, cfg.val_fraction, cfg.seed)
+    train_s, val_s = split_samples(samples, cfg.val_fraction, split_seed_of(vars(cfg)))
     if cfg.train_limit is not None:
         train_s = train_s[: cfg.train_limit]
     save_split(out / "split.json", train_s, val_s)
@@ -333,6 +345,9 @@ def train(cfg: TrainConfig) -> Path:
             "score_version": SCORE_VERSION, "config": cfg.to_json(),
             "saved_at": datetime.now(UTC).isoformat(),
         }
+        if cfg.keep_epochs:
+            (out / "epochs").mkdir(exist_ok=True)
+            _save_atomic(state, out / "epochs" / f"ep_{epoch:03d}.pt")
         if score > best_score:
             best_score = score
             _save_atomic(state, best_path)
@@ -359,6 +374,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seg-loss", choices=SEG_LOSSES, default="dicebce")
     p.add_argument("--arch", choices=ARCHS, default="multitask")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the validation split (default: --seed)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--num-threads", type=int, default=2)
     p.add_argument("--cache-dir", type=Path, default=None)
@@ -368,6 +385,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="share of each epoch's draws taken from BUSI (over-sampling)")
     p.add_argument("--no-flip-tta", action="store_false", dest="flip_tta",
                    help="validate without left-right flip test-time augmentation")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="also keep every epoch's weights in OUT/epochs/ (for weight averaging)")
     return p
 
 

@@ -246,6 +246,9 @@ def train(
     seg_loss: Annotated[str, typer.Option(help="dice, dicebce, focal or tversky")] = "dicebce",
     arch: Annotated[str, typer.Option(help="multitask, separate or cascade")] = "multitask",
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    split_seed: Annotated[
+        int | None, typer.Option(help="Seed of the validation split (default: --seed)")
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Resume from the run folder's last checkpoint")
     ] = False,
@@ -259,6 +262,9 @@ def train(
     flip_tta: Annotated[
         bool, typer.Option(help="Validate with left-right flip test-time augmentation")
     ] = True,
+    keep_epochs: Annotated[
+        bool, typer.Option(help="Keep every epoch's weights in OUT/epochs/ for averaging")
+    ] = False,
 ) -> None:
     """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
     from inference.train import TrainConfig
@@ -275,11 +281,13 @@ def train(
         seg_loss=seg_loss,
         arch=arch,
         seed=seed,
+        split_seed=split_seed,
         resume=resume,
         num_threads=num_threads,
         amp=amp,
         busi_share=busi_share,
         flip_tta=flip_tta,
+        keep_epochs=keep_epochs,
     )
     best = run_train(cfg)
     typer.echo(f"best checkpoint: {best}")
