@@ -1,6 +1,7 @@
 """Throughput of the bundled model on CPU: segmentation + classification, batch 1 and batch 8.
 
-Run: ``python benchmarks/bench_inference.py [--threads N] [--seconds S] [--size H W]``. Images
+Run: ``python benchmarks/bench_inference.py [--threads N] [--seconds S] [--size H W]
+[--precision P] [--weights model.pt]``. Images
 are 256x256 float32 by default (``--size 300 400`` for a typical B-mode crop), so the figure
 includes the resize to the model grid, the resize of the mask back and post-processing (and the
 flip test-time augmentation when the model's settings ask for it): what the service pays per
@@ -39,11 +40,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="inference arithmetic (auto: what the service picks on this CPU)")
+    p.add_argument("--weights", default=None, help="model.pt (default: the bundled one)")
     p.add_argument("--no-flip-tta", action="store_true",
                    help="measure without the flip test-time augmentation the model asks for")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = Model.load(device="cpu")
+    model = Model.load(args.weights, device="cpu", precision=args.precision)
     if args.no_flip_tta:
         pp = {**model.meta.get("postprocess", {}), "flip_tta": False}
         model = dataclasses.replace(model, meta={**model.meta, "postprocess": pp})
@@ -58,6 +62,7 @@ def main() -> None:
     print(json.dumps({"model": model.version, "image_size": model.image_size,
                       "input_size": list(args.size),
                       "flip_tta": bool(model.postprocess["flip_tta"]),
+                      "members": model.members, "precision": model.precision,
                       "threads": args.threads, "cpu": platform.processor() or platform.machine(),
                       "torch": torch.__version__, "results": results}))
 

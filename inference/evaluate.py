@@ -93,6 +93,7 @@ def evaluate(
         "split": split,
         "model_version": getattr(model, "version", None),
         "model_status": getattr(model, "status", None),
+        "model_precision": getattr(model, "precision", None),
         "postprocess": getattr(model, "postprocess", None),
         "accuracy_note": (
             "3-class accuracy over all images" if has_normals else
@@ -159,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-threads", type=int, default=None)
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
     p.add_argument("--postprocess", type=json.loads, default=None,
                    help='JSON overrides, e.g. \'{"empty_if_normal": false}\'')
     args = p.parse_args(argv)
@@ -168,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    model = Model.load(args.weights)
+    model = Model.load(args.weights, precision=args.precision)
     metrics = evaluate(args.data_dir, model, args.bootstrap, args.seed, args.split,
                        postprocess=args.postprocess)
     if args.json:

@@ -1,6 +1,7 @@
-"""Networks: a lightweight multitask U-Net (shared encoder) and the two-separate-networks option.
+"""Networks: a lightweight multitask U-Net (shared encoder), two separate networks, a cascade
+(classifier reads the segmenter's lesion map), and an ensemble of several trained ones.
 
-Both return ``(seg_logits (B, 1, S, S), class_logits (B, 3))`` so training, evaluation and
+All return ``(seg_logits (B, 1, S, S), class_logits (B, 3))`` so training, evaluation and
 serving do not care which architecture is inside.
 """
 
@@ -152,8 +153,33 @@ class ClassLogits(nn.Module):
         return self.net(x)[1]
 
 
-def build_network(arch: str, num_classes: int = 3) -> nn.Module:
-    """Build the network named ``arch`` (one of :data:`ARCHS`)."""
+class EnsembleNets(nn.Module):
+    """Mean of the outputs of independently trained networks of one architecture.
+
+    Averaging the logits of two seeds cancels part of each one's errors (a lesion one member
+    misses, a normal one member calls benign); the temperature is then fitted on the mean.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the members' mean (seg logits (B, 1, H, W), class logits (B, num_classes))."""
+        outs = [m(x) for m in self.members]
+        seg = torch.stack([o[0] for o in outs]).mean(dim=0)
+        return seg, torch.stack([o[1] for o in outs]).mean(dim=0)
+
+
+def build_network(arch: str, num_classes: int = 3, members: int = 1) -> nn.Module:
+    """Build the network named ``arch`` (one of :data:`ARCHS`); ``members > 1`` builds an
+    :class:`EnsembleNets` of that many."""
+    if members < 1:
+        raise ValueError(f"members must be >= 1, got {members}")
+    if members > 1:
+        return EnsembleNets([build_network(arch, num_classes) for _ in range(members)])
     if arch == "multitask":
         return MultiTaskUNet(num_classes=num_classes)
     if arch == "separate":
@@ -163,7 +189,11 @@ def build_network(arch: str, num_classes: int = 3) -> nn.Module:
     raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
 
 
-def cam_target_layer(arch: str) -> str:
-    """Name (inside :class:`ClassLogits`) of the layer whose activations Grad-CAM weighs."""
-    return {"multitask": "net.bottleneck", "separate": "net.classifier.layer4",
-            "cascade": "net.classifier.layer4"}[arch]
+def cam_target_layers(arch: str, members: int = 1) -> list[str]:
+    """Names (inside :class:`ClassLogits`) of the layers whose activations Grad-CAM weighs:
+    one per ensemble member."""
+    layer = {"multitask": "bottleneck", "separate": "classifier.layer4",
+             "cascade": "classifier.layer4"}[arch]
+    if members == 1:
+        return [f"net.{layer}"]
+    return [f"net.members.{i}.{layer}" for i in range(members)]

@@ -213,6 +213,9 @@ def infer(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder")],
     weights: Annotated[Path | None, typer.Option(help="Model weights (default: bundled)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto, float32 or bfloat16 (auto: bfloat16 on CPUs with it)")
+    ] = "auto",
     explain: Annotated[bool, typer.Option(help="Also write Grad-CAM maps")] = True,
 ) -> None:
     """Run the models on files without a PACS; print one JSON line per image.
@@ -226,6 +229,7 @@ def infer(
         out,
         weights=weights,
         device=None if device == "auto" else device,
+        precision=precision,
         explain=explain,
         echo=typer.echo,
     )
@@ -304,13 +308,17 @@ def evaluate(
     ] = False,
     weights: Annotated[Path | None, typer.Option(help="Model weights (default: bundled)")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for 95% intervals")] = 1000,
+    precision: Annotated[
+        str, typer.Option(help="auto, float32 or bfloat16 (auto: bfloat16 on CPUs with it)")
+    ] = "auto",
 ) -> None:
     """Measure the models on a labelled folder: Dice, IoU, accuracy, AUC, ECE, with intervals."""
     from inference.evaluate import evaluate as run_evaluate
     from inference.evaluate import render_table
     from inference.model import Model
 
-    metrics: dict[str, Any] = run_evaluate(data_dir, Model.load(weights), bootstrap=bootstrap)
+    metrics: dict[str, Any] = run_evaluate(data_dir, Model.load(weights, precision=precision),
+                                             bootstrap=bootstrap)
     if as_json:
         sys.stdout.write(json.dumps(metrics) + "\n")
     else:

@@ -138,6 +138,9 @@ class WorkerSettings(_Section):
     max_attempts: int = Field(3, ge=1, description="Processing tries before a job is failed")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device")
     weights: Path | None = Field(None, description="Model weights; default: the bundled ones")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Inference arithmetic; auto: bfloat16 on CPUs that have it natively"
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="Torch CPU threads (default: torch's)"
     )

@@ -31,6 +31,7 @@ def run_infer(
     *,
     weights: Path | None = None,
     device: str | None = None,
+    precision: str = "auto",
     explain: bool = True,
     echo: Callable[[str], None] = print,
 ) -> int:
@@ -38,7 +39,7 @@ def run_infer(
     from inference.model import Model
 
     out.mkdir(parents=True, exist_ok=True)
-    model = Model.load(weights, device=device)
+    model = Model.load(weights, device=device, precision=precision)
     failures = 0
     studies: dict[str, list[SourceImage]] = defaultdict(list)
     names: dict[str, str] = {}

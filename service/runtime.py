@@ -61,7 +61,8 @@ def build_runtime(settings: Settings) -> Runtime:
     upgrade(url)
     engine = make_engine(url)
     models = ModelProvider(
-        settings.worker.weights, settings.worker.device, settings.worker.torch_threads
+        settings.worker.weights, settings.worker.device, settings.worker.torch_threads,
+        precision=settings.worker.precision,
     )
     return Runtime(settings=settings, engine=engine, data_dir=data_dir, models=models)
 

@@ -34,9 +34,11 @@ class ModelProvider:
     """Loads the model once per process, on first use, and serialises access to it."""
 
     def __init__(
-        self, weights: Path | None, device: str, torch_threads: int | None, model: Any = None
+        self, weights: Path | None, device: str, torch_threads: int | None, model: Any = None,
+        precision: str = "auto",
     ) -> None:
         self._weights = weights
+        self._precision = precision
         self._device = None if device == "auto" else device
         self._torch_threads = torch_threads
         self._model: Any = model  # given: used as is (tests, or a caller that loaded it)
@@ -62,9 +64,11 @@ class ModelProvider:
                         torch.set_num_threads(self._torch_threads)
                     from inference.model import Model
 
-                    self._model = Model.load(self._weights, device=self._device)
+                    self._model = Model.load(self._weights, device=self._device,
+                                             precision=self._precision)
                     self._error = None
-                    log.info("model loaded: %s (%s)", self._model.version, self._model.status)
+                    log.info("model loaded: %s (%s, %s)", self._model.version, self._model.status,
+                             getattr(self._model, "precision", "?"))
                 except Exception as exc:
                     self._error = f"{type(exc).__name__}: {exc}"
                     raise JobError(

@@ -65,6 +65,7 @@ def test_load_settings_env_overrides_file(tmp_path: Path, monkeypatch: pytest.Mo
         ('[dicom]\nae_title = "THIS_IS_WAY_TOO_LONG"\n', "dicom.ae_title"),
         ("[nonsense]\na = 1\n", "nonsense: unknown key"),
         ('[[destinations]]\nname = "p"\nae_title = "X"\nhost = "h"\n', "destinations.0.port"),
+        ('[worker]\nprecision = "fp8"\n', "worker.precision"),
     ],
 )
 def test_load_settings_bad_key_message_names_it(tmp_path: Path, text: str, key: str) -> None:

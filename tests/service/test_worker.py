@@ -142,6 +142,11 @@ def test_model_provider_load_failure_is_retryable_job_error(tmp_path: Path) -> N
     assert provider.error and not provider.loaded
 
 
+def test_model_provider_loads_with_the_configured_precision() -> None:
+    model = ModelProvider(None, "cpu", None, precision="float32").get()
+    assert model.precision == "float32" and model.device == "cpu"
+
+
 def test_work_once_lease_lost_result_discarded(
     engine: Engine, data_dir: DataDir, tmp_path: Path
 ) -> None:

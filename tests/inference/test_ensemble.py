@@ -1,0 +1,118 @@
+"""Ensembles of trained networks (bundled as one model.pt) and the inference precision choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.gradcam import grad_cam
+from inference.model import (
+    Model,
+    cpu_has_native_bf16,
+    export_checkpoint,
+    resolve_precision,
+)
+from inference.networks import EnsembleNets, build_network, cam_target_layers
+
+
+def _checkpoint(path: Path, seed: int, arch: str = "cascade", split_seed: int | None = 0,
+                image_size: int = 32) -> dict:
+    torch.manual_seed(seed)
+    net = build_network(arch)
+    config = {"data_dirs": ["a", "b"], "val_fraction": 0.2, "seed": seed,
+              "split_seed": split_seed}
+    ck = {"model": net.state_dict(), "arch": arch, "image_size": image_size,
+          "classes": ["normal", "benign", "malignant"], "epoch": 10 + seed,
+          "metrics": {"busi": {"dice_mean": 0.5}}, "config": config,
+          "saved_at": f"2026-12-0{seed + 1}T00:00:00+00:00"}
+    torch.save(ck, path)
+    return ck
+
+
+def test_ensemble_output_is_the_mean_of_its_members() -> None:
+    torch.manual_seed(0)
+    ens = build_network("cascade", members=2).eval()
+    assert isinstance(ens, EnsembleNets) and len(ens.members) == 2
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        seg, cls = ens(x)
+        outs = [m(x) for m in ens.members]
+    assert torch.allclose(seg, (outs[0][0] + outs[1][0]) / 2, atol=1e-6)
+    assert torch.allclose(cls, (outs[0][1] + outs[1][1]) / 2, atol=1e-6)
+    assert not torch.allclose(outs[0][1], outs[1][1])  # members differ, so the mean means something
+
+
+def test_build_network_rejects_bad_member_counts() -> None:
+    with pytest.raises(ValueError, match="members"):
+        build_network("cascade", members=0)
+    with pytest.raises(ValueError, match="at least 2"):
+        EnsembleNets([build_network("cascade")])
+
+
+def test_grad_cam_of_an_ensemble_uses_every_member() -> None:
+    torch.manual_seed(0)
+    ens = build_network("cascade", members=2).eval()
+    layers = cam_target_layers("cascade", members=2)
+    assert layers == ["net.members.0.classifier.layer4", "net.members.1.classifier.layer4"]
+    x = torch.randn(3, 1, 64, 64)
+    cams = grad_cam(ens, x, "cascade", members=2)
+    assert cams.shape == (3, 64, 64) and cams.dtype == np.float32
+    assert np.isfinite(cams).all() and cams.min() >= 0.0 and cams.max() <= 1.0
+    first_only = grad_cam(ens.members[0], x, "cascade")
+    assert not np.allclose(cams, first_only)  # the second member contributes
+
+
+def test_export_two_checkpoints_loads_as_an_ensemble(tmp_path: Path) -> None:
+    a = _checkpoint(tmp_path / "a.pt", 0)
+    b = _checkpoint(tmp_path / "b.pt", 1)
+    pt = export_checkpoint([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "w", "test status",
+                           temperature=1.0, half=False)
+    model = Model.load(pt, device="cpu", precision="float32")
+    assert model.members == 2 and model.meta["name"] == "wecare-cascade-x2"
+    assert [m["seed"] for m in model.meta["member_checkpoints"]] == [0, 1]
+    assert model.meta["trained_at"] == b["saved_at"]  # the newest member dates the version
+    image = np.random.default_rng(0).random((48, 40), dtype=np.float32)
+    pred = model.predict([image])[0]
+    assert pred.mask.shape == (48, 40)
+    # the bundled ensemble computes what its two members average to
+    manual = EnsembleNets([build_network("cascade"), build_network("cascade")])
+    manual.members[0].load_state_dict(a["model"])
+    manual.members[1].load_state_dict(b["model"])
+    for (k, v), (k2, v2) in zip(manual.state_dict().items(), model.net.state_dict().items(),
+                                strict=True):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_export_refuses_members_from_another_split(tmp_path: Path) -> None:
+    _checkpoint(tmp_path / "a.pt", 0, split_seed=0)
+    _checkpoint(tmp_path / "b.pt", 1, split_seed=None)  # split follows seed 1: another split
+    with pytest.raises(ValueError, match="validation split"):
+        export_checkpoint([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "w", "s", 1.0)
+    _checkpoint(tmp_path / "c.pt", 1, arch="multitask")
+    with pytest.raises(ValueError, match="arch"):
+        export_checkpoint([tmp_path / "a.pt", tmp_path / "c.pt"], tmp_path / "w", "s", 1.0)
+    assert not (tmp_path / "w").exists()  # nothing half-written
+
+
+def test_resolve_precision() -> None:
+    assert resolve_precision("auto", "cuda") == "float32"
+    assert resolve_precision("auto", "cpu") == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert resolve_precision("bfloat16", "cpu") == "bfloat16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_bfloat16_inference_stays_close_to_float32(tmp_path: Path) -> None:
+    _checkpoint(tmp_path / "a.pt", 0)
+    _checkpoint(tmp_path / "b.pt", 1)
+    pt = export_checkpoint([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "w", "s", 1.0)
+    f32 = Model.load(pt, device="cpu", precision="float32")
+    bf16 = Model.load(pt, device="cpu", precision="bfloat16")
+    assert f32 is not bf16 and bf16.precision == "bfloat16"
+    images = [np.random.default_rng(i).random((64, 64), dtype=np.float32) for i in range(3)]
+    for p32, p16 in zip(f32.predict(images), bf16.predict(images), strict=True):
+        for c in p32.probabilities:
+            assert p16.probabilities[c] == pytest.approx(p32.probabilities[c], abs=0.03)
