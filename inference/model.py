@@ -279,7 +279,7 @@ class Model:
             seg_prob, logits = forward_tta(self.net, x, bool(pp["flip_tta"]))
         probs = torch.softmax(logits.double() / self.temperature, dim=1).cpu().numpy()
         seg_prob = seg_prob.float().cpu()
-        cams = (grad_cam(self.net, x, self.meta["arch"], members=self.members,
+        cams = (grad_cam(self.net, x, self.meta["arch"],
                          class_idx=torch.from_numpy(probs.argmax(axis=1)))
                 if with_cam else None)
         out = []

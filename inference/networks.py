@@ -189,11 +189,7 @@ def build_network(arch: str, num_classes: int = 3, members: int = 1) -> nn.Modul
     raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
 
 
-def cam_target_layers(arch: str, members: int = 1) -> list[str]:
-    """Names (inside :class:`ClassLogits`) of the layers whose activations Grad-CAM weighs:
-    one per ensemble member."""
-    layer = {"multitask": "bottleneck", "separate": "classifier.layer4",
-             "cascade": "classifier.layer4"}[arch]
-    if members == 1:
-        return [f"net.{layer}"]
-    return [f"net.members.{i}.{layer}" for i in range(members)]
+def cam_target_layer(arch: str) -> str:
+    """Name (inside :class:`ClassLogits`) of the layer whose activations Grad-CAM weighs."""
+    return {"multitask": "net.bottleneck", "separate": "net.classifier.layer4",
+            "cascade": "net.classifier.layer4"}[arch]

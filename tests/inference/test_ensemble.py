@@ -7,15 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.visualize import GradCAM
 
-from inference.gradcam import grad_cam
+from inference.gradcam import _unit_range, grad_cam
 from inference.model import (
     Model,
     cpu_has_native_bf16,
     export_checkpoint,
     resolve_precision,
 )
-from inference.networks import EnsembleNets, build_network, cam_target_layers
+from inference.networks import ClassLogits, EnsembleNets, build_network
 
 
 def _checkpoint(path: Path, seed: int, arch: str = "cascade", split_seed: int | None = 0,
@@ -52,16 +53,24 @@ def test_build_network_rejects_bad_member_counts() -> None:
         EnsembleNets([build_network("cascade")])
 
 
-def test_grad_cam_of_an_ensemble_uses_every_member() -> None:
+def test_grad_cam_of_an_ensemble_is_the_mean_of_its_members_maps() -> None:
     torch.manual_seed(0)
     ens = build_network("cascade", members=2).eval()
-    layers = cam_target_layers("cascade", members=2)
-    assert layers == ["net.members.0.classifier.layer4", "net.members.1.classifier.layer4"]
     x = torch.randn(3, 1, 64, 64)
-    cams = grad_cam(ens, x, "cascade", members=2)
+    cls = torch.tensor([0, 1, 2])
+    cams = grad_cam(ens, x, "cascade", class_idx=cls)
     assert cams.shape == (3, 64, 64) and cams.dtype == np.float32
     assert np.isfinite(cams).all() and cams.min() >= 0.0 and cams.max() <= 1.0
-    first_only = grad_cam(ens.members[0], x, "cascade")
+    # each member's map of its own score equals its map of the ensemble's score
+    for i, member in enumerate(ens.members):
+        of_ensemble = GradCAM(ClassLogits(ens), target_layers=f"net.members.{i}.classifier.layer4",
+                              postprocessing=_unit_range)
+        own = grad_cam(member, x, "cascade", class_idx=cls)
+        for b, c in enumerate(cls.tolist()):
+            with torch.enable_grad():
+                ref = of_ensemble(x[b : b + 1].clone().requires_grad_(True), class_idx=c)
+            assert np.allclose(own[b], torch.as_tensor(ref).detach().numpy()[0, 0], atol=1e-4)
+    first_only = grad_cam(ens.members[0], x, "cascade", class_idx=cls)
     assert not np.allclose(cams, first_only)  # the second member contributes
 
 
