@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from inference.model import Model
+from inference.model import PRECISIONS, Model
 
 
 def _rate(model: Model, batch: int, seconds: float, with_cam: bool,
@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="inference arithmetic (auto: what the service picks on this CPU)")
     p.add_argument("--weights", default=None, help="model.pt (default: the bundled one)")
     p.add_argument("--no-flip-tta", action="store_true",

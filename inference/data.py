@@ -221,6 +221,13 @@ def split_seed_of(config: dict) -> int:
     return int(config.get("seed", 0) if split_seed is None else split_seed)
 
 
+def split_key(config: dict) -> tuple:
+    """What defines a run's validation split (data folders, fraction, split seed): runs with
+    equal keys hold out the same images, so they can be ensembled and evaluated together."""
+    return (sorted(str(d) for d in config["data_dirs"]), config["val_fraction"],
+            split_seed_of(config))
+
+
 def run_split_arrays(config: dict, image_size: int) -> tuple[dict, dict]:
     """(train, validation) arrays of the split a training run used, from its saved config.
 

@@ -9,6 +9,7 @@ post-processing settings.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -25,7 +26,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from inference.data import split_seed_of
+from inference.data import split_key
 from inference.gradcam import grad_cam
 from inference.networks import build_network
 from inference.transforms import normalise, resize_image, resize_probability
@@ -43,6 +44,7 @@ DEFAULT_POSTPROCESS: dict[str, float | bool] = {
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bfloat16 natively (AVX-512 BF16 or AMX).
 
@@ -306,12 +308,6 @@ class Model:
         return out
 
 
-def _split_of(config: dict) -> tuple:
-    """What defines a run's validation split: members of an ensemble must share it."""
-    return (sorted(str(d) for d in config["data_dirs"]), config["val_fraction"],
-            split_seed_of(config))
-
-
 def load_members(checkpoints: Sequence[Path]) -> tuple[list[dict], dict]:
     """Load training checkpoints meant to be bundled together; returns (checkpoints, state).
 
@@ -327,7 +323,7 @@ def load_members(checkpoints: Sequence[Path]) -> tuple[list[dict], dict]:
         for key in ("arch", "image_size"):
             if ck[key] != first[key]:
                 raise ValueError(f"{p}: {key} {ck[key]!r} differs from {first[key]!r}")
-        if _split_of(ck["config"]) != _split_of(first["config"]):
+        if split_key(ck["config"]) != split_key(first["config"]):
             raise ValueError(f"{p}: trained on another validation split than {checkpoints[0]}")
     if len(cks) == 1:
         return cks, dict(first["model"])

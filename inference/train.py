@@ -52,7 +52,7 @@ class TrainConfig:
     time runs out first); ``resume`` continues from ``out_dir/last.pt``. ``split_seed`` (default:
     ``seed``) fixes the validation split on its own, so runs with different seeds, and an
     ensemble of them, share one held-out set. ``keep_epochs`` also writes every epoch's weights
-to ``out_dir/epochs/ep_NNN.pt`` for :mod:`inference.average`.
+    to ``out_dir/epochs/ep_NNN.pt`` for :mod:`inference.average`.
     """
 
     data_dirs: list[Path]
