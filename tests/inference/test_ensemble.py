@@ -16,7 +16,7 @@ from inference.model import (
     export_checkpoint,
     resolve_precision,
 )
-from inference.networks import ClassLogits, EnsembleNets, build_network
+from inference.networks import ClassLogits, EnsembleNets, build_network, fold_batch_norm
 
 
 def _checkpoint(path: Path, seed: int, arch: str = "cascade", split_seed: int | None = 0,
@@ -90,9 +90,12 @@ def test_export_two_checkpoints_loads_as_an_ensemble(tmp_path: Path) -> None:
     manual = EnsembleNets([build_network("cascade"), build_network("cascade")])
     manual.members[0].load_state_dict(a["model"])
     manual.members[1].load_state_dict(b["model"])
-    for (k, v), (k2, v2) in zip(manual.state_dict().items(), model.net.state_dict().items(),
-                                strict=True):
-        assert k == k2 and torch.equal(v, v2)
+    manual.eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        want, got = manual(x), model.net(x)  # the loaded net has its BatchNorms folded
+    for w, g in zip(want, got, strict=True):
+        assert torch.allclose(w, g, atol=1e-5)
 
 
 def test_export_refuses_members_from_another_split(tmp_path: Path) -> None:
@@ -125,3 +128,36 @@ def test_bfloat16_inference_stays_close_to_float32(tmp_path: Path) -> None:
     for p32, p16 in zip(f32.predict(images), bf16.predict(images), strict=True):
         for c in p32.probabilities:
             assert p16.probabilities[c] == pytest.approx(p32.probabilities[c], abs=0.03)
+
+
+@pytest.mark.parametrize("arch", ["multitask", "separate", "cascade"])
+def test_fold_batch_norm_keeps_outputs_and_layer_names(arch: str) -> None:
+    torch.manual_seed(0)
+    net = build_network(arch, members=2)
+    for m in net.modules():  # trained-looking statistics, so a wrong fold would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    net.eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        before = net(x)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    names = {name for name, _ in net.named_modules()}
+    assert fold_batch_norm(net) == n_bn > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert {name for name, _ in net.named_modules()} == names  # Grad-CAM's layers still there
+    with torch.no_grad():
+        after = net(x)
+    for b, a in zip(before, after, strict=True):
+        assert torch.allclose(b, a, atol=1e-4)
+    # Grad-CAM still runs on the folded network (hooks on the named target layer)
+    cams = grad_cam(net, x, arch)
+    assert cams.shape == (2, 64, 64) and np.isfinite(cams).all() and cams.max() > 0
+
+
+def test_fold_batch_norm_refuses_a_training_network() -> None:
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norm(build_network("cascade").train())
