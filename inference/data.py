@@ -111,6 +111,31 @@ def discover(data_dir: Path) -> list[Sample]:
     return samples
 
 
+def scanners(data_dir: Path) -> dict[str, str]:
+    """Scanner model per image path, where the dataset names it: BUS-BRA's ``Device`` column,
+    or a ``scanner`` column in a BUSI-layout ``manifest.csv``. Images without one are left out.
+
+    Lets evaluation report each scanner on its own: a model can be good on one probe and weak
+    on another, and the pooled figure hides it.
+    """
+    data_dir = Path(data_dir).resolve()
+    layout = detect_layout(data_dir)
+    csv_name, column = ("manifest.csv", "scanner") if layout == "busi" else ("bus_data.csv",
+                                                                           "Device")
+    by_path = {s.image: s for s in discover(data_dir)}
+    out: dict[str, str] = {}
+    with open(data_dir / csv_name, newline="") as f:
+        for row in csv.DictReader(f):
+            name = (row.get(column) or "").strip()
+            if not name:
+                continue
+            image = (str(data_dir / row["image"]) if layout == "busi"
+                     else str(data_dir / "Images" / f"{row['ID'].strip()}.png"))
+            if image in by_path:
+                out[image] = name
+    return out
+
+
 def split_samples(
     samples: Sequence[Sample], val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[Sample], list[Sample]]:

@@ -22,6 +22,7 @@ from inference.data import (
     discover,
     read_grayscale,
     read_mask,
+    scanners,
     split_samples,
     split_seed_of,
 )
@@ -61,7 +62,8 @@ def evaluate(
     -------
     dict
         :func:`inference.metrics.compute_metrics` output plus ``layout``, ``split``,
-        ``model_version``, ``model_status`` and ``accuracy_note``.
+        ``model_version``, ``model_status``, ``accuracy_note`` and ``by_scanner`` (the headline
+        figures per scanner model where the folder names two or more, else ``{}``).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -86,6 +88,8 @@ def evaluate(
             preds.append(p.mask)
     metrics = compute_metrics(labels, np.asarray(probs).reshape(-1, len(CLASSES)), truths, preds,
                               bootstrap=bootstrap, seed=seed, groups=[s.group for s in samples])
+    metrics["by_scanner"] = _by_scanner(data_dir, samples, labels, probs, truths, preds,
+                                        bootstrap, seed)
     has_normals = metrics["n_normal_images"] > 0
     metrics.update({
         "data_dir": str(data_dir),
@@ -102,6 +106,34 @@ def evaluate(
         ),
     })
     return metrics
+
+
+SCANNER_KEYS: tuple[str, ...] = (
+    "n_images", "n_lesion_images", "n_normal_images", "dice_mean", "iou_mean", "accuracy",
+    "accuracy_benign_malignant", "auc_benign_malignant", "normal_false_positive_rate", "ece",
+    "ci95",
+)
+
+
+def _by_scanner(
+    data_dir: Path, samples: Sequence, labels: list[int], probs: list[list[float]],
+    truths: list[np.ndarray], preds: list[np.ndarray], bootstrap: int, seed: int,
+) -> dict[str, dict]:
+    """The headline metrics (:data:`SCANNER_KEYS`) per scanner model, when the folder names
+    two or more; ``{}`` otherwise (one scanner: the pooled figures already are its figures)."""
+    names = scanners(data_dir)
+    found = sorted({names[s.image] for s in samples if s.image in names})
+    if len(found) < 2:
+        return {}
+    out = {}
+    for name in found:
+        idx = [i for i, s in enumerate(samples) if names.get(s.image) == name]
+        m = compute_metrics([labels[i] for i in idx],
+                            np.asarray([probs[i] for i in idx]).reshape(-1, len(CLASSES)),
+                            [truths[i] for i in idx], [preds[i] for i in idx],
+                            bootstrap=bootstrap, seed=seed, groups=[samples[i].group for i in idx])
+        out[name] = {k: m[k] for k in SCANNER_KEYS if k in m}
+    return out
 
 
 def _fmt(v: object) -> str:
@@ -132,6 +164,12 @@ def render_table(metrics: dict) -> str:
     for name, pc in metrics["per_class"].items():
         lines.append(f"{name:<12}{_fmt(pc['precision']):>10}{_fmt(pc['recall']):>8}"
                      f"{_fmt(pc['f1']):>8}{pc['support']:>6}")
+    for name, sm in metrics.get("by_scanner", {}).items():
+        dice_ci = sm.get("ci95", {}).get("dice_mean")
+        interval = f" [{_fmt(dice_ci[0])}, {_fmt(dice_ci[1])}]" if dice_ci else ""
+        lines.append(f"scanner {name}: {sm['n_images']} images, dice_mean "
+                     f"{_fmt(sm.get('dice_mean'))}{interval}, auc_benign_malignant "
+                     f"{_fmt(sm.get('auc_benign_malignant'))}, accuracy {_fmt(sm.get('accuracy'))}")
     header = " ".join(c[0].upper() for c in CLASSES)
     lines.append(f"confusion (rows true, cols predicted): {header}")
     for name, row in zip(CLASSES, metrics["confusion_matrix"], strict=True):

@@ -57,6 +57,9 @@ def make_busi(root: Path, per_class: int = 4, size: tuple[int, int] = (48, 56), 
     return root
 
 
+SCANNERS = ("GE Logiq 5 @10-12MHz", "GE Logiq 7 @10-14MHz")  # as BUS-BRA writes them
+
+
 def make_busbra(root: Path, cases: int = 4, size: tuple[int, int] = (40, 44), seed: int = 1
                 ) -> Path:
     """Write a BUS-BRA-layout folder: ``Images/``, ``Masks/``, ``bus_data.csv`` (2 sides/case)."""
@@ -72,7 +75,8 @@ def make_busbra(root: Path, cases: int = 4, size: tuple[int, int] = (40, 44), se
             Image.fromarray(img).save(root / "Images" / f"bus_{ident}.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(root / "Masks" / f"mask_{ident}.png")
             rows.append({"ID": f"bus_{ident}", "Case": case, "Histology": "x",
-                         "Pathology": pathology, "BIRADS": 4, "Device": "synthetic",
+                         "Pathology": pathology, "BIRADS": 4,
+                         "Device": SCANNERS[(case - 1) // 2 % 2],
                          "Width": size[1], "Height": size[0],
                          "Side": "left" if side == "l" else "right", "BBOX": "[0,0,1,1]"})
     with open(root / "bus_data.csv", "w", newline="") as f:

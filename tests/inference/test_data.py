@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.data import Sample, detect_layout, discover, load_arrays, split_samples
+from inference.data import (
+    Sample,
+    detect_layout,
+    discover,
+    load_arrays,
+    scanners,
+    split_samples,
+)
+from tests.inference.conftest import SCANNERS
 
 
 def test_detect_layout_both_layouts_named(busi_dir: Path, busbra_dir: Path) -> None:
@@ -57,3 +65,10 @@ def test_load_arrays_resizes_and_caches(busi_dir: Path, tmp_path: Path) -> None:
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     again = load_arrays(samples, 32, tmp_path / "cache")
     np.testing.assert_array_equal(again["images"], arrays["images"])
+
+
+def test_scanners_reads_the_busbra_device_column(busbra_dir: Path, busi_dir: Path) -> None:
+    names = scanners(busbra_dir)
+    assert len(names) == 8 and set(names.values()) == set(SCANNERS)
+    assert set(names) == {s.image for s in discover(busbra_dir)}
+    assert scanners(busi_dir) == {}  # the BUSI manifest names no scanner

@@ -11,6 +11,7 @@ from inference.data import discover, read_mask
 from inference.evaluate import evaluate, render_table
 from inference.metrics import CLASSES, compute_metrics, dice_iou, expected_calibration_error
 from inference.model import Prediction
+from tests.inference.conftest import SCANNERS
 
 
 def test_dice_iou_half_overlap_known_values() -> None:
@@ -101,3 +102,21 @@ def test_evaluate_busbra_without_normals_says_so(busbra_dir: Path) -> None:
     assert m["layout"] == "busbra" and m["n_normal_images"] == 0
     assert "no normal images" in m["accuracy_note"]
     assert m["auc_benign_malignant"] == 1.0
+
+
+def test_evaluate_reports_each_busbra_scanner(busbra_dir: Path) -> None:
+    # cases 1-2 on the first scanner, 3-4 on the second: one benign, one malignant patient each
+    m = evaluate(busbra_dir, _OracleModel(busbra_dir), bootstrap=10)
+    by = m["by_scanner"]
+    assert sorted(by) == sorted(SCANNERS)
+    assert [by[s]["n_images"] for s in SCANNERS] == [4, 4]
+    assert sum(v["n_images"] for v in by.values()) == m["n_images"]
+    for v in by.values():
+        assert v["dice_mean"] == 1.0 and v["auc_benign_malignant"] == 1.0
+        assert "dice_mean" in v["ci95"]
+    table = render_table(m)
+    assert all(f"scanner {s}: 4 images" in table for s in SCANNERS)
+
+
+def test_evaluate_busi_without_scanner_column_has_no_breakdown(busi_dir: Path) -> None:
+    assert evaluate(busi_dir, _OracleModel(busi_dir), bootstrap=0)["by_scanner"] == {}
