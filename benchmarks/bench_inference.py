@@ -1,7 +1,7 @@
 """Throughput of the bundled model on CPU: segmentation + classification, batch 1 and batch 8.
 
 Run: ``python benchmarks/bench_inference.py [--threads N] [--seconds S] [--size H W]
-[--precision P] [--weights model.pt]``. Images
+[--precision P] [--weights model.pt] [--no-flip-tta] [--no-fold-bn]``. Images
 are 256x256 float32 by default (``--size 300 400`` for a typical B-mode crop), so the figure
 includes the resize to the model grid, the resize of the mask back and post-processing (and the
 flip test-time augmentation when the model's settings ask for it): what the service pays per
@@ -45,9 +45,12 @@ def main() -> None:
     p.add_argument("--weights", default=None, help="model.pt (default: the bundled one)")
     p.add_argument("--no-flip-tta", action="store_true",
                    help="measure without the flip test-time augmentation the model asks for")
+    p.add_argument("--no-fold-bn", action="store_true",
+                   help="keep BatchNorms unfolded (to measure what folding saves)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = Model.load(args.weights, device="cpu", precision=args.precision)
+    model = Model.load(args.weights, device="cpu", precision=args.precision,
+                       fold_bn=not args.no_fold_bn)
     if args.no_flip_tta:
         pp = {**model.meta.get("postprocess", {}), "flip_tta": False}
         model = dataclasses.replace(model, meta={**model.meta, "postprocess": pp})
@@ -63,6 +66,7 @@ def main() -> None:
                       "input_size": list(args.size),
                       "flip_tta": bool(model.postprocess["flip_tta"]),
                       "members": model.members, "precision": model.precision,
+                      "fold_bn": not args.no_fold_bn,
                       "threads": args.threads, "cpu": platform.processor() or platform.machine(),
                       "torch": torch.__version__, "results": results}))
 

@@ -175,7 +175,7 @@ class Model:
     precision: str = "float32"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    _cache: ClassVar[dict[tuple[str, str, str], Model]] = {}
+    _cache: ClassVar[dict[tuple[str, str, str, bool], Model]] = {}
 
     @property
     def image_size(self) -> int:
@@ -199,9 +199,9 @@ class Model:
 
     @classmethod
     def load(cls, weights: Path | None = None, device: str | None = None,
-             precision: str = "auto") -> Model:
-        """Load weights once per (path, device, precision) and keep them; later calls return the
-        same object.
+             precision: str = "auto", fold_bn: bool = True) -> Model:
+        """Load weights once per (path, device, precision, fold_bn) and keep them; later calls
+        return the same object.
 
         Parameters
         ----------
@@ -211,13 +211,16 @@ class Model:
             ``"cuda"``/``"cpu"``; default CUDA when available.
         precision : str
             ``auto``, ``float32`` or ``bfloat16`` (see :func:`resolve_precision`).
+        fold_bn : bool
+            Fold BatchNorms into convolutions (:func:`inference.networks.fold_batch_norm`);
+            off only to measure what folding changes.
         """
         path = Path(weights) if weights is not None else WEIGHTS_DIR / "model.pt"
         if path.is_dir():
             path = path / "model.pt"
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         prec = resolve_precision(precision, dev)
-        key = (str(path.resolve()), dev, prec)
+        key = (str(path.resolve()), dev, prec, fold_bn)
         if key in cls._cache:
             return cls._cache[key]
         meta_path = path.with_name("model.json")
@@ -232,7 +235,8 @@ class Model:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v
                              for k, v in state.items()})
         net.to(dev).eval()
-        fold_batch_norm(net)  # exact in eval mode; saves a pass over every feature map
+        if fold_bn:  # exact in eval mode; saves a pass over every feature map
+            fold_batch_norm(net)
         if dev == "cpu":  # oneDNN's fast path on CPU (1.3-1.6x in float32, measured)
             net.to(memory_format=torch.channels_last)
         version = f"{meta['name']} {meta['trained_at'][:10]} {_sha256(path)[:8]}"

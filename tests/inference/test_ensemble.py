@@ -161,3 +161,17 @@ def test_fold_batch_norm_keeps_outputs_and_layer_names(arch: str) -> None:
 def test_fold_batch_norm_refuses_a_training_network() -> None:
     with pytest.raises(ValueError, match="eval mode"):
         fold_batch_norm(build_network("cascade").train())
+
+
+def test_model_load_folds_batch_norm_unless_asked_not_to(tmp_path: Path) -> None:
+    _checkpoint(tmp_path / "a.pt", 0)
+    pt = export_checkpoint(tmp_path / "a.pt", tmp_path / "w", "s", temperature=1.0, half=False)
+    folded = Model.load(pt, device="cpu", precision="float32")
+    plain = Model.load(pt, device="cpu", precision="float32", fold_bn=False)
+    assert folded is not plain  # cached apart
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.net.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.net.modules())
+    image = np.random.default_rng(1).random((40, 40), dtype=np.float32)
+    a, b = folded.predict([image])[0], plain.predict([image])[0]
+    assert a.predicted_class == b.predicted_class
+    assert all(abs(a.probabilities[c] - b.probabilities[c]) < 1e-4 for c in a.probabilities)
