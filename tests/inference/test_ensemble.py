@@ -16,7 +16,13 @@ from inference.model import (
     export_checkpoint,
     resolve_precision,
 )
-from inference.networks import ClassLogits, EnsembleNets, build_network, fold_batch_norm
+from inference.networks import (
+    ARCHS,
+    ClassLogits,
+    EnsembleNets,
+    build_network,
+    fold_batch_norm,
+)
 
 
 def _checkpoint(path: Path, seed: int, arch: str = "cascade", split_seed: int | None = 0,
@@ -130,7 +136,7 @@ def test_bfloat16_inference_stays_close_to_float32(tmp_path: Path) -> None:
             assert p16.probabilities[c] == pytest.approx(p32.probabilities[c], abs=0.03)
 
 
-@pytest.mark.parametrize("arch", ["multitask", "separate", "cascade"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_fold_batch_norm_keeps_outputs_and_layer_names(arch: str) -> None:
     torch.manual_seed(0)
     net = build_network(arch, members=2)
