@@ -52,7 +52,10 @@ class TrainConfig:
     time runs out first); ``resume`` continues from ``out_dir/last.pt``. ``split_seed`` (default:
     ``seed``) fixes the validation split on its own, so runs with different seeds, and an
     ensemble of them, share one held-out set. ``keep_epochs`` also writes every epoch's weights
-    to ``out_dir/epochs/ep_NNN.pt`` for :mod:`inference.average`.
+    to ``out_dir/epochs/ep_NNN.pt`` for :mod:`inference.average`. ``val_every`` validates
+    every n-th epoch only (and always the last one): validation is about a quarter of an epoch
+    on this CPU, and a run whose shipped weights are an average of its last epochs does not
+    need it each time.
     """
 
     data_dirs: list[Path]
@@ -77,6 +80,7 @@ class TrainConfig:
     busi_share: float | None = None
     flip_tta: bool = True
     keep_epochs: bool = False
+    val_every: int = 1
 
     def __post_init__(self) -> None:
         self.data_dirs = [Path(d) for d in self.data_dirs]
@@ -91,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
         if not self.data_dirs:
             raise ValueError("data_dirs needs at least one dataset folder")
+        if self.val_every < 1:
+            raise ValueError(f"val_every must be >= 1, got {self.val_every}")
         if self.busi_share is not None and not 0.0 < self.busi_share < 1.0:
             raise ValueError(f"busi_share must be in (0, 1), got {self.busi_share}")
 
@@ -330,8 +336,13 @@ def train(cfg: TrainConfig) -> Path:
             sums["cls"] += cls_v
             bar.set_postfix(seg=f"{seg_v:.3f}", cls=f"{cls_v:.3f}")
         train_s_time = time.monotonic() - t0
-        metrics, _ = validation_metrics(net, va, cfg.flip_tta)
-        score = selection_score(metrics)
+        last_epoch = epoch == cfg.epochs - 1 or (
+            max_s is not None and elapsed + train_s_time >= max_s)
+        metrics: dict = {}
+        score: float | None = None
+        if (epoch + 1) % cfg.val_every == 0 or last_epoch:
+            metrics, _ = validation_metrics(net, va, cfg.flip_tta)
+            score = selection_score(metrics)
         elapsed += time.monotonic() - t0
         record = {
             "epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"],
@@ -348,7 +359,7 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.keep_epochs:
             (out / "epochs").mkdir(exist_ok=True)
             _save_atomic(state, out / "epochs" / f"ep_{epoch:03d}.pt")
-        if score > best_score:
+        if score is not None and score > best_score:
             best_score = score
             _save_atomic(state, best_path)
             record["best"] = True
@@ -387,6 +398,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="validate without left-right flip test-time augmentation")
     p.add_argument("--keep-epochs", action="store_true",
                    help="also keep every epoch's weights in OUT/epochs/ (for weight averaging)")
+    p.add_argument("--val-every", type=int, default=1,
+                   help="validate every N-th epoch (and always the last)")
     return p
 
 

@@ -269,6 +269,9 @@ def train(
     keep_epochs: Annotated[
         bool, typer.Option(help="Keep every epoch's weights in OUT/epochs/ for averaging")
     ] = False,
+    val_every: Annotated[
+        int, typer.Option(help="Validate every N-th epoch (and always the last)")
+    ] = 1,
 ) -> None:
     """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
     from inference.train import TrainConfig
@@ -292,6 +295,7 @@ def train(
         busi_share=busi_share,
         flip_tta=flip_tta,
         keep_epochs=keep_epochs,
+        val_every=val_every,
     )
     best = run_train(cfg)
     typer.echo(f"best checkpoint: {best}")

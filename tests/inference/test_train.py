@@ -45,6 +45,20 @@ def test_train_resume_continues_from_last_epoch(busi_dir: Path, tmp_path: Path) 
     assert last["epoch"] == 1 and last["step"] > 0
 
 
+def test_train_val_every_validates_every_nth_and_the_last_epoch(busi_dir: Path,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    best = train(_config(busi_dir, out, epochs=3, val_every=2, keep_epochs=True))
+    history = [json.loads(line) for line in (out / "history.jsonl").open()]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [h["val"] != {} for h in history] == [False, True, True]  # 2nd, and the last
+    assert history[0]["score"] is None and history[1]["score"] is not None
+    assert torch.load(best, map_location="cpu", weights_only=False)["epoch"] in (1, 2)
+    assert len(list((out / "epochs").glob("ep_*.pt"))) == 3  # every epoch still kept
+    with pytest.raises(ValueError, match="val_every"):
+        _config(busi_dir, out, val_every=0)
+
+
 @pytest.mark.parametrize("name", ["dice", "dicebce", "focal", "tversky"])
 def test_build_seg_loss_empty_target_has_gradient(name: str) -> None:
     logits = torch.zeros(2, 1, 8, 8, requires_grad=True)
@@ -64,7 +78,7 @@ def test_main_help_lists_cli_options(capsys: pytest.CaptureFixture[str]) -> None
     text = capsys.readouterr().out
     for opt in ("--data-dir", "--out", "--epochs", "--max-minutes", "--image-size",
                 "--batch-size", "--lr", "--seg-loss", "--arch", "--seed", "--resume",
-                "--num-threads", "--amp", "--busi-share", "--no-flip-tta"):
+                "--num-threads", "--amp", "--busi-share", "--no-flip-tta", "--val-every"):
         assert opt in text
 
 

@@ -97,3 +97,24 @@ def test_serve_sigterm_stops_cleanly_exit_0(tmp_path: Path) -> None:
         service.proc.send_signal(signal.SIGTERM)
         assert service.proc.wait(30) == 0
     assert '"stopped"' in service.log_text()
+
+
+def test_train_command_passes_its_options_to_training(tmp_path: Path) -> None:
+    from tests.inference.conftest import make_busi
+
+    data = make_busi(tmp_path / "busi")
+    out = tmp_path / "run"
+    result = runner.invoke(app, [
+        "train", "--data-dir", str(data), "--out", str(out), "--epochs", "2",
+        "--image-size", "32", "--batch-size", "4", "--num-threads", "1", "--arch", "cascade",
+        "--seed", "3", "--split-seed", "0", "--keep-epochs", "--val-every", "2",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "best checkpoint:" in result.output
+    history = [json.loads(line) for line in (out / "history.jsonl").open()]
+    assert [h["val"] != {} for h in history] == [False, True]
+    assert sorted(p.name for p in (out / "epochs").glob("ep_*.pt")) == ["ep_000.pt", "ep_001.pt"]
+    import torch
+
+    cfg = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["config"]
+    assert (cfg["arch"], cfg["seed"], cfg["split_seed"], cfg["val_every"]) == ("cascade", 3, 0, 2)
