@@ -33,6 +33,7 @@ from inference.data import (
     split_samples,
     split_seed_of,
 )
+from inference.distill import distill_class_loss, distill_seg_loss, teacher_targets
 from inference.metrics import compute_metrics
 from inference.model import DEFAULT_POSTPROCESS, forward_tta, postprocess_mask
 from inference.networks import ARCHS, build_network
@@ -55,7 +56,10 @@ class TrainConfig:
     to ``out_dir/epochs/ep_NNN.pt`` for :mod:`inference.average`. ``val_every`` validates
     every n-th epoch only (and always the last one): validation is about a quarter of an epoch
     on this CPU, and a run whose shipped weights are an average of its last epochs does not
-    need it each time.
+    need it each time. ``teacher`` (bundled weights, e.g. an ensemble, trained on the same
+    split) adds distillation: the loss becomes ``(1 - distill_weight)`` x the label losses +
+    ``distill_weight`` x (BCE to the teacher's lesion map + T²-scaled KL to its class
+    distribution at ``distill_temperature``); see :mod:`inference.distill`.
     """
 
     data_dirs: list[Path]
@@ -81,6 +85,9 @@ class TrainConfig:
     flip_tta: bool = True
     keep_epochs: bool = False
     val_every: int = 1
+    teacher: Path | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
 
     def __post_init__(self) -> None:
         self.data_dirs = [Path(d) for d in self.data_dirs]
@@ -95,6 +102,12 @@ class TrainConfig:
             raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
         if not self.data_dirs:
             raise ValueError("data_dirs needs at least one dataset folder")
+        if self.teacher is not None:
+            self.teacher = Path(self.teacher)
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if self.distill_temperature <= 0.0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
         if self.val_every < 1:
             raise ValueError(f"val_every must be >= 1, got {self.val_every}")
         if self.busi_share is not None and not 0.0 < self.busi_share < 1.0:
@@ -224,16 +237,23 @@ def _seed_everything(seed: int) -> None:
 
 
 def _augment_batch(
-    aug: object, images: np.ndarray, masks: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment each (S, S) uint8 image/mask; return (B, 1, S, S) float tensors."""
-    xs, ys = [], []
-    for img, msk in zip(images, masks, strict=True):
-        d = aug({"image": torch.from_numpy(img).float().div_(255.0)[None],
-                 "mask": torch.from_numpy(msk).float()[None]})  # type: ignore[operator]
+    aug: object, images: np.ndarray, masks: np.ndarray, soft: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Augment each (S, S) uint8 image/mask (and teacher map, 0..255); return (B, 1, S, S)
+    float tensors: image, binary mask, teacher probability (None without a teacher)."""
+    xs, ys, ss = [], [], []
+    for i, (img, msk) in enumerate(zip(images, masks, strict=True)):
+        item = {"image": torch.from_numpy(img).float().div_(255.0)[None],
+                "mask": torch.from_numpy(msk).float()[None]}
+        if soft is not None:
+            item["teacher"] = torch.from_numpy(soft[i]).float().div_(255.0)[None]
+        d = aug(item)  # type: ignore[operator]
         xs.append(torch.as_tensor(d["image"]).clamp_(0.0, 1.0))
         ys.append(torch.as_tensor(d["mask"]))
-    return torch.stack(xs), (torch.stack(ys) > 0.5).float()
+        if soft is not None:
+            ss.append(torch.as_tensor(d["teacher"]).clamp_(0.0, 1.0))
+    return (torch.stack(xs), (torch.stack(ys) > 0.5).float(),
+            torch.stack(ss) if soft is not None else None)
 
 
 def _log(out_dir: Path, record: dict) -> None:
@@ -272,7 +292,9 @@ def train(cfg: TrainConfig) -> Path:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     seg_loss = build_seg_loss(cfg.seg_loss)
     ce = nn.CrossEntropyLoss(weight=class_weights(tr["labels"]), label_smoothing=0.05)
-    aug = train_augmentation(cfg.image_size)
+    teacher = (teacher_targets(cfg.teacher, cfg.to_json(), tr["images"], cfg.image_size,
+                               cache_dir) if cfg.teacher is not None else None)
+    aug = train_augmentation(cfg.image_size, ("teacher",) if teacher is not None else ())
     aug.set_random_state(seed=cfg.seed)  # type: ignore[attr-defined]
 
     start_epoch, elapsed, best_score, step = 0, 0.0, -1.0, 0
@@ -308,7 +330,8 @@ def train(cfg: TrainConfig) -> Path:
                    mininterval=30.0, disable=None)
         for b in bar:
             idx = np.sort(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
-            x, y = _augment_batch(aug, tr["images"][idx], tr["masks"][idx])
+            x, y, soft = _augment_batch(aug, tr["images"][idx], tr["masks"][idx],
+                                        teacher["prob"][idx] if teacher is not None else None)
             labels = torch.from_numpy(tr["labels"][idx])
             progress = step / total_steps
             if max_s is not None:
@@ -326,6 +349,11 @@ def train(cfg: TrainConfig) -> Path:
                 seg, cls = net(x)
             l_seg = seg_loss(seg.float(), y)
             l_cls = ce(cls.float(), labels)
+            if teacher is not None and soft is not None:
+                a = cfg.distill_weight
+                l_seg = (1 - a) * l_seg + a * distill_seg_loss(seg, soft)
+                l_cls = (1 - a) * l_cls + a * distill_class_loss(
+                    cls, torch.from_numpy(teacher["logits"][idx]), cfg.distill_temperature)
             loss = l_seg + cfg.cls_weight * l_cls
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -400,6 +428,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="also keep every epoch's weights in OUT/epochs/ (for weight averaging)")
     p.add_argument("--val-every", type=int, default=1,
                    help="validate every N-th epoch (and always the last)")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="bundled model.pt (e.g. an ensemble, same split) to distil from")
+    p.add_argument("--distill-weight", type=float, default=0.5,
+                   help="share of the loss taken by the teacher's targets (0..1)")
+    p.add_argument("--distill-temperature", type=float, default=2.0,
+                   help="softening temperature of the class distillation")
     return p
 
 

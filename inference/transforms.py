@@ -64,23 +64,27 @@ def network_input(images: np.ndarray) -> torch.Tensor:
     return normalise(torch.from_numpy(images).float().div_(255.0)[:, None])
 
 
-def train_augmentation(image_size: int) -> Compose:
+def train_augmentation(image_size: int, soft_keys: tuple[str, ...] = ()) -> Compose:
     """Cheap ultrasound-plausible augmentations on ``{"image", "mask"}``, each (1, S, S).
+
+    ``soft_keys`` name further (1, S, S) maps (a teacher's lesion probabilities) that must move
+    with the mask: they get the same flips and affine, interpolated bilinearly.
 
     Left-right flips only (the skin line stays at the top), small rotations/scales/shifts,
     gain and contrast changes, speckle-like noise and mild blur; all 2-D and CPU-cheap.
     """
     shift = 0.06 * image_size
+    spatial = ("image", "mask", *soft_keys)
     return Compose(
         [
-            RandFlipd(keys=("image", "mask"), prob=0.5, spatial_axis=1),
+            RandFlipd(keys=spatial, prob=0.5, spatial_axis=1),
             RandAffined(
-                keys=("image", "mask"),
+                keys=spatial,
                 prob=0.6,
                 rotate_range=(0.2,),
                 scale_range=(0.15, 0.15),
                 translate_range=(shift, shift),
-                mode=("bilinear", "nearest"),
+                mode=("bilinear", "nearest", *("bilinear",) * len(soft_keys)),
                 padding_mode="zeros",
             ),
             RandScaleIntensityd(keys="image", factors=0.2, prob=0.4),

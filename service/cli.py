@@ -272,6 +272,16 @@ def train(
     val_every: Annotated[
         int, typer.Option(help="Validate every N-th epoch (and always the last)")
     ] = 1,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(help="Bundled model.pt (e.g. an ensemble, same split) to distil from"),
+    ] = None,
+    distill_weight: Annotated[
+        float, typer.Option(help="Share of the loss taken by the teacher's targets (0..1)")
+    ] = 0.5,
+    distill_temperature: Annotated[
+        float, typer.Option(help="Softening temperature of the class distillation")
+    ] = 2.0,
 ) -> None:
     """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
     from inference.train import TrainConfig
@@ -296,6 +306,9 @@ def train(
         flip_tta=flip_tta,
         keep_epochs=keep_epochs,
         val_every=val_every,
+        teacher=teacher,
+        distill_weight=distill_weight,
+        distill_temperature=distill_temperature,
     )
     best = run_train(cfg)
     typer.echo(f"best checkpoint: {best}")
