@@ -205,10 +205,11 @@ def fold_batch_norm(net: nn.Module) -> int:
     in place, and replace the BatchNorm by ``nn.Identity``; returns how many were folded.
 
     In eval mode a BatchNorm is a fixed per-channel affine map, so folding it changes no
-    output beyond float rounding, and saves one full pass over each feature map (about a fifth
-    of CPU inference time, measured: see MODEL_CARD.md). The module tree keeps its names, so
-    Grad-CAM's target layers and forward hooks still work. Pairs are found on a ``torch.fx``
-    trace: a BatchNorm is folded only when it is the sole reader of the convolution's output.
+    output beyond float rounding, and saves one full pass over each feature map (the shipped
+    ensemble runs about 1.2x faster at batch 1 on a 2-core CPU; see MODEL_CARD.md). The module
+    tree keeps its names, so Grad-CAM's target layers and forward hooks still work. Pairs are
+    found on a ``torch.fx`` trace: a BatchNorm is folded only when it is the sole reader of the
+    convolution's output.
     Only for inference: the folded network must not be trained or saved as a checkpoint.
     """
     if net.training:
