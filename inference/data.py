@@ -39,6 +39,10 @@ class Sample:
         ``"busi"`` or ``"busbra"``: the layout the sample came from.
     group : str
         Images with the same group must land on the same side of a split.
+    scanner : str
+        Scanner model where the dataset names it (BUS-BRA ``Device``, or a ``scanner`` column
+        in a BUSI-layout manifest), else ``""``: evaluation reports each scanner on its own,
+        since a model can be good on one probe and weak on another.
     """
 
     image: str
@@ -46,6 +50,7 @@ class Sample:
     label: int
     source: str
     group: str
+    scanner: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.label < len(CLASSES):
@@ -92,6 +97,7 @@ def discover(data_dir: Path) -> list[Sample]:
                         label=CLASSES.index(row["label"].strip().lower()),
                         source="busi",
                         group=f"busi:{row['group']}",
+                        scanner=(row.get("scanner") or "").strip(),
                     )
                 )
     else:
@@ -106,34 +112,10 @@ def discover(data_dir: Path) -> list[Sample]:
                         label=CLASSES.index(row["Pathology"].strip().lower()),
                         source="busbra",
                         group=f"busbra:{int(row['Case'])}",
+                        scanner=(row.get("Device") or "").strip(),
                     )
                 )
     return samples
-
-
-def scanners(data_dir: Path) -> dict[str, str]:
-    """Scanner model per image path, where the dataset names it: BUS-BRA's ``Device`` column,
-    or a ``scanner`` column in a BUSI-layout ``manifest.csv``. Images without one are left out.
-
-    Lets evaluation report each scanner on its own: a model can be good on one probe and weak
-    on another, and the pooled figure hides it.
-    """
-    data_dir = Path(data_dir).resolve()
-    layout = detect_layout(data_dir)
-    csv_name, column = ("manifest.csv", "scanner") if layout == "busi" else ("bus_data.csv",
-                                                                           "Device")
-    by_path = {s.image: s for s in discover(data_dir)}
-    out: dict[str, str] = {}
-    with open(data_dir / csv_name, newline="") as f:
-        for row in csv.DictReader(f):
-            name = (row.get(column) or "").strip()
-            if not name:
-                continue
-            image = (str(data_dir / row["image"]) if layout == "busi"
-                     else str(data_dir / "Images" / f"{row['ID'].strip()}.png"))
-            if image in by_path:
-                out[image] = name
-    return out
 
 
 def split_samples(

@@ -22,7 +22,6 @@ from inference.data import (
     discover,
     read_grayscale,
     read_mask,
-    scanners,
     split_samples,
     split_seed_of,
 )
@@ -88,8 +87,7 @@ def evaluate(
             preds.append(p.mask)
     metrics = compute_metrics(labels, np.asarray(probs).reshape(-1, len(CLASSES)), truths, preds,
                               bootstrap=bootstrap, seed=seed, groups=[s.group for s in samples])
-    metrics["by_scanner"] = _by_scanner(data_dir, samples, labels, probs, truths, preds,
-                                        bootstrap, seed)
+    metrics["by_scanner"] = _by_scanner(samples, labels, probs, truths, preds, bootstrap, seed)
     has_normals = metrics["n_normal_images"] > 0
     metrics.update({
         "data_dir": str(data_dir),
@@ -116,18 +114,17 @@ SCANNER_KEYS: tuple[str, ...] = (
 
 
 def _by_scanner(
-    data_dir: Path, samples: Sequence, labels: list[int], probs: list[list[float]],
+    samples: Sequence, labels: list[int], probs: list[list[float]],
     truths: list[np.ndarray], preds: list[np.ndarray], bootstrap: int, seed: int,
 ) -> dict[str, dict]:
-    """The headline metrics (:data:`SCANNER_KEYS`) per scanner model, when the folder names
+    """The headline metrics (:data:`SCANNER_KEYS`) per scanner model, when the samples name
     two or more; ``{}`` otherwise (one scanner: the pooled figures already are its figures)."""
-    names = scanners(data_dir)
-    found = sorted({names[s.image] for s in samples if s.image in names})
+    found = sorted({s.scanner for s in samples if s.scanner})
     if len(found) < 2:
         return {}
     out = {}
     for name in found:
-        idx = [i for i, s in enumerate(samples) if names.get(s.image) == name]
+        idx = [i for i, s in enumerate(samples) if s.scanner == name]
         m = compute_metrics([labels[i] for i in idx],
                             np.asarray([probs[i] for i in idx]).reshape(-1, len(CLASSES)),
                             [truths[i] for i in idx], [preds[i] for i in idx],

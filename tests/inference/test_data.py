@@ -12,7 +12,6 @@ from inference.data import (
     detect_layout,
     discover,
     load_arrays,
-    scanners,
     split_samples,
 )
 from tests.inference.conftest import SCANNERS
@@ -67,8 +66,8 @@ def test_load_arrays_resizes_and_caches(busi_dir: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(again["images"], arrays["images"])
 
 
-def test_scanners_reads_the_busbra_device_column(busbra_dir: Path, busi_dir: Path) -> None:
-    names = scanners(busbra_dir)
+def test_discover_reads_the_busbra_device_column(busbra_dir: Path, busi_dir: Path) -> None:
+    names = {s.image: s.scanner for s in discover(busbra_dir) if s.scanner}
     assert len(names) == 8 and set(names.values()) == set(SCANNERS)
     assert set(names) == {s.image for s in discover(busbra_dir)}
-    assert scanners(busi_dir) == {}  # the BUSI manifest names no scanner
+    assert {s.scanner for s in discover(busi_dir)} == {""}  # the BUSI manifest names none
