@@ -362,8 +362,12 @@ def export_checkpoint(
     torch.save(state, tmp)
     os.replace(tmp, pt)
     n = len(cks)
+    if name is None:  # the name the SEG and SR carry says what kind of model made them
+        name = f"wecare-{ck['arch']}" if n == 1 else f"wecare-{ck['arch']}-x{n}"
+        if n == 1 and ck["config"].get("teacher"):
+            name += "-distilled"
     meta = {
-        "name": name or (f"wecare-{ck['arch']}" if n == 1 else f"wecare-{ck['arch']}-x{n}"),
+        "name": name,
         "arch": ck["arch"],
         "members": n,
         "image_size": int(ck["image_size"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,9 @@ def test_student_trains_on_teacher_targets(busi_dir: Path, tmp_path: Path) -> No
     best = train(student)
     ck = torch.load(best, map_location="cpu", weights_only=False)
     assert ck["config"]["teacher"] == str(pt) and ck["config"]["distill_weight"] == 0.7
+    exported = export_checkpoint(best, tmp_path / "student_w", "test student", temperature=1.0)
+    meta = json.loads(exported.with_suffix(".json").read_text())
+    assert meta["name"] == "wecare-cascade-distilled" and meta["train_config"]["teacher"] == str(pt)
     cached = list((tmp_path / "cache").glob("teacher_*.npz"))
     assert len(cached) == 1
     with np.load(cached[0]) as z:
