@@ -134,22 +134,14 @@ def forward_tta(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(seg probabilities, class logits) for a normalised batch, optionally averaged with the
     left-right mirror image (the flip training already uses, so both views are in-distribution).
-
-    The image and its mirror go through the network as one batch of 2B: at batch 1 that is one
-    forward pass instead of two, which uses the CPU's cores better (the network is in eval mode,
-    so the samples of a batch do not interact).
     """
-    if not flip:
-        seg, cls = net(x)
-        return torch.sigmoid(seg), cls
-    n = x.shape[0]
-    both = torch.cat([x, torch.flip(x, dims=(-1,))])
-    if x.is_contiguous(memory_format=torch.channels_last):
-        both = both.contiguous(memory_format=torch.channels_last)
-    seg, cls = net(both)
+    seg, cls = net(x)
     prob = torch.sigmoid(seg)
-    prob = 0.5 * (prob[:n] + torch.flip(prob[n:], dims=(-1,)))
-    return prob, 0.5 * (cls[:n] + cls[n:])
+    if flip:
+        seg_f, cls_f = net(torch.flip(x, dims=(-1,)))
+        prob = 0.5 * (prob + torch.flip(torch.sigmoid(seg_f), dims=(-1,)))
+        cls = 0.5 * (cls + cls_f)
+    return prob, cls
 
 
 def _sha256(path: Path) -> str:
