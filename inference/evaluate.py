@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from inference.data import (
+    Sample,
     detect_layout,
     discover,
     read_grayscale,
@@ -114,7 +115,7 @@ SCANNER_KEYS: tuple[str, ...] = (
 
 
 def _by_scanner(
-    samples: Sequence, labels: list[int], probs: list[list[float]],
+    samples: Sequence[Sample], labels: list[int], probs: list[list[float]],
     truths: list[np.ndarray], preds: list[np.ndarray], bootstrap: int, seed: int,
 ) -> dict[str, dict]:
     """The headline metrics (:data:`SCANNER_KEYS`) per scanner model, when the samples name
