@@ -335,6 +335,45 @@ def load_members(checkpoints: Sequence[Path]) -> tuple[list[dict], dict]:
     return cks, {f"members.{i}.{k}": v for i, ck in enumerate(cks) for k, v in ck["model"].items()}
 
 
+def member_checkpoint(weights: Path, member: int = 1) -> dict:
+    """One network of bundled weights, as a training checkpoint (``model``, ``arch``,
+    ``image_size``, ``config``, ...).
+
+    The bundle keeps each member's training configuration in ``model.json``, so a member can
+    seed a longer run (``train --init-weights``) or be bundled again beside a new network
+    (``export``) without the run folder it came from. ``member`` counts from 1.
+    """
+    path = Path(weights)
+    if path.is_dir():
+        path = path / "model.pt"
+    meta_path = path.with_name("model.json")
+    if not path.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"weights {path} or its model.json is missing")
+    meta = json.loads(meta_path.read_text())
+    n = int(meta.get("members", 1))
+    if not 1 <= member <= n:
+        raise ValueError(f"{path}: member must be in 1..{n}, got {member}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    if n == 1:
+        info = {"train_config": meta["train_config"], "epoch": meta["epoch"],
+                "saved_at": meta["trained_at"],
+                "validation_during_training": meta.get("validation_during_training", {}),
+                "averaged_epochs": meta.get("averaged_epochs")}
+    else:
+        info = meta["member_checkpoints"][member - 1]
+        prefix = f"members.{member - 1}."
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    ck = {"model": state, "arch": meta["arch"], "image_size": int(meta["image_size"]),
+          "classes": list(meta["classes"]), "epoch": int(info["epoch"]),
+          "metrics": info.get("validation_during_training") or {}, "score": None,
+          "config": info["train_config"], "saved_at": info["saved_at"],
+          "source_weights": f"{meta['name']} {_sha256(path)[:8]} member {member}"}
+    if info.get("averaged_epochs") is not None:
+        ck["averaged_epochs"] = info["averaged_epochs"]
+    return ck
+
+
 def export_checkpoint(
     checkpoint: Path | Sequence[Path], weights_dir: Path, status: str, temperature: float,
     extra: dict | None = None, half: bool = True, name: str | None = None,
@@ -391,7 +430,8 @@ def export_checkpoint(
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m inference.model export CKPT [CKPT ...] --status ...``: fit T, bundle."""
+    """``python -m inference.model export CKPT [CKPT ...] --status ...``: fit T, bundle;
+    ``python -m inference.model member WEIGHTS --member N --out CKPT``: unbundle one network."""
     p = argparse.ArgumentParser(prog="python -m inference.model")
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export", help="bundle checkpoint(s) with a temperature fitted on "
@@ -401,7 +441,19 @@ def _main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
     e.add_argument("--fp32", action="store_true")
     e.add_argument("--num-threads", type=int, default=2)
+    m = sub.add_parser("member", help="write one network of bundled weights as a training "
+                       "checkpoint (to export it again beside another)")
+    m.add_argument("weights", type=Path)
+    m.add_argument("--member", type=int, default=1, help="which member, counting from 1")
+    m.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.cmd == "member":
+        ck = member_checkpoint(args.weights, args.member)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(ck, args.out)
+        print(json.dumps({"checkpoint": str(args.out), "source": ck["source_weights"],
+                          "arch": ck["arch"], "epoch": ck["epoch"]}))
+        return 0
     from inference.calibration import calibration_report
     from inference.data import run_split_arrays
     from inference.train import predict_arrays

@@ -30,12 +30,18 @@ from inference.data import (
     discover,
     load_arrays,
     save_split,
+    split_key,
     split_samples,
     split_seed_of,
 )
 from inference.distill import distill_class_loss, distill_seg_loss, teacher_targets
 from inference.metrics import compute_metrics
-from inference.model import DEFAULT_POSTPROCESS, forward_tta, postprocess_mask
+from inference.model import (
+    DEFAULT_POSTPROCESS,
+    forward_tta,
+    member_checkpoint,
+    postprocess_mask,
+)
 from inference.networks import ARCHS, build_network
 from inference.transforms import network_input, normalise, train_augmentation
 
@@ -60,7 +66,11 @@ class TrainConfig:
     an ensemble, trained on the same split) adds distillation: the loss becomes
     ``(1 - distill_weight)`` x the label losses + ``distill_weight`` x (BCE to the teacher's
     lesion map + T²-scaled KL to its class distribution at ``distill_temperature``); see
-    :mod:`inference.distill`.
+    :mod:`inference.distill`. ``init_weights`` (a training checkpoint, or bundled weights
+    with ``init_member`` naming the network) starts the network from trained weights instead
+    of at random, with a fresh optimizer and schedule: a longer run in two parts. Those
+    weights must come from the same architecture, image size and validation split, or the
+    validation figures would not be held out.
     """
 
     data_dirs: list[Path]
@@ -89,6 +99,8 @@ class TrainConfig:
     teacher: Path | None = None
     distill_weight: float = 0.5
     distill_temperature: float = 2.0
+    init_weights: Path | None = None
+    init_member: int = 1
 
     def __post_init__(self) -> None:
         self.data_dirs = [Path(d) for d in self.data_dirs]
@@ -105,6 +117,10 @@ class TrainConfig:
             raise ValueError("data_dirs needs at least one dataset folder")
         if self.teacher is not None:
             self.teacher = Path(self.teacher)
+        if self.init_weights is not None:
+            self.init_weights = Path(self.init_weights)
+        if self.init_member < 1:
+            raise ValueError(f"init_member counts from 1, got {self.init_member}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
         if self.distill_temperature <= 0.0:
@@ -257,6 +273,33 @@ def _augment_batch(
             torch.stack(ss) if soft is not None else None)
 
 
+def initial_weights(cfg: TrainConfig) -> dict:
+    """The checkpoint ``cfg.init_weights`` names, checked against the run it is to start.
+
+    A training checkpoint (``last.pt``, ``swa.pt``) is used as it is; bundled weights
+    (``model.pt`` with ``model.json``) give member ``cfg.init_member``.
+    """
+    assert cfg.init_weights is not None
+    path = cfg.init_weights
+    if not path.exists():
+        raise FileNotFoundError(f"init_weights: {path} does not exist")
+    obj = None if path.is_dir() else torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(obj, dict) and "model" in obj and "config" in obj:
+        ck = obj
+        ck.setdefault("source_weights", str(path))
+    else:
+        ck = member_checkpoint(path, cfg.init_member)
+    for key, want in (("arch", cfg.arch), ("image_size", cfg.image_size)):
+        if ck[key] != want:
+            raise ValueError(f"init_weights: {path} has {key} {ck[key]!r}, this run {want!r}")
+    if split_key(ck["config"]) != split_key(cfg.to_json()):
+        raise ValueError(
+            f"init_weights: {path} was trained on another validation split (data folders, "
+            "val_fraction or split seed differ): its validation images may be in this run's "
+            "training set or the reverse; pass the same --data-dir and --split-seed")
+    return ck
+
+
 def _log(out_dir: Path, record: dict) -> None:
     """Append one JSON line to ``history.jsonl`` and echo it for the log file."""
     with open(out_dir / "history.jsonl", "a") as f:
@@ -300,6 +343,13 @@ def train(cfg: TrainConfig) -> Path:
 
     start_epoch, elapsed, best_score, step = 0, 0.0, -1.0, 0
     last_path, best_path = out / "last.pt", out / "best.pt"
+    init_source: str | None = None
+    if cfg.init_weights is not None:  # checked even when resuming: the config must be sound
+        init = initial_weights(cfg)
+        init_source = str(init["source_weights"])
+        if not (cfg.resume and last_path.is_file()):
+            net.load_state_dict(init["model"])
+            print(f"started from {init_source} (epoch {init['epoch']})", flush=True)
     if cfg.resume and last_path.is_file():
         ck = torch.load(last_path, map_location="cpu", weights_only=False)
         net.load_state_dict(ck["model"])
@@ -383,7 +433,7 @@ def train(cfg: TrainConfig) -> Path:
             "model": net.state_dict(), "arch": cfg.arch, "image_size": cfg.image_size,
             "classes": list(CLASSES), "epoch": epoch, "metrics": metrics, "score": score,
             "score_version": SCORE_VERSION, "config": cfg.to_json(),
-            "saved_at": datetime.now(UTC).isoformat(),
+            "saved_at": datetime.now(UTC).isoformat(), "init_source": init_source,
         }
         if cfg.keep_epochs:
             (out / "epochs").mkdir(exist_ok=True)
@@ -435,6 +485,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="share of the loss taken by the teacher's targets (0..1)")
     p.add_argument("--distill-temperature", type=float, default=2.0,
                    help="softening temperature of the class distillation")
+    p.add_argument("--init-weights", type=Path, default=None,
+                   help="start from these weights (training checkpoint or bundled model.pt "
+                        "of the same split) instead of at random")
+    p.add_argument("--init-member", type=int, default=1,
+                   help="with bundled ensemble weights: which member to start from (from 1)")
     return p
 
 

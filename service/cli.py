@@ -282,6 +282,14 @@ def train(
     distill_temperature: Annotated[
         float, typer.Option(help="Softening temperature of the class distillation")
     ] = 2.0,
+    init_weights: Annotated[
+        Path | None,
+        typer.Option(help="Start from these weights (checkpoint or bundled model.pt, same "
+                     "split) instead of at random"),
+    ] = None,
+    init_member: Annotated[
+        int, typer.Option(help="With bundled ensemble weights: the member to start from")
+    ] = 1,
 ) -> None:
     """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
     from inference.train import TrainConfig
@@ -309,6 +317,8 @@ def train(
         teacher=teacher,
         distill_weight=distill_weight,
         distill_temperature=distill_temperature,
+        init_weights=init_weights,
+        init_member=init_member,
     )
     best = run_train(cfg)
     typer.echo(f"best checkpoint: {best}")

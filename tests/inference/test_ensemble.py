@@ -14,6 +14,7 @@ from inference.model import (
     Model,
     cpu_has_native_bf16,
     export_checkpoint,
+    member_checkpoint,
     resolve_precision,
 )
 from inference.networks import (
@@ -113,6 +114,46 @@ def test_export_refuses_members_from_another_split(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="arch"):
         export_checkpoint([tmp_path / "a.pt", tmp_path / "c.pt"], tmp_path / "w", "s", 1.0)
     assert not (tmp_path / "w").exists()  # nothing half-written
+
+
+def test_member_checkpoint_unbundles_each_network_and_exports_again(tmp_path: Path) -> None:
+    a = _checkpoint(tmp_path / "a.pt", 0)
+    b = _checkpoint(tmp_path / "b.pt", 1)
+    pt = export_checkpoint([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "w", "s",
+                           temperature=1.0, half=False)
+    for i, ck in ((1, a), (2, b)):
+        got = member_checkpoint(pt, i)
+        assert got["arch"] == "cascade" and got["image_size"] == 32
+        assert got["config"] == ck["config"] and got["epoch"] == ck["epoch"]
+        assert got["source_weights"].startswith("wecare-cascade-x2 ")
+        assert got["source_weights"].endswith(f"member {i}")
+        assert got["model"].keys() == ck["model"].keys()
+        assert all(torch.equal(got["model"][k], v) for k, v in ck["model"].items())
+    # members written out again bundle to the same state: a new ensemble can reuse one
+    for i in (1, 2):
+        torch.save(member_checkpoint(tmp_path / "w", i), tmp_path / f"m{i}.pt")
+    again = export_checkpoint([tmp_path / "m1.pt", tmp_path / "m2.pt"], tmp_path / "w2", "s",
+                              temperature=1.0, half=False)
+    s1, s2 = torch.load(pt, weights_only=True), torch.load(again, weights_only=True)
+    assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+    with pytest.raises(ValueError, match="member must be in 1..2"):
+        member_checkpoint(pt, 3)
+    with pytest.raises(FileNotFoundError):
+        member_checkpoint(tmp_path / "nowhere" / "model.pt", 1)
+
+
+def test_member_checkpoint_of_a_single_network_bundle(tmp_path: Path) -> None:
+    a = _checkpoint(tmp_path / "a.pt", 0)
+    pt = export_checkpoint(tmp_path / "a.pt", tmp_path / "w", "s", temperature=1.0, half=True)
+    got = member_checkpoint(pt)
+    assert got["config"] == a["config"] and got["model"].keys() == a["model"].keys()
+    # float16 storage comes back as float32, within float16 rounding of the original
+    for k, v in a["model"].items():
+        if v.is_floating_point():
+            assert got["model"][k].dtype == torch.float32
+            assert torch.allclose(got["model"][k], v, atol=1e-2, rtol=1e-3), k
+    with pytest.raises(ValueError, match="member must be in 1..1"):
+        member_checkpoint(pt, 2)
 
 
 def test_resolve_precision() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from inference.gradcam import grad_cam
-from inference.model import forward_tta
+from inference.model import export_checkpoint, forward_tta, member_checkpoint
 from inference.networks import ARCHS, build_network
 from inference.train import TrainConfig, build_seg_loss, epoch_order, main, train
 
@@ -78,7 +78,8 @@ def test_main_help_lists_cli_options(capsys: pytest.CaptureFixture[str]) -> None
     text = capsys.readouterr().out
     for opt in ("--data-dir", "--out", "--epochs", "--max-minutes", "--image-size",
                 "--batch-size", "--lr", "--seg-loss", "--arch", "--seed", "--resume",
-                "--num-threads", "--amp", "--busi-share", "--no-flip-tta", "--val-every"):
+                "--num-threads", "--amp", "--busi-share", "--no-flip-tta", "--val-every",
+                "--init-weights", "--init-member"):
         assert opt in text
 
 
@@ -91,6 +92,44 @@ def test_train_cascade_amp_busi_share_one_epoch(busi_dir: Path, busbra_dir: Path
     assert ck["arch"] == "cascade" and ck["config"]["amp"] is True
     assert "busi" in ck["metrics"]
     assert all(v.dtype == torch.float32 for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_train_init_weights_starts_from_a_bundled_member(busi_dir: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    train(_config(busi_dir, first, arch="cascade", epochs=2, keep_epochs=True))
+    for ep in (0, 1):  # a two-member bundle of the same split
+        torch.save(torch.load(first / "epochs" / f"ep_{ep:03d}.pt", weights_only=False),
+                   tmp_path / f"m{ep}.pt")
+    pt = export_checkpoint([tmp_path / "m0.pt", tmp_path / "m1.pt"], tmp_path / "w", "s",
+                           temperature=1.0, half=False)
+    start = member_checkpoint(pt, 2)["model"]
+    # a learning rate too small to move the weights: what the run ends with is where it began
+    out = tmp_path / "second"
+    best = train(_config(busi_dir, out, arch="cascade", lr=1e-12, seed=5, split_seed=0,
+                         init_weights=pt, init_member=2))
+    ck = torch.load(best, map_location="cpu", weights_only=False)
+    assert ck["init_source"].endswith("member 2") and ck["config"]["init_member"] == 2
+    convs = [k for k in start if k.endswith("conv.weight") or k.endswith("conv1.weight")]
+    assert convs and all(torch.allclose(ck["model"][k], start[k], atol=1e-6) for k in convs)
+    # from random weights the same run ends elsewhere: the start really came from the bundle
+    rnd = torch.load(train(_config(busi_dir, tmp_path / "rnd", arch="cascade", lr=1e-12,
+                                   seed=5, split_seed=0)), weights_only=False)
+    assert not all(torch.allclose(rnd["model"][k], start[k], atol=1e-6) for k in convs)
+
+
+def test_train_init_weights_refuses_another_split_or_arch(busi_dir: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    train(_config(busi_dir, first, arch="cascade", seed=0))
+    with pytest.raises(ValueError, match="another validation split"):
+        train(_config(busi_dir, tmp_path / "b", arch="cascade", seed=1,
+                      init_weights=first / "last.pt"))  # split follows seed 1
+    with pytest.raises(ValueError, match="arch 'cascade'"):
+        train(_config(busi_dir, tmp_path / "c", arch="multitask", seed=0,
+                      init_weights=first / "last.pt"))
+    with pytest.raises(FileNotFoundError, match="init_weights"):
+        train(_config(busi_dir, tmp_path / "d", arch="cascade", init_weights=tmp_path / "no.pt"))
+    with pytest.raises(ValueError, match="init_member"):
+        _config(busi_dir, tmp_path / "e", init_member=0)
 
 
 def test_epoch_order_busi_share_sets_the_mix() -> None:

@@ -118,3 +118,13 @@ def test_train_command_passes_its_options_to_training(tmp_path: Path) -> None:
 
     cfg = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["config"]
     assert (cfg["arch"], cfg["seed"], cfg["split_seed"], cfg["val_every"]) == ("cascade", 3, 0, 2)
+    # a second run started from the first one's weights (same split) says so in its config
+    again = runner.invoke(app, [
+        "train", "--data-dir", str(data), "--out", str(tmp_path / "run2"), "--epochs", "1",
+        "--image-size", "32", "--batch-size", "4", "--num-threads", "1", "--arch", "cascade",
+        "--seed", "4", "--split-seed", "0", "--init-weights", str(out / "last.pt"),
+    ])
+    assert again.exit_code == 0, again.output
+    ck2 = torch.load(tmp_path / "run2" / "last.pt", map_location="cpu", weights_only=False)
+    assert ck2["config"]["init_weights"] == str(out / "last.pt")
+    assert ck2["init_source"] == str(out / "last.pt")
