@@ -344,14 +344,9 @@ def train(cfg: TrainConfig) -> Path:
     start_epoch, elapsed, best_score, step = 0, 0.0, -1.0, 0
     last_path, best_path = out / "last.pt", out / "best.pt"
     init_source: str | None = None
-    if cfg.init_weights is not None:  # checked even when resuming: the config must be sound
-        init = initial_weights(cfg)
-        init_source = str(init["source_weights"])
-        if not (cfg.resume and last_path.is_file()):
-            net.load_state_dict(init["model"])
-            print(f"started from {init_source} (epoch {init['epoch']})", flush=True)
     if cfg.resume and last_path.is_file():
         ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        init_source = ck.get("init_source")  # the start weights are in last.pt by now
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start_epoch, elapsed = ck["epoch"] + 1, ck["elapsed_s"]
@@ -361,6 +356,11 @@ def train(cfg: TrainConfig) -> Path:
         torch.set_rng_state(ck["torch_rng"])
         aug.set_random_state(seed=cfg.seed + start_epoch)  # type: ignore[attr-defined]
         print(f"resumed from epoch {ck['epoch']} ({elapsed / 60:.1f} min done)", flush=True)
+    elif cfg.init_weights is not None:
+        init = initial_weights(cfg)
+        init_source = str(init["source_weights"])
+        net.load_state_dict(init["model"])
+        print(f"started from {init_source} (epoch {init['epoch']})", flush=True)
 
     n = len(tr["labels"])
     steps_per_epoch = max(1, n // cfg.batch_size)

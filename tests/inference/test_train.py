@@ -111,6 +111,12 @@ def test_train_init_weights_starts_from_a_bundled_member(busi_dir: Path, tmp_pat
     assert ck["init_source"].endswith("member 2") and ck["config"]["init_member"] == 2
     convs = [k for k in start if k.endswith("conv.weight") or k.endswith("conv1.weight")]
     assert convs and all(torch.allclose(ck["model"][k], start[k], atol=1e-6) for k in convs)
+    # resuming does not read the start weights again (they may have been replaced since)
+    pt.unlink()
+    train(_config(busi_dir, out, arch="cascade", lr=1e-12, seed=5, split_seed=0, epochs=2,
+                  resume=True, init_weights=pt, init_member=2))
+    last = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 1 and last["init_source"] == ck["init_source"]
     # from random weights the same run ends elsewhere: the start really came from the bundle
     rnd = torch.load(train(_config(busi_dir, tmp_path / "rnd", arch="cascade", lr=1e-12,
                                    seed=5, split_seed=0)), weights_only=False)
