@@ -68,6 +68,7 @@ def average_checkpoints(
         "classes": first["classes"], "epoch": max(epochs), "averaged_epochs": epochs,
         "bn_recomputed": bn_images is not None, "metrics": first.get("metrics", {}),
         "config": first["config"], "saved_at": datetime.now(UTC).isoformat(),
+        "init_source": first.get("init_source"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(result, out)

@@ -418,11 +418,16 @@ def export_checkpoint(
         meta["validation_during_training"] = ck["metrics"]
         if "averaged_epochs" in ck:
             meta["averaged_epochs"] = ck["averaged_epochs"]
+        if ck.get("init_source"):
+            meta["init_source"] = ck["init_source"]
     else:
         meta["member_checkpoints"] = [
             {"source": str(p), "seed": c["config"].get("seed"), "epoch": int(c["epoch"]),
              "averaged_epochs": c.get("averaged_epochs"), "saved_at": c["saved_at"],
-             "train_config": c["config"], "validation_during_training": c["metrics"]}
+             "train_config": c["config"], "validation_during_training": c["metrics"],
+             # where a run began from trained weights: their version, not just a path that
+             # may since hold other weights
+             **({"init_source": c["init_source"]} if c.get("init_source") else {})}
             for p, c in zip(paths, cks, strict=True)
         ]
     (weights_dir / "model.json").write_text(json.dumps(meta, indent=1) + "\n")

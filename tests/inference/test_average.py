@@ -32,6 +32,15 @@ def test_average_is_the_mean_of_the_weights(tmp_path: Path) -> None:
     assert torch.allclose(saved["model"][name], (a["model"][name] + b["model"][name]) / 2)
     net = build_network("cascade")
     net.load_state_dict(saved["model"])  # loads as a plain network: export takes it as it is
+    assert saved["init_source"] is None  # a run from random weights
+
+
+def test_average_keeps_the_weights_a_run_began_from(tmp_path: Path) -> None:
+    for name, seed in (("a.pt", 0), ("b.pt", 1)):
+        ck = _checkpoint(tmp_path / name, seed, seed)
+        torch.save({**ck, "init_source": "wecare-cascade-x2 f0f584ab member 2"}, tmp_path / name)
+    out = average_checkpoints([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "swa.pt")
+    assert out["init_source"] == "wecare-cascade-x2 f0f584ab member 2"
 
 
 def test_average_recomputes_batch_norm_statistics(tmp_path: Path) -> None:

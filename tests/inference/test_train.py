@@ -111,6 +111,10 @@ def test_train_init_weights_starts_from_a_bundled_member(busi_dir: Path, tmp_pat
     assert ck["init_source"].endswith("member 2") and ck["config"]["init_member"] == 2
     convs = [k for k in start if k.endswith("conv.weight") or k.endswith("conv1.weight")]
     assert convs and all(torch.allclose(ck["model"][k], start[k], atol=1e-6) for k in convs)
+    # the bundle names the weights it began from by version, not only by path
+    meta = json.loads(export_checkpoint(best, tmp_path / "w2", "s", 1.0).with_name(
+        "model.json").read_text())
+    assert meta["init_source"] == ck["init_source"]
     # resuming does not read the start weights again (they may have been replaced since)
     pt.unlink()
     train(_config(busi_dir, out, arch="cascade", lr=1e-12, seed=5, split_seed=0, epochs=2,
