@@ -97,6 +97,7 @@ def evaluate(
         "model_version": getattr(model, "version", None),
         "model_status": getattr(model, "status", None),
         "model_precision": getattr(model, "precision", None),
+        "model_network": getattr(model, "compile_state", None),
         "postprocess": getattr(model, "postprocess", None),
         "accuracy_note": (
             "3-class accuracy over all images" if has_normals else
@@ -197,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-threads", type=int, default=None)
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="off",
+                   help="torch.compile the network, as the service does (costs a warm-up)")
     p.add_argument("--postprocess", type=json.loads, default=None,
                    help='JSON overrides, e.g. \'{"empty_if_normal": false}\'')
     args = p.parse_args(argv)
@@ -206,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    model = Model.load(args.weights, precision=args.precision)
+    model = Model.load(args.weights, precision=args.precision, compile=args.compile)
+    model.warm_up()
     metrics = evaluate(args.data_dir, model, args.bootstrap, args.seed, args.split,
                        postprocess=args.postprocess)
     if args.json:

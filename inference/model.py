@@ -26,6 +26,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from inference.compiled import CompiledForward, resolve_compile
 from inference.data import split_key
 from inference.gradcam import grad_cam
 from inference.networks import build_network, fold_batch_norm
@@ -42,6 +43,7 @@ DEFAULT_POSTPROCESS: dict[str, float | bool] = {
     "flip_tta": True,
 }
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
+BATCH_SIZE = 8  # images per network call in predict (and the larger compiled batch)
 
 
 @functools.cache
@@ -130,7 +132,7 @@ def postprocess_mask(mask: np.ndarray, min_area_fraction: float = 0.0,
 
 
 def forward_tta(
-    net: nn.Module, x: torch.Tensor, flip: bool
+    net: nn.Module | CompiledForward, x: torch.Tensor, flip: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(seg probabilities, class logits) for a normalised batch, optionally averaged with the
     left-right mirror image (the flip training already uses, so both views are in-distribution).
@@ -173,9 +175,10 @@ class Model:
     device: str
     weights_path: Path
     precision: str = "float32"
+    compiled: CompiledForward | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    _cache: ClassVar[dict[tuple[str, str, str, bool], Model]] = {}
+    _cache: ClassVar[dict[tuple[str, str, str, bool, bool], Model]] = {}
 
     @property
     def image_size(self) -> int:
@@ -197,11 +200,20 @@ class Model:
         """Number of networks averaged (1: a single network)."""
         return int(self.meta.get("members", 1))
 
+    @property
+    def compile_state(self) -> str:
+        """``compiled``, ``eager`` or ``eager (compile failed: <error>)``: for logs and status."""
+        if self.compiled is None:
+            return "eager"
+        if self.compiled.active:
+            return "compiled"
+        return f"eager (compile failed: {self.compiled.error})"
+
     @classmethod
     def load(cls, weights: Path | None = None, device: str | None = None,
-             precision: str = "auto", fold_bn: bool = True) -> Model:
-        """Load weights once per (path, device, precision, fold_bn) and keep them; later calls
-        return the same object.
+             precision: str = "auto", fold_bn: bool = True, compile: str = "off") -> Model:
+        """Load weights once per (path, device, precision, fold_bn, compile) and keep them;
+        later calls return the same object.
 
         Parameters
         ----------
@@ -214,13 +226,20 @@ class Model:
         fold_bn : bool
             Fold BatchNorms into convolutions (:func:`inference.networks.fold_batch_norm`);
             off only to measure what folding changes.
+        compile : str
+            ``auto``, ``on`` or ``off`` (see :func:`inference.compiled.resolve_compile`): run
+            the network through ``torch.compile``. Call :meth:`warm_up` before the first
+            prediction, or the first call of each batch shape pays the compile (tens of
+            seconds). Off by default: a one-off command would spend longer compiling than
+            it saves.
         """
         path = Path(weights) if weights is not None else WEIGHTS_DIR / "model.pt"
         if path.is_dir():
             path = path / "model.pt"
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         prec = resolve_precision(precision, dev)
-        key = (str(path.resolve()), dev, prec, fold_bn)
+        use_compile = resolve_compile(compile, dev)
+        key = (str(path.resolve()), dev, prec, fold_bn, use_compile)
         if key in cls._cache:
             return cls._cache[key]
         meta_path = path.with_name("model.json")
@@ -240,13 +259,27 @@ class Model:
         if dev == "cpu":  # oneDNN's fast path on CPU (1.3-1.6x in float32, measured)
             net.to(memory_format=torch.channels_last)
         version = f"{meta['name']} {meta['trained_at'][:10]} {_sha256(path)[:8]}"
+        compiled = (CompiledForward(net, torch.bfloat16 if prec == "bfloat16" else torch.float32,
+                                    dev, full_batch=BATCH_SIZE)
+                    if use_compile else None)
         model = cls(net=net, meta=meta, version=version, status=str(meta["status"]),
-                    device=dev, weights_path=path, precision=prec)
+                    device=dev, weights_path=path, precision=prec, compiled=compiled)
         cls._cache[key] = model
         return model
 
+    def warm_up(self) -> float:
+        """Compile the network for both batch shapes now (when compiled); returns seconds.
+
+        A result that differs from the eager network, or any compile error, makes this model
+        run eager from then on (:attr:`compile_state` says so).
+        """
+        if self.compiled is None:
+            return 0.0
+        with self._lock:
+            return self.compiled.warm_up(self.image_size)
+
     def predict(self, images: Sequence[np.ndarray], with_cam: bool = False,
-                batch_size: int = 8) -> list[Prediction]:
+                batch_size: int = BATCH_SIZE) -> list[Prediction]:
         """Segment and classify grayscale images.
 
         Parameters
@@ -280,10 +313,14 @@ class Model:
         if self.device == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         pp = self.postprocess
-        with torch.no_grad(), torch.autocast(device_type=torch.device(self.device).type,
-                                             dtype=torch.bfloat16,
-                                             enabled=self.precision == "bfloat16"):
-            seg_prob, logits = forward_tta(self.net, x, bool(pp["flip_tta"]))
+        if self.compiled is not None:  # float32 outputs; falls back to eager by itself
+            with torch.no_grad():
+                seg_prob, logits = forward_tta(self.compiled, x, bool(pp["flip_tta"]))
+        else:
+            with torch.no_grad(), torch.autocast(device_type=torch.device(self.device).type,
+                                                 dtype=torch.bfloat16,
+                                                 enabled=self.precision == "bfloat16"):
+                seg_prob, logits = forward_tta(self.net, x, bool(pp["flip_tta"]))
         probs = torch.softmax(logits.double() / self.temperature, dim=1).cpu().numpy()
         seg_prob = seg_prob.float().cpu()
         cams = (grad_cam(self.net, x, self.meta["arch"],

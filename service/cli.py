@@ -338,14 +338,26 @@ def evaluate(
     precision: Annotated[
         str, typer.Option(help="auto, float32 or bfloat16 (auto: bfloat16 on CPUs with it)")
     ] = "auto",
+    compile_mode: Annotated[
+        str, typer.Option("--compile", help="auto, on or off: torch.compile the network as the "
+                          "service does (a warm-up of about half a minute first)")
+    ] = "off",
 ) -> None:
     """Measure the models on a labelled folder: Dice, IoU, accuracy, AUC, ECE, with intervals."""
+    from inference.compiled import COMPILE_MODES
     from inference.evaluate import evaluate as run_evaluate
     from inference.evaluate import render_table
-    from inference.model import Model
+    from inference.model import PRECISIONS, Model
 
-    metrics: dict[str, Any] = run_evaluate(data_dir, Model.load(weights, precision=precision),
-                                             bootstrap=bootstrap)
+    if precision not in PRECISIONS:
+        raise typer.BadParameter(f"must be one of {', '.join(PRECISIONS)}",
+                                 param_hint="--precision")
+    if compile_mode not in COMPILE_MODES:
+        raise typer.BadParameter(f"must be one of {', '.join(COMPILE_MODES)}",
+                                 param_hint="--compile")
+    model = Model.load(weights, precision=precision, compile=compile_mode)
+    model.warm_up()
+    metrics: dict[str, Any] = run_evaluate(data_dir, model, bootstrap=bootstrap)
     if as_json:
         sys.stdout.write(json.dumps(metrics) + "\n")
     else:

@@ -141,6 +141,12 @@ class WorkerSettings(_Section):
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Inference arithmetic; auto: bfloat16 on CPUs that have it natively"
     )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the network: about 1.7x faster at batch 1 on CPU after a "
+        "warm-up of 30-60 s at start-up; auto: on CPU when a C++ compiler (g++) is installed; "
+        "any compile error falls back to the eager network",
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="Torch CPU threads (default: torch's)"
     )

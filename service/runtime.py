@@ -62,7 +62,7 @@ def build_runtime(settings: Settings) -> Runtime:
     engine = make_engine(url)
     models = ModelProvider(
         settings.worker.weights, settings.worker.device, settings.worker.torch_threads,
-        precision=settings.worker.precision,
+        precision=settings.worker.precision, compile_mode=settings.worker.compile,
     )
     return Runtime(settings=settings, engine=engine, data_dir=data_dir, models=models)
 

@@ -35,10 +35,11 @@ class ModelProvider:
 
     def __init__(
         self, weights: Path | None, device: str, torch_threads: int | None, model: Any = None,
-        precision: str = "auto",
+        precision: str = "auto", compile_mode: str = "off",
     ) -> None:
         self._weights = weights
         self._precision = precision
+        self._compile = compile_mode
         self._device = None if device == "auto" else device
         self._torch_threads = torch_threads
         self._model: Any = model  # given: used as is (tests, or a caller that loaded it)
@@ -54,6 +55,11 @@ class ModelProvider:
     def error(self) -> str | None:
         return self._error
 
+    @property
+    def network(self) -> str | None:
+        """How the loaded network runs (``compiled``, ``eager``, ``eager (compile failed: …)``)."""
+        return getattr(self._model, "compile_state", None) if self._model is not None else None
+
     def get(self) -> Any:
         with self.lock:
             if self._model is None:
@@ -64,11 +70,15 @@ class ModelProvider:
                         torch.set_num_threads(self._torch_threads)
                     from inference.model import Model
 
-                    self._model = Model.load(self._weights, device=self._device,
-                                             precision=self._precision)
+                    model = Model.load(self._weights, device=self._device,
+                                       precision=self._precision, compile=self._compile)
+                    # Compile before the first job (tens of seconds), not inside it; a compile
+                    # failure leaves the model running eager, and says so.
+                    warm_up_s = model.warm_up()
+                    self._model = model
                     self._error = None
-                    log.info("model loaded: %s (%s, %s)", self._model.version, self._model.status,
-                             getattr(self._model, "precision", "?"))
+                    log.info("model loaded: %s (%s, %s, %s, warm-up %.1f s)", model.version,
+                             model.status, model.precision, model.compile_state, warm_up_s)
                 except Exception as exc:
                     self._error = f"{type(exc).__name__}: {exc}"
                     raise JobError(

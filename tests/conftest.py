@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,12 @@ from storage.db import make_engine, upgrade
 from storage.files import DataDir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Services started by tests (in process and as `wecare serve` children, which inherit this)
+# run the network eager: torch.compile's warm-up costs 30-60 s per process on a 2-core CI
+# machine. The compiled path, and the service's default `auto`, are tested on their own in
+# tests/inference/test_compiled.py.
+os.environ.setdefault("WECARE_WORKER__COMPILE", "off")
 
 
 @pytest.fixture()

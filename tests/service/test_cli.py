@@ -128,3 +128,22 @@ def test_train_command_passes_its_options_to_training(tmp_path: Path) -> None:
     ck2 = torch.load(tmp_path / "run2" / "last.pt", map_location="cpu", weights_only=False)
     assert ck2["config"]["init_weights"] == str(out / "last.pt")
     assert ck2["init_source"] == str(out / "last.pt")
+
+
+def test_evaluate_json_on_generated_busi_folder_names_network(tmp_path: Path) -> None:
+    from tests.inference.conftest import make_busi
+
+    folder = make_busi(tmp_path / "busi", per_class=2)
+    result = runner.invoke(app, ["evaluate", str(folder), "--json", "--bootstrap", "5"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output.strip().splitlines()[-1])
+    assert metrics["n_images"] == 6 and metrics["layout"] == "busi"
+    assert metrics["model_network"] == "eager"  # the CLI default: no compile warm-up
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("option,value", [("--compile", "fast"), ("--precision", "fp8")])
+def test_evaluate_rejects_unknown_mode_exit_2(tmp_path: Path, option: str, value: str) -> None:
+    result = runner.invoke(app, ["evaluate", str(tmp_path), option, value])
+    assert result.exit_code == 2
+    assert option in result.output and "must be one of" in result.output

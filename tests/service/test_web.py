@@ -38,6 +38,7 @@ class FakeModels:
 
     loaded: bool = False
     error: str | None = None
+    network: str | None = None
 
 
 @dataclass
@@ -706,6 +707,7 @@ def test_is_preview_name_various_names_match_only_preview_files(name: str, ok: b
 
 def test_health_everything_up_returns_200_ok(client: TestClient, runtime: FakeRuntime) -> None:
     runtime.models.loaded = True
+    runtime.models.network = "compiled"
 
     response = client.get("/health")
 
@@ -715,15 +717,29 @@ def test_health_everything_up_returns_200_ok(client: TestClient, runtime: FakeRu
     assert body["database"] == "ok"
     assert body["disk"]["ok"] is True and body["disk"]["free_mb"] > 0
     assert body["disk"]["floor_mb"] == 0
-    assert body["model"] == {"loaded": True, "error": None}
+    assert body["model"] == {"loaded": True, "error": None, "network": "compiled"}
     assert body["listener"] == "up"
 
 
 def test_health_model_not_loaded_yet_is_not_an_error(client: TestClient) -> None:
     body = client.get("/health").json()
 
-    assert body["model"] == {"loaded": False, "error": None}
+    assert body["model"] == {"loaded": False, "error": None, "network": None}
     assert body["status"] == "ok"
+
+
+def test_health_compile_failure_is_shown_but_not_degraded(
+    client: TestClient, runtime: FakeRuntime
+) -> None:
+    # A network that could not be compiled runs eager: slower, same results, so IT sees why
+    # but the service is not degraded.
+    runtime.models.loaded = True
+    runtime.models.network = "eager (compile failed: RuntimeError: g++ not found)"
+
+    body = client.get("/health").json()
+
+    assert body["status"] == "ok"
+    assert body["model"]["network"].startswith("eager (compile failed")
 
 
 @pytest.mark.parametrize(
@@ -925,7 +941,7 @@ def test_create_app_real_runtime_health_reads_model_provider(
 
     assert response.status_code == 200
     body = response.json()
-    assert body["model"] == {"loaded": False, "error": None}
+    assert body["model"] == {"loaded": False, "error": None, "network": None}
     assert body["listener"] == "down"  # no SCP started
     assert body["status"] == "degraded"
 

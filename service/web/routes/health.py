@@ -25,6 +25,10 @@ class DiskPublic(BaseModel):
 class ModelHealthPublic(BaseModel):
     loaded: bool = Field(description="False until the first job loads it (not an error)")
     error: str | None = Field(None, description="Why loading failed, if it did")
+    network: str | None = Field(
+        None, description="How the loaded network runs: compiled, eager, or eager with the reason "
+        "the compile failed (slower, results unchanged)",
+    )
 
 
 class HealthPublic(BaseModel):
@@ -61,7 +65,8 @@ def health(
     floor_mb = settings.storage.min_free_mb
     disk = DiskPublic(free_mb=free_mb, floor_mb=floor_mb, ok=free_mb >= floor_mb)
     if runtime is not None:
-        model = ModelHealthPublic(loaded=runtime.models.loaded, error=runtime.models.error)
+        model = ModelHealthPublic(loaded=runtime.models.loaded, error=runtime.models.error,
+                                  network=runtime.models.network)
         listener: Literal["up", "down"] = "up" if runtime.listener_up else "down"
     else:  # web app on its own: no model or listener in this process
         model = ModelHealthPublic(loaded=False, error=None)
