@@ -6,6 +6,9 @@ not the segmentation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from monai.visualize import GradCAM
@@ -25,6 +28,47 @@ def _unit_range(cams: torch.Tensor) -> torch.Tensor:
     span = (hi - lo).clamp_min(1e-12)
     out = (cams - lo) / span
     return torch.where(hi > lo, out, torch.zeros_like(out))
+
+
+@contextmanager
+def _monai_grad_cam(net: nn.Module, arch: str) -> Iterator[GradCAM]:
+    """A ``monai.visualize.GradCAM`` of ``net`` whose hooks are removed again afterwards.
+
+    MONAI registers a forward and a backward hook on the target layer each time a GradCAM is
+    built and keeps no handle to remove them: one GradCAM per prediction piled up a hook per
+    image on the served network, so every later forward pass ran them all (slower and larger
+    with each image). Nothing is kept on the network, so it can still be copied.
+    """
+    layer = net.get_submodule(cam_target_layer(arch).removeprefix("net."))
+    forward_before, backward_before = set(layer._forward_hooks), set(layer._backward_hooks)
+    try:
+        yield GradCAM(ClassLogits(net), target_layers=cam_target_layer(arch),
+                      postprocessing=_unit_range)
+    finally:
+        for key in set(layer._forward_hooks) - forward_before:
+            del layer._forward_hooks[key]
+        for key in set(layer._backward_hooks) - backward_before:
+            del layer._backward_hooks[key]
+
+
+@contextmanager
+def _gradients_from(net: nn.Module, layer: str) -> Iterator[None]:
+    """Record autograd only from ``layer`` on (its parameters and what follows).
+
+    Grad-CAM needs the class score's gradient at the target layer's output, nothing below it:
+    with the lower layers (and the segmenter) frozen, the backward pass stops at the target
+    layer instead of running down to the first convolution. The maps are the same.
+    """
+    saved = [(p, p.requires_grad) for p in net.parameters()]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(False)
+        for p in net.get_submodule(layer).parameters():
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
 
 
 def grad_cam(
@@ -59,16 +103,17 @@ def grad_cam(
     if isinstance(net, EnsembleNets):
         maps = [grad_cam(m, x, arch, class_idx) for m in net.members]
         return (np.mean(maps, axis=0)).astype(np.float32)
-    cam = GradCAM(ClassLogits(net), target_layers=cam_target_layer(arch),
-                  postprocessing=_unit_range)
+    layer = cam_target_layer(arch).removeprefix("net.")  # ClassLogits names the network "net"
     out = torch.zeros((x.shape[0], 1, *x.shape[-2:]), dtype=torch.float32)
     # MONAI's class score indexes logits[:, idx]: with a per-image tensor it would mix classes
     # across the batch, so run one call per class present.
-    for c in torch.unique(class_idx).tolist():
-        sel = (class_idx == c).nonzero().flatten()
-        with torch.enable_grad():
-            maps = cam(x[sel].detach().clone().requires_grad_(True), class_idx=int(c))
-        out[sel] = torch.as_tensor(maps, dtype=torch.float32).reshape(len(sel), 1, *x.shape[-2:])
+    with _monai_grad_cam(net, arch) as cam, _gradients_from(net, layer):
+        for c in torch.unique(class_idx).tolist():
+            sel = (class_idx == c).nonzero().flatten()
+            with torch.enable_grad():
+                maps = cam(x[sel].detach().clone(), class_idx=int(c))
+            out[sel] = torch.as_tensor(maps, dtype=torch.float32).reshape(len(sel), 1,
+                                                                          *x.shape[-2:])
     net.zero_grad(set_to_none=True)
     out = torch.nan_to_num(out, nan=0.0).clamp_(0.0, 1.0)
     return out[:, 0].detach().cpu().numpy().astype(np.float32)

@@ -100,3 +100,42 @@ def test_bundled_weights_find_lesions_on_real_validation_images(model: Model) ->
              for s, img, p in zip(chosen, images, preds, strict=True)]
     assert sum(p.mask.any() for p in preds) >= 6
     assert float(np.mean(dices)) > 0.5
+
+
+def test_grad_cam_leaves_no_hooks_or_frozen_weights_behind(model: Model) -> None:
+    # MONAI adds hooks to the target layer per GradCAM built; the served model must not gain
+    # one per prediction (it slowed and grew the service with every image).
+    import copy
+
+    images = [np.random.default_rng(5).random((80, 90), dtype=np.float32)]
+    layers = [m.classifier.layer4 for m in model.net.members]
+    flags = [p.requires_grad for p in model.net.parameters()]
+    for _ in range(3):
+        assert model.predict(images, with_cam=True)[0].cam is not None
+    assert [(len(x._forward_hooks), len(x._backward_hooks)) for x in layers] == [(0, 0)] * 2
+    assert [p.requires_grad for p in model.net.parameters()] == flags
+    copy.deepcopy(model.net)  # nothing left on the network that cannot be copied
+
+
+def test_grad_cam_equals_plain_monai_grad_cam(model: Model) -> None:
+    """Freezing the layers below the target layer leaves the maps unchanged."""
+    import copy
+
+    import torch
+    from monai.visualize import GradCAM
+
+    from inference.gradcam import _unit_range, grad_cam
+    from inference.networks import ClassLogits, cam_target_layer
+    from inference.transforms import normalise
+
+    x = normalise(torch.rand(3, 1, 192, 192, generator=torch.Generator().manual_seed(2)))
+    cls = torch.tensor([0, 1, 2])
+    got = grad_cam(model.net, x, "cascade", class_idx=cls)
+    want = []
+    for member in copy.deepcopy(model.net).members:
+        cam = GradCAM(ClassLogits(member), target_layers=cam_target_layer("cascade"),
+                      postprocessing=_unit_range)
+        maps = [cam(x[i : i + 1].clone().requires_grad_(True), class_idx=int(c))
+                for i, c in enumerate(cls.tolist())]
+        want.append(torch.cat([torch.as_tensor(m) for m in maps])[:, 0].detach().numpy())
+    np.testing.assert_allclose(got, np.mean(want, axis=0), atol=1e-5)
