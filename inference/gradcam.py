@@ -6,6 +6,7 @@ not the segmentation.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +16,13 @@ from monai.visualize import GradCAM
 from torch import nn
 
 from inference.networks import ClassLogits, EnsembleNets, cam_target_layer
+
+# Expected with the layers below the target frozen (see _gradients_from): the target layer's
+# input needs no gradient, and MONAI reads only the gradient at its output. Unfiltered, torch
+# prints it to stderr on the first map, outside the service's JSON log.
+warnings.filterwarnings("ignore", category=UserWarning,
+                        message="Full backward hook is firing when gradients are computed with "
+                        "respect to module outputs")
 
 
 def _unit_range(cams: torch.Tensor) -> torch.Tensor:
