@@ -39,7 +39,7 @@ def _unit_range(cams: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _monai_grad_cam(net: nn.Module, arch: str) -> Iterator[GradCAM]:
+def _monai_grad_cam(net: nn.Module, arch: str, layer: str) -> Iterator[GradCAM]:
     """A ``monai.visualize.GradCAM`` of ``net`` whose hooks are removed again afterwards.
 
     MONAI registers a forward and a backward hook on the target layer each time a GradCAM is
@@ -47,16 +47,16 @@ def _monai_grad_cam(net: nn.Module, arch: str) -> Iterator[GradCAM]:
     image on the served network, so every later forward pass ran them all (slower and larger
     with each image). Nothing is kept on the network, so it can still be copied.
     """
-    layer = net.get_submodule(cam_target_layer(arch).removeprefix("net."))
-    forward_before, backward_before = set(layer._forward_hooks), set(layer._backward_hooks)
+    target = net.get_submodule(layer)
+    forward_before, backward_before = set(target._forward_hooks), set(target._backward_hooks)
     try:
         yield GradCAM(ClassLogits(net), target_layers=cam_target_layer(arch),
                       postprocessing=_unit_range)
     finally:
-        for key in set(layer._forward_hooks) - forward_before:
-            del layer._forward_hooks[key]
-        for key in set(layer._backward_hooks) - backward_before:
-            del layer._backward_hooks[key]
+        for key in set(target._forward_hooks) - forward_before:
+            del target._forward_hooks[key]
+        for key in set(target._backward_hooks) - backward_before:
+            del target._backward_hooks[key]
 
 
 @contextmanager
@@ -115,7 +115,7 @@ def grad_cam(
     out = torch.zeros((x.shape[0], 1, *x.shape[-2:]), dtype=torch.float32)
     # MONAI's class score indexes logits[:, idx]: with a per-image tensor it would mix classes
     # across the batch, so run one call per class present.
-    with _monai_grad_cam(net, arch) as cam, _gradients_from(net, layer):
+    with _monai_grad_cam(net, arch, layer) as cam, _gradients_from(net, layer):
         for c in torch.unique(class_idx).tolist():
             sel = (class_idx == c).nonzero().flatten()
             with torch.enable_grad():
