@@ -70,7 +70,9 @@ class TrainConfig:
     with ``init_member`` naming the network) starts the network from trained weights instead
     of at random, with a fresh optimizer and schedule: a longer run in two parts. Those
     weights must come from the same architecture, image size and validation split, or the
-    validation figures would not be held out.
+    validation figures would not be held out. ``elastic_prob`` is the chance of an elastic
+    warp per training image (:func:`inference.transforms.train_augmentation`); 0 reproduces
+    the augmentation of the networks bundled before it existed.
     """
 
     data_dirs: list[Path]
@@ -101,6 +103,7 @@ class TrainConfig:
     distill_temperature: float = 2.0
     init_weights: Path | None = None
     init_member: int = 1
+    elastic_prob: float = 0.3
 
     def __post_init__(self) -> None:
         self.data_dirs = [Path(d) for d in self.data_dirs]
@@ -127,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
         if self.val_every < 1:
             raise ValueError(f"val_every must be >= 1, got {self.val_every}")
+        if not 0.0 <= self.elastic_prob <= 1.0:
+            raise ValueError(f"elastic_prob must be in [0, 1], got {self.elastic_prob}")
         if self.busi_share is not None and not 0.0 < self.busi_share < 1.0:
             raise ValueError(f"busi_share must be in (0, 1), got {self.busi_share}")
 
@@ -338,7 +343,8 @@ def train(cfg: TrainConfig) -> Path:
     ce = nn.CrossEntropyLoss(weight=class_weights(tr["labels"]), label_smoothing=0.05)
     teacher = (teacher_targets(cfg.teacher, cfg.to_json(), tr["images"], cfg.image_size,
                                cache_dir) if cfg.teacher is not None else None)
-    aug = train_augmentation(cfg.image_size, ("teacher",) if teacher is not None else ())
+    aug = train_augmentation(cfg.image_size, ("teacher",) if teacher is not None else (),
+                             elastic_prob=cfg.elastic_prob)
     aug.set_random_state(seed=cfg.seed)  # type: ignore[attr-defined]
 
     start_epoch, elapsed, best_score, step = 0, 0.0, -1.0, 0
@@ -490,6 +496,9 @@ def _parser() -> argparse.ArgumentParser:
                         "of the same split) instead of at random")
     p.add_argument("--init-member", type=int, default=1,
                    help="with bundled ensemble weights: which member to start from (from 1)")
+    p.add_argument("--elastic-prob", type=float, default=0.3,
+                   help="probability of an elastic warp per training image (0: none, as the "
+                        "networks bundled before 2026-12-02 session 14 were trained)")
     return p
 
 

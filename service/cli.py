@@ -290,6 +290,9 @@ def train(
     init_member: Annotated[
         int, typer.Option(help="With bundled ensemble weights: the member to start from")
     ] = 1,
+    elastic_prob: Annotated[
+        float, typer.Option(help="Probability of an elastic warp per training image (0: none)")
+    ] = 0.3,
 ) -> None:
     """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
     from inference.train import TrainConfig
@@ -319,6 +322,7 @@ def train(
         distill_temperature=distill_temperature,
         init_weights=init_weights,
         init_member=init_member,
+        elastic_prob=elastic_prob,
     )
     best = run_train(cfg)
     typer.echo(f"best checkpoint: {best}")

@@ -79,7 +79,7 @@ def test_main_help_lists_cli_options(capsys: pytest.CaptureFixture[str]) -> None
     for opt in ("--data-dir", "--out", "--epochs", "--max-minutes", "--image-size",
                 "--batch-size", "--lr", "--seg-loss", "--arch", "--seed", "--resume",
                 "--num-threads", "--amp", "--busi-share", "--no-flip-tta", "--val-every",
-                "--init-weights", "--init-member"):
+                "--init-weights", "--init-member", "--elastic-prob"):
         assert opt in text
 
 
@@ -90,6 +90,7 @@ def test_train_cascade_amp_busi_share_one_epoch(busi_dir: Path, busbra_dir: Path
                          data_dirs=[busi_dir, busbra_dir]))
     ck = torch.load(best, map_location="cpu", weights_only=False)
     assert ck["arch"] == "cascade" and ck["config"]["amp"] is True
+    assert ck["config"]["elastic_prob"] == 0.3  # the default augmentation warps
     assert "busi" in ck["metrics"]
     assert all(v.dtype == torch.float32 for v in ck["model"].values() if v.is_floating_point())
 
