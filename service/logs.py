@@ -1,7 +1,10 @@
 """JSON-line logs carrying `job_id` and `uid_hash`, never patient data.
 
 Log a UID through `uid_hash()` (8 hex of sha256), never a Dataset, name, ID, birth date or
-accession number. pynetdicom is held at WARNING so it cannot dump identifiers.
+accession number. pynetdicom is held at WARNING so it cannot dump identifiers. Libraries'
+own messages can quote a DICOM value (pydicom: ``Invalid value for VR DA: '19010203X'``, a
+birth date), so quoted text in any record that is not ours is redacted, and Python warnings
+are routed through the same handlers (JSON, redacted) instead of bare stderr.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import contextvars
 import hashlib
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +51,26 @@ class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.job_id = _job_id.get()
         record.uid_hash = _uid_hash.get()
+        return True
+
+
+#: Top-level packages whose log messages we write ourselves (UIDs hashed, no values quoted).
+OWN_LOGGERS = frozenset({"service", "dicom_io", "storage", "inference", "wecare"})
+# A quoted literal as Python's repr writes it: 'x', "x", b'x' (escaped quotes inside allowed).
+_QUOTED = re.compile(r"b?'(?:[^'\\\n]|\\.)*'" + r'|b?"(?:[^"\\\n]|\\.)*"')
+REDACTED = "'<redacted>'"
+
+
+class _RedactForeignValues(logging.Filter):
+    """Replace quoted text in third-party records: it may be a patient's name, ID or date."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] in OWN_LOGGERS:
+            return True
+        message = record.getMessage()
+        redacted = _QUOTED.sub(REDACTED, message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
         return True
 
 
@@ -90,7 +114,9 @@ def setup_logging(
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(_ContextFilter())
+        handler.addFilter(_RedactForeignValues())
         root.addHandler(handler)
+    logging.captureWarnings(True)  # warnings -> logger "py.warnings" -> these handlers
     root.setLevel(level)
     for noisy in ("pynetdicom", "highdicom", "uvicorn.access", "alembic", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
