@@ -76,8 +76,6 @@ def _point_metrics(
         "normal_false_positive_rate": (
             float(pred_nonempty[normal].mean()) if normal.any() else float("nan")
         ),
-        # Its interval shows how little a 15-bin ECE on ~100 images pins down.
-        "ece": expected_calibration_error(probs, labels) if len(labels) else float("nan"),
     }
 
 
@@ -115,8 +113,7 @@ def compute_metrics(
         ``accuracy_benign_malignant`` (argmax between those two on lesion images),
         ``per_class`` precision/recall/f1/support, ``confusion_matrix`` (rows true, columns
         predicted, order ``CLASSES``), ``auc_benign_malignant``, ``normal_false_positive_rate``
-        (normal images with any predicted lesion pixel), ``ece`` (top-label, 15 bins) and ``ci95``
-        (intervals of Dice, accuracy, AUC, normal FPR and ECE).
+        (normal images with any predicted lesion pixel), ``ece`` (top-label, 15 bins) and ``ci95``.
     """
     labels = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(y_prob, dtype=np.float64)
@@ -157,6 +154,7 @@ def compute_metrics(
         ),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
+        "ece": expected_calibration_error(probs, labels) if n else float("nan"),
     }
     if bootstrap > 0 and n > 0:
         out["ci95"] = _bootstrap(labels, probs, dice, has_lesion, pred_nonempty, groups,
