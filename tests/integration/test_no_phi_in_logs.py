@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -13,7 +11,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
-from tests.factories import CANARY, make_us_image
+from tests.factories import CANARY, make_us_image, pydicom_writing_validation
 from tests.integration.peers import storescp, storescu, wait_for, wecare
 
 pytestmark = pytest.mark.integration
@@ -27,17 +25,6 @@ def _send(port: int, ds: Dataset) -> int | None:
     rsp = assoc.send_c_store(ds)
     assoc.release()
     return int(rsp.Status) if "Status" in rsp else None
-
-
-@contextmanager
-def _writing_unvalidated() -> Iterator[None]:
-    settings = pydicom.config.settings
-    old = settings.writing_validation_mode
-    settings.writing_validation_mode = pydicom.config.IGNORE
-    try:
-        yield
-    finally:
-        settings.writing_validation_mode = old
 
 
 def _canary_strings() -> list[str]:
@@ -62,14 +49,14 @@ def test_canary_study_processed_and_failed_paths_leave_no_phi_in_logs(tmp_path: 
         make_us_image(tmp_path / "in" / "o.dcm", sop_instance_uid="1.2.826.0.1.3680043.10.9.8")
     )
     odd.StudyInstanceUID = "1.2.826.0.1.3680043.10.8"
-    with _writing_unvalidated():
+    with pydicom_writing_validation(pydicom.config.IGNORE):
         odd.PatientBirthDate = f"{CANARY['PatientBirthDate']}X"
     with storescp(tmp_path / "peer") as (aet, port):
         with wecare(tmp_path / "w", {"peer": (aet, port)}, log={"level": "DEBUG"}) as service:
             result = storescu(service.dicom_port, [good], extra=())
             assert result.returncode == 0, result.stderr
             assert _send(service.dicom_port, broken) == 0x0000
-            with _writing_unvalidated():
+            with pydicom_writing_validation(pydicom.config.IGNORE):
                 assert _send(service.dicom_port, odd) == 0x0000
             wait_for(
                 lambda: (

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from service.logs import REDACTED, setup_logging
-from tests.factories import CANARY
+from tests.factories import CANARY, pydicom_writing_validation
 
 
 @pytest.fixture
@@ -52,15 +52,10 @@ def _file_with_bad_birth_date() -> io.BytesIO:
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.PatientName = CANARY["PatientName"]
-    settings = pydicom.config.settings
-    old = settings.writing_validation_mode
-    settings.writing_validation_mode = pydicom.config.IGNORE
-    try:
+    buf = io.BytesIO()
+    with pydicom_writing_validation(pydicom.config.IGNORE):
         ds.PatientBirthDate = CANARY["PatientBirthDate"] + "X"
-        buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
-    finally:
-        settings.writing_validation_mode = old
     buf.seek(0)
     return buf
 
