@@ -55,7 +55,7 @@ class _ContextFilter(logging.Filter):
 
 
 #: Top-level packages whose log messages we write ourselves (UIDs hashed, no values quoted).
-OWN_LOGGERS = frozenset({"service", "dicom_io", "storage", "inference", "wecare"})
+OWN_LOGGERS = frozenset({"service", "dicom_io", "storage", "inference"})
 # A quoted literal as Python's repr writes it: 'x', "x", b'x' (escaped quotes inside allowed).
 _QUOTED = re.compile(r"b?'(?:[^'\\\n]|\\.)*'" + r'|b?"(?:[^"\\\n]|\\.)*"')
 REDACTED = "'<redacted>'"

@@ -16,8 +16,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +50,6 @@ __all__ = [
     "make_us_dataset",
     "make_us_image",
     "make_us_series",
-    "pydicom_writing_validation",
     "write_dataset",
 ]
 
@@ -69,21 +67,6 @@ CANARY = {
     "ReferringPhysicianName": "CANARY^Referrer",
     "InstitutionName": "Canary Test Hospital",
 }
-
-
-@contextmanager
-def pydicom_writing_validation(mode: int) -> Iterator[None]:
-    """pydicom's writing validation set to ``mode`` (``pydicom.config.RAISE``, ``WARN`` or
-    ``IGNORE``) inside the block: strict for what we build, off to plant malformed values."""
-    settings = pydicom.config.settings
-    old = settings.writing_validation_mode
-    settings.writing_validation_mode = mode
-    try:
-        yield
-    finally:
-        settings.writing_validation_mode = old
-
-
 #: Short names accepted by :func:`write_dataset` / :func:`make_us_image`.
 TRANSFER_SYNTAXES: dict[str, UID] = {
     "implicit": ImplicitVRLittleEndian,

@@ -8,8 +8,6 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from tests.factories import pydicom_writing_validation
-
 # Every real ultrasound / secondary capture file shipped with pydicom, pydicom-data and
 # deid-data, with the property each one exercises.
 REAL_FILES: dict[str, str] = {
@@ -80,5 +78,10 @@ def real_file(name: str) -> Path:
 def strict_writing():  # type: ignore[no-untyped-def]
     """Invalid values raise when writing (as highdicom's own tests do); reading stays
     tolerant like production, since real files bend the rules."""
-    with pydicom_writing_validation(pydicom.config.RAISE):
+    settings = pydicom.config.settings
+    old = settings.writing_validation_mode
+    settings.writing_validation_mode = pydicom.config.RAISE
+    try:
         yield
+    finally:
+        settings.writing_validation_mode = old

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pydicom
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
-from tests.factories import CANARY, make_us_image, pydicom_writing_validation
+from tests.factories import CANARY, make_us_image
 from tests.integration.peers import storescp, storescu, wait_for, wecare
 
 pytestmark = pytest.mark.integration
@@ -49,15 +48,14 @@ def test_canary_study_processed_and_failed_paths_leave_no_phi_in_logs(tmp_path: 
         make_us_image(tmp_path / "in" / "o.dcm", sop_instance_uid="1.2.826.0.1.3680043.10.9.8")
     )
     odd.StudyInstanceUID = "1.2.826.0.1.3680043.10.8"
-    with pydicom_writing_validation(pydicom.config.IGNORE):
+    with pytest.warns(UserWarning, match="Invalid value for VR DA"):
         odd.PatientBirthDate = f"{CANARY['PatientBirthDate']}X"
     with storescp(tmp_path / "peer") as (aet, port):
         with wecare(tmp_path / "w", {"peer": (aet, port)}, log={"level": "DEBUG"}) as service:
             result = storescu(service.dicom_port, [good], extra=())
             assert result.returncode == 0, result.stderr
             assert _send(service.dicom_port, broken) == 0x0000
-            with pydicom_writing_validation(pydicom.config.IGNORE):
-                assert _send(service.dicom_port, odd) == 0x0000
+            assert _send(service.dicom_port, odd) == 0x0000
             wait_for(
                 lambda: (
                     (jobs := service.api("/api/jobs")["data"])
