@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,10 +26,49 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LUA_AUTOFORWARD = REPO_ROOT / "deploy" / "orthanc" / "autoforward.lua"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _port_pool() -> range:
+    """Ports below the kernel's ephemeral range (20768-32767 on a default Linux)."""
+    low, _ = _ephemeral_range()
+    top = max(low, 12000)
+    return range(top - 12000 + 1024, top)
+
+
+_PORT_POOL = _port_pool()
+# Start where this process's PID points, so two pytest runs on one machine rarely probe the
+# same ports; each port is handed out at most once per process.
+_port_cursor = (os.getpid() * 7919) % len(_PORT_POOL)
+_port_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port that nothing holds now, for a peer to listen on.
+
+    Not bind(0)-and-release: once released, such a port is reserved for nobody, and until the
+    peer binds it any later bind(0) (the next peer's port, the delay proxy) may draw it again
+    (CI, stop 14: WeCare failed to start with EADDRINUSE). These ports come from below the
+    kernel's ephemeral range, which bind(0) and outgoing connections never use, and each is
+    handed out at most once per process.
+    """
+    global _port_cursor
+    with _port_lock:
+        for _ in range(len(_PORT_POOL)):
+            port = _PORT_POOL[_port_cursor]
+            _port_cursor = (_port_cursor + 1) % len(_PORT_POOL)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError(f"no free loopback port in {_PORT_POOL.start}-{_PORT_POOL.stop - 1}")
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.3, what: str = "condition") -> Any:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -27,6 +26,7 @@ from service.config import AuthSettings
 from service.web.app import create_app
 from storage.files import DataDir
 from storage.models import JobState, OutboxState
+from tests.integration.peers import free_port
 from tests.service.test_web import FakeModels, FakeRuntime, add_job, make_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -37,15 +37,9 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
 def base_url(app_under_test: FastAPI) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             app_under_test, host="127.0.0.1", port=port, log_level="warning", access_log=False
