@@ -130,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
         if self.val_every < 1:
             raise ValueError(f"val_every must be >= 1, got {self.val_every}")
+        if self.weight_decay < 0.0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0.0 <= self.elastic_prob <= 1.0:
             raise ValueError(f"elastic_prob must be in [0, 1], got {self.elastic_prob}")
         if self.busi_share is not None and not 0.0 < self.busi_share < 1.0:
@@ -496,6 +498,8 @@ def _parser() -> argparse.ArgumentParser:
                         "of the same split) instead of at random")
     p.add_argument("--init-member", type=int, default=1,
                    help="with bundled ensemble weights: which member to start from (from 1)")
+    p.add_argument("--weight-decay", type=float, default=1e-4,
+                   help="AdamW weight decay (decoupled; applied to every parameter)")
     p.add_argument("--elastic-prob", type=float, default=0.3,
                    help="probability of an elastic warp per training image (0: none, as the "
                         "networks bundled before 2026-12-02 session 14 were trained)")

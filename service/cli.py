@@ -293,6 +293,9 @@ def train(
     elastic_prob: Annotated[
         float, typer.Option(help="Probability of an elastic warp per training image (0: none)")
     ] = 0.3,
+    weight_decay: Annotated[
+        float, typer.Option(help="AdamW weight decay (decoupled; every parameter)")
+    ] = 1e-4,
 ) -> None:
     """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
     from inference.train import TrainConfig
@@ -323,6 +326,7 @@ def train(
         init_weights=init_weights,
         init_member=init_member,
         elastic_prob=elastic_prob,
+        weight_decay=weight_decay,
     )
     best = run_train(cfg)
     typer.echo(f"best checkpoint: {best}")

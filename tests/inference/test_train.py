@@ -72,6 +72,12 @@ def test_train_config_rejects_unknown_loss(tmp_path: Path) -> None:
         TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path, seg_loss="l2")
 
 
+def test_train_config_rejects_negative_weight_decay(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="weight_decay"):
+        TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path, weight_decay=-1e-3)
+    assert TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path).weight_decay == 1e-4
+
+
 def test_main_help_lists_cli_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -79,7 +85,7 @@ def test_main_help_lists_cli_options(capsys: pytest.CaptureFixture[str]) -> None
     for opt in ("--data-dir", "--out", "--epochs", "--max-minutes", "--image-size",
                 "--batch-size", "--lr", "--seg-loss", "--arch", "--seed", "--resume",
                 "--num-threads", "--amp", "--busi-share", "--no-flip-tta", "--val-every",
-                "--init-weights", "--init-member", "--elastic-prob"):
+                "--init-weights", "--init-member", "--elastic-prob", "--weight-decay"):
         assert opt in text
 
 
