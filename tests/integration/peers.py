@@ -35,7 +35,7 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 def _port_pool() -> range:
-    """Ports below the kernel's ephemeral range (20768-32767 on a default Linux)."""
+    """About 11,000 ports just below the ephemeral range (21792-32767 on a default Linux)."""
     low, _ = _ephemeral_range()
     top = max(low, 12000)
     return range(top - 12000 + 1024, top)
