@@ -43,7 +43,7 @@ from inference.model import (
     postprocess_mask,
 )
 from inference.networks import ARCHS, build_network
-from inference.transforms import network_input, normalise, train_augmentation
+from inference.transforms import network_input, normalise, paste_lesions, train_augmentation
 
 SEG_LOSSES: tuple[str, ...] = ("dice", "dicebce", "focal", "tversky")
 # Bump when selection_score or the validation masks change: a resumed run then forgets its
@@ -72,7 +72,10 @@ class TrainConfig:
     weights must come from the same architecture, image size and validation split, or the
     validation figures would not be held out. ``elastic_prob`` is the chance of an elastic
     warp per training image (:func:`inference.transforms.train_augmentation`); 0 reproduces
-    the augmentation of the networks bundled before it existed.
+    the augmentation of the networks bundled before it existed. ``paste_prob`` is the chance
+    per training lesion image that a lesion of another training image of the same class and
+    dataset is pasted into it (:func:`inference.transforms.paste_lesions`; 0: off, as every
+    network bundled up to 2026-12-03).
     """
 
     data_dirs: list[Path]
@@ -104,6 +107,7 @@ class TrainConfig:
     init_weights: Path | None = None
     init_member: int = 1
     elastic_prob: float = 0.3
+    paste_prob: float = 0.0
 
     def __post_init__(self) -> None:
         self.data_dirs = [Path(d) for d in self.data_dirs]
@@ -134,6 +138,11 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0.0 <= self.elastic_prob <= 1.0:
             raise ValueError(f"elastic_prob must be in [0, 1], got {self.elastic_prob}")
+        if not 0.0 <= self.paste_prob <= 1.0:
+            raise ValueError(f"paste_prob must be in [0, 1], got {self.paste_prob}")
+        if self.paste_prob > 0 and self.teacher is not None:
+            raise ValueError("paste_prob needs teacher unset: a pasted lesion is not in the "
+                             "teacher's map of the image")
         if self.busi_share is not None and not 0.0 < self.busi_share < 1.0:
             raise ValueError(f"busi_share must be in (0, 1), got {self.busi_share}")
 
@@ -385,11 +394,18 @@ def train(cfg: TrainConfig) -> Path:
         order = epoch_order(tr["is_busi"], cfg.busi_share,
                             np.random.default_rng(cfg.seed * 1000 + epoch))
         sums = {"seg": 0.0, "cls": 0.0}
+        paste_rng = np.random.default_rng([cfg.seed, epoch, 17])
+        pasted = 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", file=sys.stderr,
                    mininterval=30.0, disable=None)
         for b in bar:
             idx = np.sort(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
-            x, y, soft = _augment_batch(aug, tr["images"][idx], tr["masks"][idx],
+            if cfg.paste_prob > 0:
+                images, masks, n_pasted = paste_lesions(tr, idx, cfg.paste_prob, paste_rng)
+                pasted += n_pasted
+            else:
+                images, masks = tr["images"][idx], tr["masks"][idx]
+            x, y, soft = _augment_batch(aug, images, masks,
                                         teacher["prob"][idx] if teacher is not None else None)
             labels = torch.from_numpy(tr["labels"][idx])
             progress = step / total_steps
@@ -437,6 +453,8 @@ def train(cfg: TrainConfig) -> Path:
             "train_s": round(train_s_time, 1), "epoch_s": round(time.monotonic() - t0, 1),
             "elapsed_min": round(elapsed / 60, 2), "score": score, "val": metrics,
         }
+        if cfg.paste_prob > 0:
+            record["pasted"] = pasted
         state = {
             "model": net.state_dict(), "arch": cfg.arch, "image_size": cfg.image_size,
             "classes": list(CLASSES), "epoch": epoch, "metrics": metrics, "score": score,
@@ -503,6 +521,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--elastic-prob", type=float, default=0.3,
                    help="probability of an elastic warp per training image (0: none, as the "
                         "networks bundled before 2026-12-02 session 14 were trained)")
+    p.add_argument("--paste-prob", type=float, default=0.0,
+                   help="probability per training lesion image of pasting in a lesion of "
+                        "another training image of the same class and dataset (0: off)")
     return p
 
 

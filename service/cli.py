@@ -296,6 +296,10 @@ def train(
     weight_decay: Annotated[
         float, typer.Option(help="AdamW weight decay (decoupled; every parameter)")
     ] = 1e-4,
+    paste_prob: Annotated[
+        float, typer.Option(help="Probability per training lesion image of pasting in a "
+                            "lesion of another image of the same class and dataset (0: off)")
+    ] = 0.0,
 ) -> None:
     """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
     from inference.train import TrainConfig
@@ -327,6 +331,7 @@ def train(
         init_member=init_member,
         elastic_prob=elastic_prob,
         weight_decay=weight_decay,
+        paste_prob=paste_prob,
     )
     best = run_train(cfg)
     typer.echo(f"best checkpoint: {best}")

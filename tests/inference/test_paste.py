@@ -1,0 +1,101 @@
+"""Copy-paste augmentation: a donor's lesion lands in the host image and mask, labels stay true."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.train import TrainConfig, main, train
+from inference.transforms import paste_lesion, paste_lesions
+
+S = 96
+
+
+def _scan(centre: tuple[int, int] | None, radius: int = 10, tissue: int = 120,
+          lesion: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """A speckle-free 'scan': uniform tissue with one dark disk (the lesion) or none."""
+    image = np.full((S, S), tissue, dtype=np.uint8)
+    mask = np.zeros((S, S), dtype=np.uint8)
+    if centre is not None:
+        yy, xx = np.mgrid[:S, :S]
+        disk = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+        image[disk], mask[disk] = lesion, 1
+    return image, mask
+
+
+def test_paste_lesion_adds_the_donor_lesion_to_image_and_mask() -> None:
+    host_img, host_mask = _scan((25, 25))
+    donor_img, donor_mask = _scan((60, 60), radius=8, tissue=160, lesion=80)
+    out = paste_lesion(host_img, host_mask, donor_img, donor_mask, np.random.default_rng(0))
+    assert out is not None
+    image, mask = out
+    assert image.dtype == np.uint8 and mask.dtype == host_mask.dtype
+    assert (mask[host_mask > 0] == 1).all()  # the host's lesion is kept
+    assert (image[host_mask > 0] == host_img[host_mask > 0]).all()  # and not painted over
+    new = (mask > 0) & (host_mask == 0)
+    assert abs(int(new.sum()) - int(donor_mask.sum())) <= 2  # one donor lesion more
+    # the brightness was matched at the rim: the donor's tissue 160 became the host's 120, so
+    # its lesion 80 (80 below its tissue) becomes about 40 (80 below the host's tissue)
+    assert abs(float(image[new].mean()) - 40.0) < 4.0
+    far = np.ones_like(new)
+    ys, xs = np.nonzero(new)
+    far[max(0, ys.min() - 6) : ys.max() + 7, max(0, xs.min() - 6) : xs.max() + 7] = False
+    assert (image[far] == host_img[far]).all()  # nothing changes away from the paste
+
+
+def test_paste_lesion_refuses_empty_donors_and_impossible_spots() -> None:
+    host_img, host_mask = _scan((48, 48))
+    empty_img, empty_mask = _scan(None)
+    rng = np.random.default_rng(0)
+    assert paste_lesion(host_img, host_mask, empty_img, empty_mask, rng) is None
+    black = np.zeros((S, S), dtype=np.uint8)  # no ultrasound content to paste onto
+    donor_img, donor_mask = _scan((30, 30))
+    assert paste_lesion(black, np.zeros_like(host_mask), donor_img, donor_mask, rng) is None
+
+
+def test_paste_lesions_keeps_labels_true_and_normals_untouched() -> None:
+    scans = [_scan((30, 30)), _scan((60, 60)), _scan((40, 60)), _scan(None), _scan((30, 60))]
+    pool = {
+        "images": np.stack([s[0] for s in scans]), "masks": np.stack([s[1] for s in scans]),
+        "labels": np.array([1, 1, 2, 0, 1]),
+        "is_busi": np.array([True, True, True, True, False]),
+    }
+    index = np.arange(5)
+    images, masks, pasted = paste_lesions(pool, index, 1.0, np.random.default_rng(1))
+    # benign BUSI 0 and 1 take each other's lesion; the malignant image and the BUS-BRA benign
+    # image have no other donor of their class and dataset; the normal image is never pasted
+    assert pasted == 2
+    for i in (0, 1):
+        assert masks[i].sum() > pool["masks"][i].sum()
+    for i in (2, 3, 4):
+        assert (images[i] == pool["images"][i]).all() and (masks[i] == pool["masks"][i]).all()
+    assert (pool["masks"][3] == 0).all() and (masks[3] == 0).all()
+    same, same_m, none = paste_lesions(pool, index, 0.0, np.random.default_rng(1))
+    assert none == 0 and (same == pool["images"]).all() and (same_m == pool["masks"]).all()
+    with pytest.raises(ValueError, match="paste prob"):
+        paste_lesions(pool, index, 1.5, np.random.default_rng(1))
+
+
+def test_paste_prob_is_validated_and_off_by_default(tmp_path: Path) -> None:
+    assert TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path).paste_prob == 0.0
+    with pytest.raises(ValueError, match="paste_prob"):
+        TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path, paste_prob=1.2)
+    with pytest.raises(ValueError, match="teacher"):
+        TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path, paste_prob=0.3,
+                    teacher=tmp_path / "model.pt")
+
+
+def test_train_with_pasting_logs_the_pastes(busi_dir: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    train(TrainConfig(data_dirs=[busi_dir], out_dir=out, epochs=1, image_size=32,
+                      batch_size=4, lr=1e-3, num_threads=1, val_fraction=0.25,
+                      paste_prob=1.0))
+    record = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
+    assert record["pasted"] > 0
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--paste-prob" in capsys.readouterr().out
