@@ -75,7 +75,9 @@ class TrainConfig:
     the augmentation of the networks bundled before it existed. ``paste_prob`` is the chance
     per training lesion image that a lesion of another training image of the same class and
     dataset is pasted into it (:func:`inference.transforms.paste_lesions`; 0: off, as every
-    network bundled up to 2026-12-03).
+    network bundled up to 2026-12-03). ``detect_weight`` adds :func:`lesion_presence_loss`
+    (an image-level "is there a lesion" term on the segmenter's output) with that weight; 0:
+    off, as every network bundled up to 2026-12-03.
     """
 
     data_dirs: list[Path]
@@ -108,6 +110,7 @@ class TrainConfig:
     init_member: int = 1
     elastic_prob: float = 0.3
     paste_prob: float = 0.0
+    detect_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self.data_dirs = [Path(d) for d in self.data_dirs]
@@ -140,6 +143,8 @@ class TrainConfig:
             raise ValueError(f"elastic_prob must be in [0, 1], got {self.elastic_prob}")
         if not 0.0 <= self.paste_prob <= 1.0:
             raise ValueError(f"paste_prob must be in [0, 1], got {self.paste_prob}")
+        if self.detect_weight < 0.0:
+            raise ValueError(f"detect_weight must be >= 0, got {self.detect_weight}")
         if self.paste_prob > 0 and self.teacher is not None:
             raise ValueError("paste_prob needs teacher unset: a pasted lesion is not in the "
                              "teacher's map of the image")
@@ -168,6 +173,26 @@ def build_seg_loss(name: str) -> nn.Module:
     if name == "tversky":
         return TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, smooth_nr=1.0, smooth_dr=1.0)
     raise ValueError(f"seg_loss must be one of {SEG_LOSSES}, got {name!r}")
+
+
+PRESENCE_TOP_FRACTION = 0.005  # of the pixels: 184 at 192 px, about the smallest kept mask
+
+
+def lesion_presence_loss(seg_logits: torch.Tensor, masks: torch.Tensor,
+                         top_fraction: float = PRESENCE_TOP_FRACTION) -> torch.Tensor:
+    """BCE of an image-level lesion score against "the mask has a lesion".
+
+    The score is the mean of each image's top ``top_fraction`` pixel logits (a soft maximum),
+    so a lesion image whose map is empty everywhere costs a lot even when the lesion is small
+    (per-pixel BCE spreads that cost over the whole image), and a normal image is pushed to
+    have no confident pixel at all. Why: the BUSI misses of the bundled networks are whole
+    lesions the segmenter does not mark (model card).
+    """
+    flat = seg_logits.float().flatten(1)
+    k = max(1, round(top_fraction * flat.shape[1]))
+    score = flat.topk(k, dim=1).values.mean(dim=1)
+    present = (masks.flatten(1).amax(dim=1) > 0.5).float()
+    return nn.functional.binary_cross_entropy_with_logits(score, present)
 
 
 def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> torch.Tensor:
@@ -393,7 +418,7 @@ def train(cfg: TrainConfig) -> Path:
         net.train()
         order = epoch_order(tr["is_busi"], cfg.busi_share,
                             np.random.default_rng(cfg.seed * 1000 + epoch))
-        sums = {"seg": 0.0, "cls": 0.0}
+        sums = {"seg": 0.0, "cls": 0.0, "detect": 0.0}
         paste_rng = np.random.default_rng([cfg.seed, epoch, 17])
         pasted = 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", file=sys.stderr,
@@ -430,6 +455,10 @@ def train(cfg: TrainConfig) -> Path:
                 l_cls = (1 - a) * l_cls + a * distill_class_loss(
                     cls, torch.from_numpy(teacher["logits"][idx]), cfg.distill_temperature)
             loss = l_seg + cfg.cls_weight * l_cls
+            if cfg.detect_weight > 0:
+                l_det = lesion_presence_loss(seg, y)
+                loss = loss + cfg.detect_weight * l_det
+                sums["detect"] += l_det.item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -450,6 +479,7 @@ def train(cfg: TrainConfig) -> Path:
         record = {
             "epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"],
             "loss_seg": sums["seg"] / steps_per_epoch, "loss_cls": sums["cls"] / steps_per_epoch,
+            "loss_detect": (sums["detect"] / steps_per_epoch if cfg.detect_weight > 0 else None),
             "train_s": round(train_s_time, 1), "epoch_s": round(time.monotonic() - t0, 1),
             "elapsed_min": round(elapsed / 60, 2), "score": score, "val": metrics,
         }
@@ -524,6 +554,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--paste-prob", type=float, default=0.0,
                    help="probability per training lesion image of pasting in a lesion of "
                         "another training image of the same class and dataset (0: off)")
+    p.add_argument("--detect-weight", type=float, default=0.0,
+                   help="weight of an image-level lesion-present loss on the segmenter's "
+                        "top-pixel logits (0: off)")
     return p
 
 

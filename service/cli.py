@@ -300,6 +300,10 @@ def train(
         float, typer.Option(help="Probability per training lesion image of pasting in a "
                             "lesion of another image of the same class and dataset (0: off)")
     ] = 0.0,
+    detect_weight: Annotated[
+        float, typer.Option(help="Weight of an image-level lesion-present loss on the "
+                            "segmenter's top-pixel logits (0: off)")
+    ] = 0.0,
 ) -> None:
     """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
     from inference.train import TrainConfig
@@ -332,6 +336,7 @@ def train(
         elastic_prob=elastic_prob,
         weight_decay=weight_decay,
         paste_prob=paste_prob,
+        detect_weight=detect_weight,
     )
     best = run_train(cfg)
     typer.echo(f"best checkpoint: {best}")
