@@ -175,7 +175,7 @@ def build_seg_loss(name: str) -> nn.Module:
     raise ValueError(f"seg_loss must be one of {SEG_LOSSES}, got {name!r}")
 
 
-PRESENCE_TOP_FRACTION = 0.005  # of the pixels: 184 at 192 px, about the smallest kept mask
+PRESENCE_TOP_FRACTION = 0.005  # of the pixels: 184 at 192 px
 
 
 def lesion_presence_loss(seg_logits: torch.Tensor, masks: torch.Tensor,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.train import TrainConfig, lesion_presence_loss, main, train
+from inference.train import PRESENCE_TOP_FRACTION, TrainConfig, lesion_presence_loss, main, train
 
 S = 64
 
@@ -39,7 +39,7 @@ def test_presence_loss_gradient_reaches_only_the_top_pixels() -> None:
     logits.requires_grad_(True)
     lesion_presence_loss(logits, masks).backward()
     g = logits.grad.flatten(1)
-    k = round(0.005 * S * S)
+    k = round(PRESENCE_TOP_FRACTION * S * S)
     assert int((g[0] != 0).sum()) == k and int((g[1] != 0).sum()) == k
     assert (g[0][g[0] != 0] < 0).all()  # lesion image: raise its strongest pixels
     assert (g[1][g[1] != 0] > 0).all()  # normal image: lower them
