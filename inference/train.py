@@ -43,7 +43,13 @@ from inference.model import (
     postprocess_mask,
 )
 from inference.networks import ARCHS, build_network
-from inference.transforms import network_input, normalise, paste_lesions, train_augmentation
+from inference.transforms import (
+    fade_lesions,
+    network_input,
+    normalise,
+    paste_lesions,
+    train_augmentation,
+)
 
 SEG_LOSSES: tuple[str, ...] = ("dice", "dicebce", "focal", "tversky")
 # Bump when selection_score or the validation masks change: a resumed run then forgets its
@@ -77,7 +83,11 @@ class TrainConfig:
     dataset is pasted into it (:func:`inference.transforms.paste_lesions`; 0: off, as every
     network bundled up to 2026-12-03). ``detect_weight`` adds :func:`lesion_presence_loss`
     (an image-level "is there a lesion" term on the segmenter's output) with that weight; 0:
-    off, as every network bundled up to 2026-12-03.
+    off, as every network bundled up to 2026-12-03. ``fade_prob`` is the chance per training
+    lesion image that its lesion is made nearer isoechoic (:func:`inference.transforms.
+    fade_lesions`, after any paste, before the other augmentations; its own random stream, so
+    the pastes and augmentations drawn are those of the same run without it); 0: off, as every
+    network bundled up to 2026-12-03.
     """
 
     data_dirs: list[Path]
@@ -111,6 +121,7 @@ class TrainConfig:
     elastic_prob: float = 0.3
     paste_prob: float = 0.0
     detect_weight: float = 0.0
+    fade_prob: float = 0.0
 
     def __post_init__(self) -> None:
         self.data_dirs = [Path(d) for d in self.data_dirs]
@@ -143,6 +154,11 @@ class TrainConfig:
             raise ValueError(f"elastic_prob must be in [0, 1], got {self.elastic_prob}")
         if not 0.0 <= self.paste_prob <= 1.0:
             raise ValueError(f"paste_prob must be in [0, 1], got {self.paste_prob}")
+        if not 0.0 <= self.fade_prob <= 1.0:
+            raise ValueError(f"fade_prob must be in [0, 1], got {self.fade_prob}")
+        if self.fade_prob > 0 and self.teacher is not None:
+            raise ValueError("fade_prob needs teacher unset: the teacher's map is of the "
+                             "unfaded image")
         if self.detect_weight < 0.0:
             raise ValueError(f"detect_weight must be >= 0, got {self.detect_weight}")
         if self.paste_prob > 0 and self.teacher is not None:
@@ -421,6 +437,8 @@ def train(cfg: TrainConfig) -> Path:
         sums = {"seg": 0.0, "cls": 0.0, "detect": 0.0}
         paste_rng = np.random.default_rng([cfg.seed, epoch, 17])
         pasted = 0
+        fade_rng = np.random.default_rng([cfg.seed, epoch, 23])
+        faded = 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", file=sys.stderr,
                    mininterval=30.0, disable=None)
         for b in bar:
@@ -430,6 +448,10 @@ def train(cfg: TrainConfig) -> Path:
                 pasted += n_pasted
             else:
                 images, masks = tr["images"][idx], tr["masks"][idx]
+            if cfg.fade_prob > 0:
+                images, n_faded = fade_lesions(images, masks, tr["labels"][idx],
+                                               cfg.fade_prob, fade_rng)
+                faded += n_faded
             x, y, soft = _augment_batch(aug, images, masks,
                                         teacher["prob"][idx] if teacher is not None else None)
             labels = torch.from_numpy(tr["labels"][idx])
@@ -485,6 +507,8 @@ def train(cfg: TrainConfig) -> Path:
         }
         if cfg.paste_prob > 0:
             record["pasted"] = pasted
+        if cfg.fade_prob > 0:
+            record["faded"] = faded
         state = {
             "model": net.state_dict(), "arch": cfg.arch, "image_size": cfg.image_size,
             "classes": list(CLASSES), "epoch": epoch, "metrics": metrics, "score": score,
@@ -557,6 +581,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--detect-weight", type=float, default=0.0,
                    help="weight of an image-level lesion-present loss on the segmenter's "
                         "top-pixel logits (0: off)")
+    p.add_argument("--fade-prob", type=float, default=0.0,
+                   help="probability per training lesion image of moving its lesion's "
+                        "brightness towards the tissue around it (0: off)")
     return p
 
 

@@ -304,6 +304,10 @@ def train(
         float, typer.Option(help="Weight of an image-level lesion-present loss on the "
                             "segmenter's top-pixel logits (0: off)")
     ] = 0.0,
+    fade_prob: Annotated[
+        float, typer.Option(help="Probability per training lesion image of moving its "
+                            "lesion's brightness towards the tissue around it (0: off)")
+    ] = 0.0,
 ) -> None:
     """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
     from inference.train import TrainConfig
@@ -337,6 +341,7 @@ def train(
         weight_decay=weight_decay,
         paste_prob=paste_prob,
         detect_weight=detect_weight,
+        fade_prob=fade_prob,
     )
     best = run_train(cfg)
     typer.echo(f"best checkpoint: {best}")
