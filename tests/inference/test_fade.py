@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from inference.train import TrainConfig, main, train
 from inference.transforms import fade_lesion, fade_lesions
 
 S = 96
@@ -67,25 +63,3 @@ def test_fade_lesions_leaves_normals_and_masks_alone() -> None:
     assert none == 0 and (same == images).all()
     with pytest.raises(ValueError, match="fade prob"):
         fade_lesions(images, masks, labels, -0.1, np.random.default_rng(0))
-
-
-def test_fade_prob_is_validated_and_off_by_default(tmp_path: Path) -> None:
-    assert TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path).fade_prob == 0.0
-    with pytest.raises(ValueError, match="fade_prob"):
-        TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path, fade_prob=2.0)
-    with pytest.raises(ValueError, match="teacher"):
-        TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path, fade_prob=0.3,
-                    teacher=tmp_path / "model.pt")
-
-
-def test_train_with_fading_logs_the_faded_images(busi_dir: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "run"
-    train(TrainConfig(data_dirs=[busi_dir], out_dir=out, epochs=1, image_size=32,
-                      batch_size=4, lr=1e-3, num_threads=1, val_fraction=0.25,
-                      fade_prob=1.0))
-    record = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
-    assert record["faded"] > 0
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    assert "--fade-prob" in capsys.readouterr().out

@@ -79,23 +79,28 @@ def test_paste_lesions_keeps_labels_true_and_normals_untouched() -> None:
         paste_lesions(pool, index, 1.5, np.random.default_rng(1))
 
 
-def test_paste_prob_is_validated_and_off_by_default(tmp_path: Path) -> None:
-    assert TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path).paste_prob == 0.0
-    with pytest.raises(ValueError, match="paste_prob"):
-        TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path, paste_prob=1.2)
+@pytest.mark.parametrize("field", ["paste_prob", "fade_prob"])
+def test_augmentation_prob_is_validated_and_off_by_default(field: str, tmp_path: Path) -> None:
+    """Copy-paste and lesion fading (tests/inference/test_fade.py) share these rules."""
+    assert getattr(TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path), field) == 0.0
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path, **{field: 1.2})
     with pytest.raises(ValueError, match="teacher"):
-        TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path, paste_prob=0.3,
-                    teacher=tmp_path / "model.pt")
+        TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path, teacher=tmp_path / "model.pt",
+                    **{field: 0.3})
 
 
-def test_train_with_pasting_logs_the_pastes(busi_dir: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("field", "record_key", "option"), [
+    ("paste_prob", "pasted", "--paste-prob"), ("fade_prob", "faded", "--fade-prob")])
+def test_train_with_augmentation_logs_its_count(
+        field: str, record_key: str, option: str, busi_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     train(TrainConfig(data_dirs=[busi_dir], out_dir=out, epochs=1, image_size=32,
                       batch_size=4, lr=1e-3, num_threads=1, val_fraction=0.25,
-                      paste_prob=1.0))
+                      **{field: 1.0}))
     record = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
-    assert record["pasted"] > 0
+    assert record[record_key] > 0
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "--paste-prob" in capsys.readouterr().out
+    assert option in capsys.readouterr().out
