@@ -6,20 +6,13 @@ import numpy as np
 import pytest
 
 from inference.transforms import fade_lesion, fade_lesions
+from tests.inference.test_paste import S
+from tests.inference.test_paste import _scan as paste_scan
 
-S = 96
 
-
-def _scan(centre: tuple[int, int] | None, radius: int = 12, tissue: int = 120,
-          lesion: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    """A speckle-free 'scan': uniform tissue with one dark disk (the lesion) or none."""
-    image = np.full((S, S), tissue, dtype=np.uint8)
-    mask = np.zeros((S, S), dtype=np.uint8)
-    if centre is not None:
-        yy, xx = np.mgrid[:S, :S]
-        disk = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
-        image[disk], mask[disk] = lesion, 1
-    return image, mask
+def _scan(centre: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The copy-paste tests' speckle-free scan, with a lesion of radius 12."""
+    return paste_scan(centre, radius=12)
 
 
 def test_fade_lesion_moves_the_lesion_by_the_strength_share_of_its_contrast() -> None:
