@@ -117,6 +117,17 @@ def train_augmentation(
     )
 
 
+def _feathered_alpha(lesion: np.ndarray) -> np.ndarray:
+    """A 0..1 blending weight over a boolean lesion: 1 inside, falling off over about 2 px
+    outside (dilated by 1 px, Gaussian-blurred with sigma 1, rescaled to a peak of 1), so an
+    edit to the lesion leaves no hard seam in the speckle."""
+    from scipy import ndimage
+
+    alpha = ndimage.gaussian_filter(
+        ndimage.binary_dilation(lesion, iterations=1).astype(np.float32), sigma=1.0)
+    return np.clip(alpha / max(float(alpha.max()), 1e-6), 0.0, 1.0)
+
+
 def paste_lesion(
     host_image: np.ndarray, host_mask: np.ndarray, donor_image: np.ndarray,
     donor_mask: np.ndarray, rng: np.random.Generator, tries: int = 10,
@@ -146,9 +157,7 @@ def paste_lesion(
     if h >= size[0] or w >= size[1]:
         return None
     lesion = donor_mask[y0:y1, x0:x1] > 0
-    alpha = ndimage.gaussian_filter(
-        ndimage.binary_dilation(lesion, iterations=1).astype(np.float32), sigma=1.0)
-    alpha = np.clip(alpha / max(float(alpha.max()), 1e-6), 0.0, 1.0)
+    alpha = _feathered_alpha(lesion)
     rim = alpha < 0.05
     patch = donor_image[y0:y1, x0:x1].astype(np.float32)
     forbidden = ndimage.binary_dilation(host_mask > 0, iterations=4)
@@ -214,9 +223,8 @@ def fade_lesion(
     still labelled, is a training lesion it cannot find by its darkness alone. ``image`` and
     ``mask`` are (S, S) uint8 at the training size; the surrounding tissue is the ring
     2-6 px outside the lesion, content pixels only (> 5, not the black margin). The shift is
-    blended through a feathered alpha (the lesion dilated by 1 px, blurred), as in
-    :func:`paste_lesion`. Returns the new image, or None when there is no lesion or no tissue
-    around it.
+    blended through the same feathered alpha as a paste (:func:`_feathered_alpha`). Returns
+    the new image, or None when there is no lesion or no tissue around it.
     """
     from scipy import ndimage
 
@@ -231,9 +239,7 @@ def fade_lesion(
         return None
     img = image.astype(np.float32)
     shift = strength * float(img[ring].mean() - img[lesion].mean())
-    alpha = ndimage.gaussian_filter(
-        ndimage.binary_dilation(lesion, iterations=1).astype(np.float32), sigma=1.0)
-    alpha = np.clip(alpha / max(float(alpha.max()), 1e-6), 0.0, 1.0)
+    alpha = _feathered_alpha(lesion)
     return np.clip(np.rint(img + alpha * shift), 0, 255).astype(np.uint8)
 
 
