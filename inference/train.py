@@ -47,6 +47,7 @@ from inference.transforms import (
     fade_lesions,
     network_input,
     normalise,
+    paste_into_normals,
     paste_lesions,
     train_augmentation,
 )
@@ -87,7 +88,10 @@ class TrainConfig:
     lesion image that its lesion is made nearer isoechoic (:func:`inference.transforms.
     fade_lesions`, after any paste, before the other augmentations; its own random stream, so
     the pastes and augmentations drawn are those of the same run without it); 0: off, as every
-    network bundled up to 2026-12-03.
+    network bundled up to 2026-12-03. ``paste_normal_prob`` is the chance per training normal
+    image that a lesion of a lesion image of the same dataset is pasted into it and its label
+    becomes the donor's class (:func:`inference.transforms.paste_into_normals`, after the
+    other pastes; its own random stream); 0: off, as every network bundled up to 2026-12-04.
     """
 
     data_dirs: list[Path]
@@ -122,6 +126,7 @@ class TrainConfig:
     paste_prob: float = 0.0
     detect_weight: float = 0.0
     fade_prob: float = 0.0
+    paste_normal_prob: float = 0.0
 
     def __post_init__(self) -> None:
         self.data_dirs = [Path(d) for d in self.data_dirs]
@@ -154,6 +159,12 @@ class TrainConfig:
             raise ValueError(f"elastic_prob must be in [0, 1], got {self.elastic_prob}")
         if not 0.0 <= self.paste_prob <= 1.0:
             raise ValueError(f"paste_prob must be in [0, 1], got {self.paste_prob}")
+        if not 0.0 <= self.paste_normal_prob <= 1.0:
+            raise ValueError("paste_normal_prob must be in [0, 1], got "
+                             f"{self.paste_normal_prob}")
+        if self.paste_normal_prob > 0 and self.teacher is not None:
+            raise ValueError("paste_normal_prob needs teacher unset: a pasted lesion is not "
+                             "in the teacher's targets")
         if not 0.0 <= self.fade_prob <= 1.0:
             raise ValueError(f"fade_prob must be in [0, 1], got {self.fade_prob}")
         if self.fade_prob > 0 and self.teacher is not None:
@@ -439,6 +450,8 @@ def train(cfg: TrainConfig) -> Path:
         pasted = 0
         fade_rng = np.random.default_rng([cfg.seed, epoch, 23])
         faded = 0
+        normal_rng = np.random.default_rng([cfg.seed, epoch, 29])
+        pasted_normal = 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", file=sys.stderr,
                    mininterval=30.0, disable=None)
         for b in bar:
@@ -448,13 +461,18 @@ def train(cfg: TrainConfig) -> Path:
                 pasted += n_pasted
             else:
                 images, masks = tr["images"][idx], tr["masks"][idx]
+            batch_labels = tr["labels"][idx]
+            if cfg.paste_normal_prob > 0:
+                images, masks, batch_labels, n_normal = paste_into_normals(
+                    tr, idx, images, masks, cfg.paste_normal_prob, normal_rng)
+                pasted_normal += n_normal
             if cfg.fade_prob > 0:
-                images, n_faded = fade_lesions(images, masks, tr["labels"][idx],
+                images, n_faded = fade_lesions(images, masks, batch_labels,
                                                cfg.fade_prob, fade_rng)
                 faded += n_faded
             x, y, soft = _augment_batch(aug, images, masks,
                                         teacher["prob"][idx] if teacher is not None else None)
-            labels = torch.from_numpy(tr["labels"][idx])
+            labels = torch.from_numpy(np.asarray(batch_labels, dtype=np.int64))
             progress = step / total_steps
             if max_s is not None:
                 progress = max(progress, (elapsed + time.monotonic() - t0) / max_s)
@@ -509,6 +527,8 @@ def train(cfg: TrainConfig) -> Path:
             record["pasted"] = pasted
         if cfg.fade_prob > 0:
             record["faded"] = faded
+        if cfg.paste_normal_prob > 0:
+            record["pasted_normal"] = pasted_normal
         state = {
             "model": net.state_dict(), "arch": cfg.arch, "image_size": cfg.image_size,
             "classes": list(CLASSES), "epoch": epoch, "metrics": metrics, "score": score,
@@ -584,6 +604,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fade-prob", type=float, default=0.0,
                    help="probability per training lesion image of moving its lesion's "
                         "brightness towards the tissue around it (0: off)")
+    p.add_argument("--paste-normal-prob", type=float, default=0.0,
+                   help="probability per training normal image of pasting in a lesion of "
+                        "another training image of its dataset, the label becoming that "
+                        "lesion's class (0: off)")
     return p
 
 

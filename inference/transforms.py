@@ -211,6 +211,44 @@ def paste_lesions(
     return images, masks, pasted
 
 
+def paste_into_normals(
+    pool: dict[str, np.ndarray], index: np.ndarray, images: np.ndarray, masks: np.ndarray,
+    prob: float, rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The batch with, for each normal image and probability ``prob``, the lesion of a random
+    lesion image of the same dataset pasted in (:func:`paste_lesion`), and its label changed
+    to the donor's class.
+
+    Why: :func:`paste_lesions` puts lesions only into images that already hold one, so the
+    segmenter never sees a lesion on the tissue of a normal breast, where it must find the
+    small held-out lesions it misses. A normal image with a benign lesion pasted in is a
+    benign image, so its label becomes the donor's and every label stays true. ``images`` and
+    ``masks`` are the batch ``pool[...][index]`` as it stands (after any other paste).
+    Returns copies of (images, masks), the batch's labels (int64) and how many normals were
+    pasted into.
+    """
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"paste-normal prob must be in [0, 1], got {prob}")
+    images, masks = images.copy(), masks.copy()
+    labels = pool["labels"][index].astype(np.int64)
+    pasted = 0
+    if prob == 0.0:
+        return images, masks, labels, 0
+    for i, host in enumerate(index):
+        if labels[i] != 0 or rng.random() >= prob:
+            continue
+        donors = np.flatnonzero((pool["labels"] > 0) & (pool["is_busi"] == pool["is_busi"][host]))
+        if donors.size == 0:
+            continue
+        d = int(rng.choice(donors))
+        out = paste_lesion(images[i], masks[i], pool["images"][d], pool["masks"][d], rng)
+        if out is not None:
+            images[i], masks[i] = out
+            labels[i] = int(pool["labels"][d])
+            pasted += 1
+    return images, masks, labels, pasted
+
+
 def fade_lesion(
     image: np.ndarray, mask: np.ndarray, strength: float,
 ) -> np.ndarray | None:

@@ -308,6 +308,11 @@ def train(
         float, typer.Option(help="Probability per training lesion image of moving its "
                             "lesion's brightness towards the tissue around it (0: off)")
     ] = 0.0,
+    paste_normal_prob: Annotated[
+        float, typer.Option(help="Probability per training normal image of pasting in a "
+                            "lesion of another image of its dataset, the label becoming "
+                            "that lesion's class (0: off)")
+    ] = 0.0,
 ) -> None:
     """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
     from inference.train import TrainConfig
@@ -342,6 +347,7 @@ def train(
         paste_prob=paste_prob,
         detect_weight=detect_weight,
         fade_prob=fade_prob,
+        paste_normal_prob=paste_normal_prob,
     )
     best = run_train(cfg)
     typer.echo(f"best checkpoint: {best}")

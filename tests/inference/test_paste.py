@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from inference.train import TrainConfig, main, train
-from inference.transforms import paste_lesion, paste_lesions
+from inference.transforms import paste_into_normals, paste_lesion, paste_lesions
 
 S = 96
 
@@ -79,7 +79,35 @@ def test_paste_lesions_keeps_labels_true_and_normals_untouched() -> None:
         paste_lesions(pool, index, 1.5, np.random.default_rng(1))
 
 
-@pytest.mark.parametrize("field", ["paste_prob", "fade_prob"])
+def test_paste_into_normals_gives_the_normal_a_lesion_and_the_donor_class() -> None:
+    scans = [_scan(None), _scan((60, 60), radius=8), _scan(None), _scan((30, 30)),
+             _scan(None)]
+    pool = {
+        "images": np.stack([s[0] for s in scans]), "masks": np.stack([s[1] for s in scans]),
+        "labels": np.array([0, 2, 0, 1, 0]),
+        "is_busi": np.array([True, True, True, False, False]),
+    }
+    index = np.array([0, 1, 2, 4])
+    images, masks, labels, pasted = paste_into_normals(
+        pool, index, pool["images"][index], pool["masks"][index], 1.0,
+        np.random.default_rng(3))
+    # BUSI normals 0 and 2 take the only BUSI lesion (malignant image 1) and become
+    # malignant; BUS-BRA normal 4 takes the BUS-BRA benign lesion; the lesion image is kept
+    assert pasted == 3 and labels.dtype == np.int64
+    assert labels.tolist() == [2, 2, 2, 1]
+    for i in (0, 1, 3):
+        assert abs(int(masks[i].sum()) - int(pool["masks"][1 if i < 3 else 3].sum())) <= 2
+    assert (images[1] == pool["images"][1]).all() and (masks[1] == pool["masks"][1]).all()
+    assert (pool["masks"][[0, 2, 4]] == 0).all()  # the pool itself is not changed
+    same, same_m, same_l, none = paste_into_normals(
+        pool, index, pool["images"][index], pool["masks"][index], 0.0,
+        np.random.default_rng(3))
+    assert none == 0 and same_l.tolist() == [0, 2, 0, 0] and (same_m[0] == 0).all()
+    with pytest.raises(ValueError, match="paste-normal prob"):
+        paste_into_normals(pool, index, images, masks, -0.1, np.random.default_rng(3))
+
+
+@pytest.mark.parametrize("field", ["paste_prob", "fade_prob", "paste_normal_prob"])
 def test_augmentation_prob_is_validated_and_off_by_default(field: str, tmp_path: Path) -> None:
     """Copy-paste and lesion fading (tests/inference/test_fade.py) share these rules."""
     assert getattr(TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path), field) == 0.0
@@ -91,7 +119,8 @@ def test_augmentation_prob_is_validated_and_off_by_default(field: str, tmp_path:
 
 
 @pytest.mark.parametrize(("field", "record_key", "option"), [
-    ("paste_prob", "pasted", "--paste-prob"), ("fade_prob", "faded", "--fade-prob")])
+    ("paste_prob", "pasted", "--paste-prob"), ("fade_prob", "faded", "--fade-prob"),
+    ("paste_normal_prob", "pasted_normal", "--paste-normal-prob")])
 def test_train_with_augmentation_logs_its_count(
         field: str, record_key: str, option: str, busi_dir: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -109,7 +109,7 @@ def test_train_command_passes_its_options_to_training(tmp_path: Path) -> None:
         "--image-size", "32", "--batch-size", "4", "--num-threads", "1", "--arch", "cascade",
         "--seed", "3", "--split-seed", "0", "--keep-epochs", "--val-every", "2",
         "--weight-decay", "0.02", "--elastic-prob", "0.5", "--detect-weight", "0.25",
-        "--fade-prob", "0.4",
+        "--fade-prob", "0.4", "--paste-normal-prob", "0.6",
     ])
     assert result.exit_code == 0, result.output
     assert "best checkpoint:" in result.output
@@ -121,7 +121,7 @@ def test_train_command_passes_its_options_to_training(tmp_path: Path) -> None:
     cfg = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["config"]
     assert (cfg["arch"], cfg["seed"], cfg["split_seed"], cfg["val_every"]) == ("cascade", 3, 0, 2)
     assert (cfg["weight_decay"], cfg["elastic_prob"], cfg["detect_weight"]) == (0.02, 0.5, 0.25)
-    assert cfg["fade_prob"] == 0.4
+    assert (cfg["fade_prob"], cfg["paste_normal_prob"]) == (0.4, 0.6)
     # a second run started from the first one's weights (same split) says so in its config
     again = runner.invoke(app, [
         "train", "--data-dir", str(data), "--out", str(tmp_path / "run2"), "--epochs", "1",
