@@ -92,10 +92,22 @@ class DicomSettings(_Section):
     max_pdu_bytes: int = Field(0, ge=0, description="Maximum PDU size we accept (0 = unlimited)")
     network_timeout_seconds: float = Field(60, gt=0, description="Idle association timeout")
     require_called_ae_title: bool = Field(
-        False, description="Reject associations whose Called AE title is not ours"
+        True, description="Reject associations whose Called AE title is not ours"
     )
     max_associations: int = Field(
         64, ge=1, le=1000, description="Concurrent associations before new ones are refused"
+    )
+    max_connections_per_address: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="Open connections one IP address may hold; more are refused at connect",
+    )
+    association_setup_timeout_seconds: float = Field(
+        10,
+        gt=0,
+        le=300,
+        description="A connection without an established association after this is closed",
     )
     allowed_peers: list[AllowedPeer] = Field(
         default_factory=list,

@@ -61,8 +61,11 @@ def build_runtime(settings: Settings) -> Runtime:
     upgrade(url)
     engine = make_engine(url)
     models = ModelProvider(
-        settings.worker.weights, settings.worker.device, settings.worker.torch_threads,
-        precision=settings.worker.precision, compile_mode=settings.worker.compile,
+        settings.worker.weights,
+        settings.worker.device,
+        settings.worker.torch_threads,
+        precision=settings.worker.precision,
+        compile_mode=settings.worker.compile,
     )
     return Runtime(settings=settings, engine=engine, data_dir=data_dir, models=models)
 
@@ -86,6 +89,8 @@ def start_background(
             max_pdu_bytes=s.dicom.max_pdu_bytes,
             require_called_ae_title=s.dicom.require_called_ae_title,
             max_associations=s.dicom.max_associations,
+            max_connections_per_address=s.dicom.max_connections_per_address,
+            association_setup_timeout_seconds=s.dicom.association_setup_timeout_seconds,
             allowed_peers=s.dicom.allowed_peers,
             ssl_context=_listener_tls(s),
         )
@@ -163,16 +168,9 @@ def serve(settings: Settings) -> None:
     if settings.web.enabled:
         import uvicorn
 
-        from service.web.app import create_app
+        from service.web.app import create_app, server_config
 
-        config = uvicorn.Config(
-            create_app(settings, runtime),
-            host=settings.web.host,
-            port=settings.web.port,
-            log_config=None,
-            access_log=False,
-        )
-        web_server = uvicorn.Server(config)
+        web_server = uvicorn.Server(server_config(create_app(settings, runtime), settings))
         web_thread = threading.Thread(target=web_server.run, name="web", daemon=True)
         web_thread.start()
         log.info("dashboard on http://%s:%d/", settings.web.host, settings.web.port)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
+import threading
 from collections.abc import Sequence
 
 from pydicom.uid import (
@@ -29,8 +30,8 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
+from service.admission import AdmissionPolicy, GuardedAssociationServer, allowed_networks
 from service.config import AllowedPeer
 from service.ingest import StoreContext, StoreStatus, store_encoded
 
@@ -134,15 +135,19 @@ def start_scp(
     port: int,
     network_timeout_seconds: float = 60,
     max_pdu_bytes: int = 0,
-    require_called_ae_title: bool = False,
+    require_called_ae_title: bool = True,
     max_associations: int = 64,
+    max_connections_per_address: int = 16,
+    association_setup_timeout_seconds: float = 10,
     allowed_peers: Sequence[AllowedPeer] = (),
     ssl_context: ssl.SSLContext | None = None,
-) -> ThreadedAssociationServer:
+) -> GuardedAssociationServer:
     """Start the listener in its own threads; call `.shutdown()` on the result to stop.
 
-    With `ssl_context` the listener speaks TLS only: a plain-text peer fails the handshake
-    and never reaches association negotiation.
+    Every connection passes `service.admission` first: the address and per-address checks
+    at connect, the association-setup deadline and the PDU size limits. With `ssl_context`
+    the listener speaks TLS only: a plain-text peer fails the handshake and never reaches
+    association negotiation.
     """
     ae = build_ae(ae_title, network_timeout_seconds, max_pdu_bytes, max_associations)
     ae.require_called_aet = require_called_ae_title
@@ -151,9 +156,21 @@ def start_scp(
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ctx]),
     ]
-    server = ae.start_server(
-        (host, port), block=False, evt_handlers=handlers, ssl_context=ssl_context
+    policy = AdmissionPolicy(
+        setup_timeout_seconds=association_setup_timeout_seconds,
+        max_connections_per_address=max_connections_per_address,
+        network_timeout_seconds=network_timeout_seconds,
+        max_pdu_bytes=max_pdu_bytes,
+        allowed_networks=allowed_networks([p.hosts for p in allowed_peers]),
     )
+    server = ae.make_server(
+        (host, port),
+        evt_handlers=handlers,
+        ssl_context=ssl_context,
+        server_class=GuardedAssociationServer,
+        policy=policy,
+    )
+    threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True).start()
     log.info(
         "DICOM listener %s on %s:%d%s%s",
         ae_title,
