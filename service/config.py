@@ -178,6 +178,22 @@ class WebSettings(_Section):
     host: str = Field("127.0.0.1", description="Dashboard bind address")
     port: int = Field(8000, ge=1, le=65535, description="Dashboard port")
     max_upload_mb: int = Field(512, ge=1, description="Largest file the upload API accepts")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description=(
+            "IP addresses or CIDR networks of reverse proxies whose X-Forwarded-For and "
+            "X-Forwarded-Proto are believed; empty = none (the direct peer is the client)"
+        ),
+    )
+    request_body_timeout_seconds: float = Field(
+        60, gt=0, description="A request body must arrive within this long, else 408"
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: list[str]) -> list[str]:
+        # Canonical network strings ("10.0.0.1" -> "10.0.0.1/32"); a bad one raises, named.
+        return [str(ipaddress.ip_network(item.strip(), strict=False)) for item in value]
 
 
 class AuthSettings(_Section):

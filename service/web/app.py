@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
+import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service.config import Settings
 from service.errors import JobError
@@ -96,10 +100,16 @@ def create_app(settings: Settings, runtime: RuntimeView | None = None) -> FastAP
     app.state.signer = make_signer(settings)
     app.state.login_throttle = LoginThrottle()
 
-    # The last added runs first: headers on every answer, then the cross-site check, then auth.
+    # The last added runs first: the real client address (so every layer, the log-in throttle
+    # and the audit see it), headers on every answer, the cross-site check, auth, and
+    # innermost the body deadline (its 408 must reach the routes' error handling unwrapped:
+    # the middlewares above run the app in task groups that wrap exceptions in groups).
+    app.add_middleware(BodyDeadline, seconds=settings.web.request_body_timeout_seconds)
     app.middleware("http")(authenticate_requests)
     app.middleware("http")(_refuse_cross_site_writes)
     app.middleware("http")(_security_headers)
+    if settings.web.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.web.trusted_proxies)
     app.include_router(jobs.router)
     app.include_router(instances.router)
     app.include_router(admin.router)
@@ -110,6 +120,79 @@ def create_app(settings: Settings, runtime: RuntimeView | None = None) -> FastAP
     app.include_router(admin.pages)
     _add_error_handlers(app)
     return app
+
+
+def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """How `wecare serve` runs the app under uvicorn.
+
+    uvicorn's own proxy-header handling is off: by default it believes X-Forwarded-For from
+    127.0.0.1, so any local process (or a proxy we do not know of) could pick the client
+    address the log-in throttle and the audit trail see. The app does it itself, only for
+    web.trusted_proxies."""
+    return uvicorn.Config(
+        app,
+        host=settings.web.host,
+        port=settings.web.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )
+
+
+class BodyDeadline:
+    """ASGI middleware: a request body must arrive within `seconds` of the request's start.
+
+    uvicorn bounds idle keep-alive connections but not a body trickling in, so a slow upload
+    could hold a connection (and its buffers) open for as long as the client likes. Past the
+    deadline the reader gets HTTPException 408 (answered through the usual error handlers) and
+    the answer carries `Connection: close`, so uvicorn drops the connection."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = anyio.current_time() + self.seconds
+        body_done = timed_out = started = False
+
+        async def receive_in_time() -> Message:
+            nonlocal body_done, timed_out
+            if body_done or timed_out:  # after the body: waiting for a disconnect is fine
+                return await receive()
+            try:
+                with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
+                    message = await receive()
+            except TimeoutError:
+                timed_out = True
+                raise HTTPException(HTTPStatus.REQUEST_TIMEOUT, "request body too slow") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def send_closing(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if timed_out:
+                    headers = [
+                        (k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"
+                    ]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive_in_time, send_closing)
+        except Exception:
+            if not timed_out:
+                raise
+            if not started:  # the 408 escaped the handlers (e.g. wrapped): answer it here
+                await JSONResponse(
+                    {"detail": "request body too slow", "code": "request_timeout"},
+                    status_code=HTTPStatus.REQUEST_TIMEOUT,
+                )(scope, receive, send_closing)
 
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -189,6 +272,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "too_large",
     415: "unsupported_media_type",

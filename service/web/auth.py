@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -314,12 +315,21 @@ def audit(
 
 
 class LoginThrottle:
-    """At most `limit` failed log-ins per client address in `window_seconds` (in memory)."""
+    """At most `limit` failed log-ins per client address in `window_seconds` (in memory).
+
+    Check and count are one step (`reserve`, under a lock): an attempt is counted as a failure
+    before its password is verified, so concurrent guesses cannot all pass the check while the
+    first ones are still being hashed. A success clears the address; an attempt that never got
+    an answer (an error) gives its slot back (`release`)."""
+
+    #: Addresses tracked at most; past this, expired ones go, then the oldest.
+    MAX_KEYS = 10_000
 
     def __init__(self, limit: int = 10, window_seconds: float = 300) -> None:
         self.limit = limit
         self.window = window_seconds
         self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
         times = self._failures.setdefault(key, deque())
@@ -327,16 +337,43 @@ class LoginThrottle:
             times.popleft()
         return times
 
-    def blocked(self, key: str) -> bool:
-        return len(self._recent(key, time.monotonic())) >= self.limit
+    def _bound(self, now: float) -> None:
+        """Keep memory bounded under a spray of addresses without wiping live counts."""
+        if len(self._failures) < self.MAX_KEYS:
+            return
+        for key in [k for k, t in self._failures.items() if not t or now - t[-1] > self.window]:
+            del self._failures[key]
+        while len(self._failures) >= self.MAX_KEYS:
+            del self._failures[next(iter(self._failures))]
 
-    def failed(self, key: str) -> None:
-        if len(self._failures) > 10_000:  # bounded memory under a spray of addresses
-            self._failures.clear()
-        self._recent(key, time.monotonic()).append(time.monotonic())
+    def blocked(self, key: str) -> bool:
+        with self._lock:
+            return len(self._recent(key, time.monotonic())) >= self.limit
+
+    def reserve(self, key: str) -> float | None:
+        """Count one attempt from `key` now; None (not counted) when `key` is blocked.
+
+        Returns the slot, to `release` if the attempt ends without an answer."""
+        with self._lock:
+            now = time.monotonic()
+            if key not in self._failures:
+                self._bound(now)
+            times = self._recent(key, now)
+            if len(times) >= self.limit:
+                return None
+            times.append(now)
+            return now
+
+    def release(self, key: str, slot: float) -> None:
+        """Give back a slot taken by `reserve` (the attempt was not evaluated)."""
+        with self._lock:
+            times = self._failures.get(key)
+            if times is not None and slot in times:
+                times.remove(slot)
 
     def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
+        with self._lock:
+            self._failures.pop(key, None)
 
 
 def make_signer(settings: Settings) -> Signer | None:

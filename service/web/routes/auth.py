@@ -99,7 +99,8 @@ async def login(
         )
     throttle = request.app.state.login_throttle
     client = request.client.host if request.client else "?"
-    if throttle.blocked(client):
+    slot = throttle.reserve(client)  # counted as a failure until the password proves right
+    if slot is None:
         return _login_page(
             request,
             next_url,
@@ -128,9 +129,12 @@ async def login(
             audit(session, request, AuditAction.LOGIN, user.name, actor=user.name)
             return new.secret
 
-    secret = await run_in_threadpool(attempt)
+    try:
+        secret = await run_in_threadpool(attempt)
+    except Exception:  # not evaluated (database down): give the slot back. A cancelled
+        throttle.release(client, slot)  # request keeps it: its guess may have been tried.
+        raise
     if secret is None:
-        throttle.failed(client)
         return _login_page(request, next_url, "Wrong name or password.", HTTPStatus.UNAUTHORIZED)
     throttle.succeeded(client)
     response = RedirectResponse(next_url, status_code=HTTPStatus.SEE_OTHER)
