@@ -36,7 +36,7 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from dicom_io import codes
 from dicom_io.errors import DicomIOError, EmptySegmentationError
-from dicom_io.headers import restore_referenced_sop_classes, source_header
+from dicom_io.headers import log_notes, restore_referenced_sop_classes, source_header
 from dicom_io.regions import bmode_region, tissue_regions
 from dicom_io.uids import WECARE_MANUFACTURER, output_uid
 
@@ -144,13 +144,13 @@ def _pixel_spacing(sources: Sequence[Dataset]) -> tuple[float, float]:
 
 
 def _with_synthetic_geometry(
-    sources: Sequence[Dataset], frame_of_reference_uid: str
+    headers: Sequence[Dataset], frame_of_reference_uid: str
 ) -> list[Dataset]:
-    spacing = [f"{value:.10g}" for value in _pixel_spacing(sources)]
+    # ``headers`` are our copies (:func:`source_header`): changed in place.
+    spacing = [f"{value:.10g}" for value in _pixel_spacing(headers)]
     proxies = []
     position = 0
-    for ds in sources:
-        proxy = source_header(ds)
+    for proxy in headers:
         proxy.FrameOfReferenceUID = frame_of_reference_uid
         proxy.PositionReferenceIndicator = ""
         for keyword in (
@@ -163,7 +163,7 @@ def _with_synthetic_geometry(
         ):
             if keyword in proxy:
                 delattr(proxy, keyword)
-        if _number_of_frames(ds) == 1:
+        if _number_of_frames(proxy) == 1:
             proxy.ImageOrientationPatient = list(_IDENTITY_ORIENTATION)
             proxy.ImagePositionPatient = [0.0, 0.0, -float(position)]
             proxy.PixelSpacing = spacing
@@ -180,7 +180,7 @@ def _with_synthetic_geometry(
             shared.PlaneOrientationSequence = DicomSequence([orientation])
             proxy.SharedFunctionalGroupsSequence = DicomSequence([shared])
             per_frame = []
-            for _ in range(_number_of_frames(ds)):
+            for _ in range(_number_of_frames(proxy)):
                 plane = Dataset()
                 plane.ImagePositionPatient = [0.0, 0.0, -float(position)]
                 item = Dataset()
@@ -311,14 +311,18 @@ def build_seg(
         raise ValueError("uid_source must be a non-empty str or None")
     series_uid = uid_source or str(kept_sources[0].SeriesInstanceUID)
     positions = {tuple(float(v) for v in ds.get("ImagePositionPatient", [])) for ds in kept_sources}
+    headers = [source_header(ds) for ds in kept_sources]
     if all(_has_patient_geometry(ds) for ds in kept_sources) and len(positions) == len(
         kept_sources
     ):
-        proxies = [source_header(ds) for ds in kept_sources]
+        proxies = [header for header, _ in headers]
     else:
         proxies = _with_synthetic_geometry(
-            kept_sources, output_uid(series_uid, algorithm.version, "seg-frame-of-reference")
+            [header for header, _ in headers],
+            output_uid(series_uid, algorithm.version, "seg-frame-of-reference"),
         )
+    # highdicom copies Patient/Study/Equipment from the first source only.
+    log_notes(headers[0][1], "SEG")
     plane_positions = None
     if multi and not is_multiframe_image(proxies[0]):
         # Several frames in a single-frame IOD (US Image or Secondary Capture with Number

@@ -30,7 +30,12 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from dicom_io import codes
-from dicom_io.headers import RETIRED_SOP_CLASSES, restore_referenced_sop_classes, source_header
+from dicom_io.headers import (
+    RETIRED_SOP_CLASSES,
+    log_notes,
+    restore_referenced_sop_classes,
+    source_header,
+)
 from dicom_io.seg import AlgorithmInfo, seg_frame_for_source
 from dicom_io.uids import WECARE_MANUFACTURER, output_uid
 
@@ -281,7 +286,10 @@ def build_sr(
         for ds in sources
         if str(ds.SOPClassUID) in RETIRED_SOP_CLASSES
     }
-    sources = [source_header(ds) for ds in sources]
+    headers = [source_header(ds) for ds in sources]
+    sources = [header for header, _ in headers]
+    # highdicom copies Patient/Study/Equipment from the first evidence item only.
+    log_notes(headers[0][1], "SR")
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     study_uid = studies.pop()
     version = algorithm.version

@@ -29,7 +29,11 @@ def run_dciodvfy(path: Path | str) -> tuple[list[str], list[str]]:
         IOD name dciodvfy prints first) are dropped.
     """
     result = subprocess.run(
-        ["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=120
+        ["dciodvfy", "-new", str(path)],
+        capture_output=True,
+        text=True,
+        errors="replace",  # it echoes values, which need not be UTF-8
+        timeout=120,
     )
     errors, warnings = [], []
     for line in (result.stdout + "\n" + result.stderr).splitlines():
