@@ -133,12 +133,12 @@ def query(data_dir: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return list(conn.execute(sql, args).fetchall())
 
 
-def rss_kb(pid: int) -> int:
-    """Resident set size of a process in KiB (VmRSS of /proc/PID/status)."""
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    """Resident set size of a process in KiB (`VmRSS` of /proc/PID/status; `VmHWM`: its peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    raise AssertionError(f"no {field} for pid {pid}")
 
 
 def small_studies(
