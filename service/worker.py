@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from sqlalchemy import Engine
 
 from service.config import Settings
 from service.errors import JobError
-from service.logs import log_context
+from service.logs import _QUOTED, REDACTED, log_context
 from service.pipeline import SourceImage, StudyResult, process_study
 from storage.db import session_scope
 from storage.files import DataDir
@@ -140,13 +141,16 @@ def work_once(
         except JobError as exc:
             _fail(engine, job_id, worker_id, exc, attempts, settings.worker.max_attempts)
             return job_id
-        except Exception as exc:
-            log.exception("job crashed")
+        except Exception as exc:  # noqa: BLE001 - the one catch-all per job, recorded
+            message = crash_message(exc)
+            log.error(
+                "job crashed: %s\n%s", message, "".join(traceback.format_tb(exc.__traceback__))
+            )
             _fail(
                 engine,
                 job_id,
                 worker_id,
-                JobError("internal_error", f"{type(exc).__name__}: {exc}", retryable=True),
+                JobError("internal_error", message, retryable=True),
                 attempts,
                 settings.worker.max_attempts,
             )
@@ -161,6 +165,16 @@ def work_once(
             len(result.outputs),
         )
     return job_id
+
+
+def crash_message(exc: BaseException) -> str:
+    """``Type: message`` of an unexpected exception, quoted text redacted.
+
+    Library messages quote the values they reject (``'f' is not a valid
+    PatientSexValues``), which may be patient data: neither ``job.error`` nor the log may
+    carry them (the log gets the stack without messages).
+    """
+    return f"{type(exc).__name__}: {_QUOTED.sub(REDACTED, str(exc))}"
 
 
 def _heartbeat(

@@ -171,3 +171,61 @@ def test_work_once_lease_lost_result_discarded(
     with session_scope(engine) as s:
         assert s.get(Job, job_id).state == JobState.QUEUED  # type: ignore[union-attr]
         assert s.scalars(select(Output)).all() == []
+
+
+def test_work_once_nonstandard_patient_attributes_job_done_without_their_values(
+    engine: Engine, data_dir: DataDir, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Patient Sex "f", a birth date of 31 February and a malformed referring physician:
+    the job still ends done with a SEG and an SR; the values reach no log and no job.error.
+    """
+    from pydicom import dcmread
+
+    from storage.models import Instance
+
+    job_id = _receive(engine, data_dir, tmp_path)
+    with session_scope(engine) as s:
+        path = Path(s.scalars(select(Instance.path)).one())
+    ds = dcmread(path)
+    ds.PatientSex = "f"
+    ds.PatientBirthDate = "19700231"
+    ds.ReferringPhysicianName = "Quirkdoc^b^c^d^e^f"
+    ds.save_as(path)
+    models = ModelProvider(None, "cpu", None, model=ThresholdModel())
+    with caplog.at_level("INFO"):
+        work_once(_settings(destinations=False), engine, data_dir, models, "host:0")
+    with session_scope(engine) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.state == JobState.DONE, (job.error_code, job.error)
+        assert job.error is None and job.error_code is None
+        outputs = {o.kind: dcmread(o.path) for o in s.scalars(select(Output))}
+    assert sorted(outputs) == ["seg", "sr"]
+    for output in outputs.values():
+        assert (output.PatientSex, output.PatientBirthDate) == ("F", "")
+    logged = "\n".join(r.getMessage() + str(r.exc_text or "") for r in caplog.records)
+    assert "PatientBirthDate" in logged
+    assert "19700231" not in logged and "Quirkdoc" not in logged
+
+
+_PLANTED = "Quirk^Canary"  # the stack's source lines show the name, not the value
+
+
+class _QuotingCrashModel(ThresholdModel):
+    def predict(self, images: Any, with_cam: bool = False) -> Any:
+        raise ValueError(f"{_PLANTED!r} is not a valid PatientSexValues")
+
+
+def test_work_once_crash_quoting_a_value_error_and_log_without_it(
+    engine: Engine, data_dir: DataDir, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = _receive(engine, data_dir, tmp_path)
+    models = ModelProvider(None, "cpu", None, model=_QuotingCrashModel())
+    with caplog.at_level("INFO"):
+        work_once(_settings(), engine, data_dir, models, "host:0")
+    with session_scope(engine) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.error_code == "internal_error"
+        assert job.error == "ValueError: '<redacted>' is not a valid PatientSexValues"
+    logged = "\n".join(r.getMessage() + str(r.exc_text or "") for r in caplog.records)
+    assert "job crashed: ValueError" in logged and "predict" in logged
+    assert _PLANTED not in logged
