@@ -13,6 +13,7 @@ import contextvars
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
+from typing import IO
+
+from storage.files import PRIVATE_FILE_MODE, make_private_dirs
 
 _job_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("job_id", default=None)
 _uid_hash: contextvars.ContextVar[str | None] = contextvars.ContextVar("uid_hash", default=None)
@@ -74,6 +78,22 @@ class _RedactForeignValues(logging.Filter):
         return True
 
 
+class PrivateRotatingFileHandler(RotatingFileHandler):
+    """A RotatingFileHandler whose files are the service account's alone (0600): hashed UIDs
+    and user names are still not for every local user. The mode is set as the file is
+    created (and each one rotation opens); a file left open by an older version is tightened."""
+
+    def _open(self) -> IO[str]:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, PRIVATE_FILE_MODE)
+            return os.fdopen(fd, self.mode, encoding=self.encoding, errors=self.errors)
+        except BaseException:
+            os.close(fd)
+            raise
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -107,9 +127,9 @@ def setup_logging(
     )
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(log_dir)
         handlers.append(
-            RotatingFileHandler(log_dir / "wecare.log", maxBytes=20_000_000, backupCount=5)
+            PrivateRotatingFileHandler(log_dir / "wecare.log", maxBytes=20_000_000, backupCount=5)
         )
     for handler in handlers:
         handler.setFormatter(formatter)

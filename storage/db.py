@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 ALEMBIC_DIR = Path(__file__).resolve().parents[1] / "alembic"
 
 
+def private_sqlite_file(url: str) -> None:
+    """Create a SQLite database file owner-only (0600) before SQLite does (it would use 0644
+    less the umask), and tighten one left open; its -wal and -shm files take the database
+    file's mode. Other URLs, in-memory and `file:` URI databases are left alone."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return
+    if database.startswith("file:") or parsed.query.get("uri"):
+        return
+    path = Path(database)
+    if not path.parent.is_dir():
+        return  # SQLite will say so
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # an empty file is an empty database
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            side = path.with_name(path.name + suffix)
+            if side.stat().st_mode & 0o077:
+                side.chmod(0o600)
+        except (FileNotFoundError, PermissionError):
+            pass
+
+
 def make_engine(url: str) -> Engine:
-    """Create the engine; SQLite gets WAL, a busy timeout and foreign keys on every connect."""
+    """Create the engine; SQLite gets WAL, a busy timeout and foreign keys on every connect,
+    and a private database file (`private_sqlite_file`)."""
     if url.startswith("sqlite"):
+        private_sqlite_file(url)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -53,6 +84,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 
     from alembic import command
 
+    private_sqlite_file(url)
     cfg = Config()
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

@@ -1,4 +1,8 @@
-"""The data directory: where received instances and our outputs live, written atomically."""
+"""The data directory: where received instances and our outputs live, written atomically.
+
+Everything in it holds patient data, so it is the service account's alone: files are created
+0600 and directories 0700 (at creation, whatever the umask, so no window where they are open).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from pathlib import Path
 from storage.errors import DiskFullError, InvalidUIDError
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
 
 
 def checked_uid(uid: str) -> str:
@@ -41,8 +48,10 @@ class DataDir:
         return self.root / "logs"
 
     def create(self) -> None:
+        """Make the layout owner-only; tighten a data directory an older version left open."""
         for d in (self.root, self.incoming, self.outputs, self.logs):
-            d.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(d)
+            tighten(d, PRIVATE_DIR_MODE)
 
     def incoming_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return (
@@ -65,6 +74,30 @@ class DataDir:
             raise DiskFullError("free disk space is below the configured floor")
 
 
+def make_private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents, each 0700 (Path.mkdir(parents=True) would give
+    the parents the umask's mode); directories already there are left as they are."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    if path.parent != path:
+        make_private_dirs(path.parent)
+    try:
+        os.mkdir(path, PRIVATE_DIR_MODE)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+
+
+def tighten(path: Path, mode: int) -> None:
+    """chmod `path` to `mode` if group or others have any access (not ours: left alone)."""
+    try:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, mode)
+    except (FileNotFoundError, PermissionError):
+        pass
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -77,12 +110,14 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temp name in the same directory, fsync, rename, fsync the directory.
 
     After this returns the file survives a crash or power loss with its full content; before,
-    a reader sees the old file or none, never a partial one.
+    a reader sees the old file or none, never a partial one. The file is 0600, its new
+    directories 0700.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -43,6 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from service.config import Settings
 from storage.audit import AuditAction, record
 from storage.db import session_scope
+from storage.files import make_private_dirs
 from storage.models import Role
 from storage.users import (
     count_users,
@@ -87,7 +88,7 @@ OPEN_PRINCIPAL = Principal(name="anonymous", role=Role.ADMIN, via="open")
 
 def _write_private(path: Path, text: str) -> None:
     """Write `text` to `path` readable by the owner only (0600), fsynced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)

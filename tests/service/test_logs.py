@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from service.logs import REDACTED, setup_logging
+from service.logs import REDACTED, PrivateRotatingFileHandler, setup_logging
 from tests.factories import CANARY, make_us_dataset
 
 
@@ -59,3 +61,18 @@ def test_own_messages_are_not_rewritten(service_logging: Path) -> None:
     assert lines[-2]["msg"] == "setting 'worker.compile' is 'auto'"
     assert lines[-1]["msg"] == f"value {REDACTED}"
     assert CANARY["PatientID"] not in json.dumps(lines)
+
+
+def test_log_file_and_rotated_files_are_0600_whatever_the_umask(tmp_path: Path) -> None:
+    saved = os.umask(0)
+    handler = PrivateRotatingFileHandler(tmp_path / "wecare.log", maxBytes=200, backupCount=2)
+    try:
+        record = logging.makeLogRecord({"msg": "x" * 150, "levelno": logging.INFO})
+        for _ in range(4):  # past maxBytes: rotates
+            handler.emit(record)
+    finally:
+        handler.close()
+        os.umask(saved)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["wecare.log", "wecare.log.1", "wecare.log.2"]
+    assert {stat.S_IMODE((tmp_path / f).stat().st_mode) for f in files} == {0o600}

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,26 @@ def test_ensure_free_space_below_floor_raises(tmp_path: Path) -> None:
     with pytest.raises(DiskFullError):
         data.ensure_free_space(100)
     DataDir(tmp_path, min_free_bytes=0).ensure_free_space(100)
+
+
+def test_write_atomic_open_umask_file_0600_new_dirs_0700(tmp_path: Path) -> None:
+    saved = os.umask(0)
+    try:
+        write_atomic(tmp_path / "a" / "b" / "c.dcm", b"x")
+    finally:
+        os.umask(saved)
+    assert stat.S_IMODE((tmp_path / "a" / "b" / "c.dcm").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o700
+
+
+def test_datadir_create_tightens_directories_left_open(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    (root / "incoming").mkdir(parents=True)
+    parent_mode = stat.S_IMODE(tmp_path.stat().st_mode)
+    os.chmod(root, 0o755)
+    os.chmod(root / "incoming", 0o777)
+    DataDir(root).create()
+    for d in (root, root / "incoming", root / "outputs", root / "logs"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == parent_mode  # above the data dir: untouched
