@@ -352,7 +352,7 @@ def _repaired_date_time(vr: str, text: str) -> str:
     # Old (ACR-NEMA style) "1994.11.05", "11:20:00": their DICOM form when unambiguous.
     text = text.strip()
     if vr == "DA":
-        candidate = text.replace(".", "").replace("-", "").replace("/", "")
+        candidate = text.replace(".", "").replace("-", "")
         return candidate if _DA_PATTERN.fullmatch(candidate) else text
     if vr == "TM":
         candidate = text.replace(":", "")
