@@ -1,28 +1,36 @@
 """Storing one received DICOM instance, from the listener or the upload API, durably.
 
-Order matters: check free space, parse a few header tags (no pixels), write the file
-atomically (fsync), record the row (commit), and only then report Success. Any failure maps
-to a failure status; nothing is acknowledged that is not on disk and in the database.
+Order matters: check free space, parse a few header tags (no pixels), hash the bytes, write
+the file atomically (fsync), record the row (commit), and only then report Success. Any
+failure maps to a failure status; nothing is acknowledged that is not on disk and in the
+database. The same SOP Instance UID with the same bytes writes nothing; with other bytes it
+is stored beside the first file, never over it, as a conflicting copy (storage.instances).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from dicom_io.read import skip_reason
 from service.logs import log_context, uid_hash
 from storage.db import session_scope
 from storage.errors import DiskFullError, InvalidUIDError
-from storage.files import DataDir, write_atomic
-from storage.instances import ReceivedInstance, record_instance
+from storage.files import DataDir
+from storage.instances import (
+    ReceivedInstance,
+    content_sha256,
+    known_copies,
+    place_file,
+    record_instance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +127,14 @@ def store_encoded(
                 accession_number=str(header.get("AccessionNumber", "")) or None,
                 patient_name=str(header.get("PatientName", ""))[:324] or None,
                 skip_reason=skip_reason(header),
+                content_sha256=content_sha256(encoded),
             )
         except Exception as exc:  # noqa: BLE001 - every failure must become a status
             status = _status_for(exc, parsing=True)
             log.warning("store refused: %s (status 0x%04X)", type(exc).__name__, status)
             return StoreOutcome(status, _reason_for(exc, parsing=True))
         try:
-            write_atomic(Path(received.path), encoded)
-            with session_scope(ctx.engine) as session:
-                _, created = record_instance(session, received)
+            created, reason, conflict = _write_and_record(ctx, received, encoded)
         except Exception as exc:  # noqa: BLE001
             status = _status_for(exc)
             log.error("store failed: %s (status 0x%04X)", type(exc).__name__, status)
@@ -137,6 +144,47 @@ def store_encoded(
             uid_hash(study),
             uid_hash(series),
             "new" if created else "re-sent",
-            f", not processed: {received.skip_reason}" if received.skip_reason else "",
+            f", not processed: {reason}" if reason else "",
         )
-        return StoreOutcome(StoreStatus.SUCCESS, received.skip_reason, sop, created)
+        if conflict and created:
+            log.warning(
+                "SOP Instance UID conflict: sop=%s received again with different content "
+                "(study=%s); stored apart, first copy unchanged, this copy not processed",
+                uid_hash(sop),
+                uid_hash(study),
+            )
+        return StoreOutcome(StoreStatus.SUCCESS, reason, sop, created)
+
+
+def _write_and_record(
+    ctx: StoreContext, received: ReceivedInstance, encoded: bytes
+) -> tuple[bool, str | None, bool]:
+    """Write unless these bytes are stored already, then record; (created, reason, conflict).
+
+    A file once acknowledged is never replaced: other bytes under its SOP Instance UID go to
+    their own file and row (storage.instances). Two stores of one UID racing: the unique
+    indexes let one commit, the other gets IntegrityError and records once more, now seeing
+    the first (a re-send, or a conflict); its file is already safely in place.
+    """
+    sha256 = received.content_sha256 or content_sha256(encoded)
+    placed: str | None = None
+    for attempt in (1, 2):
+        with session_scope(ctx.engine) as session:
+            known = known_copies(session, received.sop_instance_uid, sha256)
+            if known.same is not None:  # a re-send: no write, a count
+                row, created = record_instance(session, received)
+                if placed is not None and placed != row.path:
+                    Path(placed).unlink(missing_ok=True)  # lost a race to the same bytes
+                return created, row.skip_reason, row.conflict_of_id is not None
+        if placed is None:
+            take = known.original is None
+            placed = str(place_file(Path(received.path), encoded, sha256, take_canonical=take))
+        try:
+            with session_scope(ctx.engine) as session:
+                row, created = record_instance(session, replace(received, path=placed))
+                return created, row.skip_reason, row.conflict_of_id is not None
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            log.info("a concurrent store of this SOP Instance UID committed first; re-checking")
+    raise AssertionError("unreachable")

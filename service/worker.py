@@ -18,7 +18,7 @@ from service.logs import _QUOTED, REDACTED, log_context
 from service.pipeline import SourceImage, StudyResult, process_study
 from storage.db import session_scope
 from storage.files import DataDir
-from storage.instances import processable_instances
+from storage.instances import note_conflicts, processable_instances
 from storage.models import Job, JobState, Study
 from storage.outbox import add_output
 from storage.queue import claim_next_job, renew_lease, set_state
@@ -233,6 +233,8 @@ def _finish(
         if result.skipped:
             job.error = "; ".join(f"image {s['uid_hash']}: {s['reason']}" for s in result.skipped)
             job.error_code = "images_skipped"
+        # A conflicting copy of one of its instances (same UID, other bytes) was not processed.
+        note_conflicts(session, job)
         set_state(session, job, JobState.EXPORTING if destinations else JobState.DONE)
 
 

@@ -33,6 +33,7 @@ class AuditAction(StrEnum):
     TOKEN_REVOKED = "token_revoked"
     VIEW_AUDIT = "view_audit"
     EXPORT = "export"
+    UID_CONFLICT = "uid_conflict"  # a SOP Instance UID received again with other content
 
 
 def record(

@@ -15,11 +15,13 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -94,12 +96,35 @@ class Study(Base):
 
 
 class Instance(Base):
+    """One received content of a SOP Instance UID.
+
+    The first content received for a UID is its original (``conflict_of_id`` None); the same
+    UID arriving later with other bytes is kept beside it as a conflicting copy, never
+    processed, so one patient's pixels are never attributed to another's study.
+    """
+
     __tablename__ = "instances"
+    __table_args__ = (
+        # One original per SOP Instance UID: of two racing stores, one wins, one is a copy.
+        Index(
+            "uq_instances_sop_original",
+            "sop_instance_uid",
+            unique=True,
+            sqlite_where=text("conflict_of_id IS NULL"),
+            postgresql_where=text("conflict_of_id IS NULL"),
+        ),
+        # The same bytes are recorded once (rows from before 0003 hold NULL until compared).
+        UniqueConstraint("sop_instance_uid", "content_sha256", name="uq_instances_sop_content"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     series_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    # sha256 hex of the bytes as received; None for rows recorded before it was kept.
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Set on a conflicting copy: the original row of the same SOP Instance UID.
+    conflict_of_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id"), index=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
