@@ -45,11 +45,21 @@ def ensure_waiting_job(session: Session, study: Study, now: datetime | None = No
 
 
 def queue_stable_studies(
-    session: Session, stable_seconds: float, now: datetime | None = None
+    session: Session,
+    stable_seconds: float,
+    now: datetime | None = None,
+    listening_since: datetime | None = None,
 ) -> list[int]:
-    """Move waiting jobs whose study has been quiet for `stable_seconds` to `queued`."""
+    """Move waiting jobs whose study has been quiet for `stable_seconds` to `queued`.
+
+    Quiet counts only while we listen (`listening_since`): time we were down is not quiet,
+    the sender could not send. A study cut off by a crash is otherwise queued at restart,
+    analysed in part, and its re-send makes a second job and a second result.
+    """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=stable_seconds)
+    if listening_since is not None and listening_since > cutoff:
+        return []
     ids = list(
         session.scalars(
             select(Job.id)
