@@ -28,7 +28,8 @@ SKIP_REASONS: dict[str, str] = {
     "missing_uid": "Study, Series or SOP Instance UID is missing",
     "bad_dimensions": "Rows, Columns, Samples per Pixel, Bits Allocated or Number of Frames "
     "missing, not a number or out of range",
-    "too_large": "the decoded image would exceed the memory budget (dicom_io.read.MAX_*)",
+    "too_large": "the decoded image would exceed the memory budget (dicom_io.read.MAX_*), or "
+    "a deflated data set inflates beyond its limit (dicom_io.deflate)",
 }
 
 

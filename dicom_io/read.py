@@ -8,6 +8,7 @@ when its Modality is US, OT or absent (a screen capture of a CT is not ultrasoun
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from os import PathLike
@@ -15,10 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder, iter_pixels
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from dicom_io.deflate import MAX_INFLATED_BYTES, check_inflated_size
 from dicom_io.errors import DicomIOError, UnsupportedObjectError, uid_hash
 from dicom_io.regions import tissue_regions
 from dicom_io.types import Frames, ImageInfo, UltrasoundRegion
@@ -29,6 +34,7 @@ __all__ = [
     "SUPPORTED_SOP_CLASSES",
     "ULTRASOUND_SOP_CLASSES",
     "FRAME_BATCH",
+    "FRAME_BUDGET_BYTES",
     "MAX_DECODED_BYTES",
     "MAX_FRAME_BYTES",
     "MAX_FRAMES",
@@ -79,10 +85,14 @@ _PHOTOMETRICS = (
 )
 #: Frames decoded at a time by :func:`iter_frames` (memory ∝ batch, not clip length).
 FRAME_BATCH = 16
+#: Most bytes one :func:`iter_frames` batch may take decoded (samples as float32): the batch
+#: shrinks for big frames: 4096 × 4096 grey frames (64 MiB each) come two at a time, RGB
+#: (192 MiB) one at a time.
+FRAME_BUDGET_BYTES = 128 * 1024 * 1024
 #: Memory budget of decoding, checked from the header before anything is allocated: one
 #: decoded frame (samples as float32, 8192 × 8192 grey) and a whole :func:`read_frames` result.
 MAX_FRAME_BYTES = 256 * 1024 * 1024
-MAX_DECODED_BYTES = 2 * 1024 * 1024 * 1024
+MAX_DECODED_BYTES = 1024 * 1024 * 1024
 #: SOP classes whose IOD requires Number of Frames (Type 1).
 _MULTI_FRAME_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.3.1",
@@ -96,18 +106,40 @@ MAX_FRAMES = 100_000
 _LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601, as YBR_FULL
 
 
-def read_header(path: str | PathLike[str]) -> Dataset:
+def read_header(path: str | PathLike[str], max_inflated_bytes: int = MAX_INFLATED_BYTES) -> Dataset:
     """Read a file's attributes without Pixel Data (fast; for routing and indexing).
+
+    Every element is parsed now (see :func:`_check_all_elements`), so later users (SEG and
+    SR building copy the source) meet no lazily raised error. A deflated file is checked
+    to inflate to at most ``max_inflated_bytes`` first: pydicom inflates it whole.
 
     Raises
     ------
     UnsupportedObjectError
-        ``unreadable`` when the file is not DICOM.
+        ``unreadable`` when the file is not DICOM, ``too_large`` for a deflate bomb.
     """
+    header = _dcmread(path, max_inflated_bytes, stop_before_pixels=True)
+    _check_all_elements(header)
+    return header
+
+
+def _dcmread(
+    path: str | PathLike[str],
+    max_inflated_bytes: int = MAX_INFLATED_BYTES,
+    *,
+    stop_before_pixels: bool = False,
+) -> Dataset:
+    """``pydicom.dcmread`` of an untrusted file, after bounding what a deflated one inflates to."""
+    inflated = check_inflated_size(path, max_inflated_bytes)
     try:
-        return pydicom.dcmread(Path(path), stop_before_pixels=True)
+        ds = pydicom.dcmread(Path(path), stop_before_pixels=stop_before_pixels)
     except Exception as exc:  # corrupt input: deep nesting, absurd lengths, bad values, ...
         raise UnsupportedObjectError("unreadable", type(exc).__name__) from exc
+    if inflated is not None:
+        # pydicom keeps the whole inflated stream as the dataset's buffer (for deferred
+        # reads, which we never do): drop it, or every header would hold it.
+        ds.buffer = None
+    return ds
 
 
 def is_our_object(ds: Dataset) -> bool:
@@ -151,18 +183,33 @@ def skip_code(ds: Dataset) -> str | None:
     return None
 
 
+#: A UID as PS3.5 9.1 allows it: digits in dot-separated components without leading zeros.
+_UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_CODE_STRING_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _")
+
+
+def _valid_uid(value: object) -> str | None:
+    """The UID text when it is a well-formed UID of at most 64 characters, else None."""
+    text = str(value or "").strip().rstrip("\0")
+    return text if len(text) <= 64 and _UID_PATTERN.fullmatch(text) else None
+
+
 def _sop_class_name(ds: Dataset) -> str:
-    uid = str(ds.get("SOPClassUID", "") or "").strip()
-    if not uid:
+    # Attacker-chosen text goes into skip reasons and logs only once it is a valid UID.
+    raw = str(ds.get("SOPClassUID", "") or "").strip()
+    if not raw:
         return "an object without SOP Class UID"
+    uid = _valid_uid(raw)
+    if uid is None:
+        return "an object with an invalid SOP Class UID"
     name = UID(uid).name
     return name if name != uid else f"SOP class {uid}"
 
 
-def _safe_code_string(value: object) -> str:
-    # Modality is a CS (A-Z, 0-9, space, _): keep only those, never free text.
-    text = str(value or "").strip().upper()[:16]
-    return "".join(c for c in text if c.isalnum() or c in " _") or "none"
+def _safe_code_string(value: object, limit: int = 16) -> str:
+    # Modality is a CS (A-Z, 0-9, space, _): keep only those ASCII characters, never free text.
+    text = str(value or "").strip().upper()[:limit]
+    return "".join(c for c in text if c in _CODE_STRING_CHARACTERS).strip() or "none"
 
 
 def skip_reason(ds: Dataset) -> str | None:
@@ -252,8 +299,30 @@ def to_grayscale(array: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray
             raise UnsupportedObjectError("unsupported_pixel_format", "colour without 3 samples")
         gray = values @ _LUMINANCE.astype(dtype)
     else:
-        raise UnsupportedObjectError("unsupported_pixel_format", photometric)
+        raise UnsupportedObjectError("unsupported_pixel_format", _safe_code_string(photometric))
+    if gray.dtype == np.float32:  # our own array: clip in place, one float copy, not three
+        return np.clip(gray, 0.0, 1.0, out=gray)
     return np.clip(gray, 0.0, 1.0).astype(np.float32)
+
+
+def _drop_excess_pixel_data(ds: Dataset) -> None:
+    """Keep only the bytes the header's frames need of native Pixel Data that is longer.
+
+    pydicom ignores the excess too, but first copies and converts all of it: 64 MiB of
+    trailing zeros behind a 64 × 80 image cost 400 MB while decoding.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = UID(str(meta.get("TransferSyntaxUID", "")) if meta is not None else "")
+    if not syntax.is_transfer_syntax or syntax.is_compressed:
+        return
+    try:
+        expected = int(get_expected_length(ds, unit="bytes"))
+    except Exception:  # noqa: BLE001 - odd header values: the decoder will say what is wrong
+        return
+    data = ds.PixelData
+    keep = expected + expected % 2  # values are padded to an even length
+    if isinstance(data, bytes) and len(data) > keep:
+        ds.PixelData = data[:keep]
 
 
 def decode_pixels(ds: Dataset) -> np.ndarray:
@@ -269,6 +338,7 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
     """
     if "PixelData" not in ds:
         raise UnsupportedObjectError("no_pixel_data", f"sop={uid_hash(ds.get('SOPInstanceUID'))}")
+    _drop_excess_pixel_data(ds)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in (
         "MONOCHROME1",
@@ -280,7 +350,7 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
         "YBR_ICT",
         _PALETTE,
     ):
-        raise UnsupportedObjectError("unsupported_pixel_format", photometric or "none")
+        raise UnsupportedObjectError("unsupported_pixel_format", _safe_code_string(photometric))
     try:
         decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
         # YBR_FULL(_422): keep YCbCr (4x faster than converting) and use Y, which is
@@ -341,10 +411,7 @@ def read_frames(path: str | PathLike[str]) -> Frames:
 
 
 def _read_frames(path: str | PathLike[str]) -> Frames:
-    try:
-        ds = pydicom.dcmread(Path(path))
-    except Exception as exc:  # corrupt input: deep nesting, absurd lengths, bad values, ...
-        raise UnsupportedObjectError("unreadable", type(exc).__name__) from exc
+    ds = _dcmread(path)
     reason = _skip_code_checked(ds)
     if reason is not None:
         raise UnsupportedObjectError(reason, f"sop={uid_hash(ds.get('SOPInstanceUID'))}")
@@ -437,9 +504,8 @@ def _read_supported_header(path: str | PathLike[str]) -> Dataset:
         raise UnsupportedObjectError(reason, f"sop={uid_hash(header.get('SOPInstanceUID'))}")
     photometric = str(header.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in _PHOTOMETRICS:
-        raise UnsupportedObjectError("unsupported_pixel_format", photometric or "none")
+        raise UnsupportedObjectError("unsupported_pixel_format", _safe_code_string(photometric))
     check_dimensions(header)
-    _check_all_elements(header)
     return header
 
 
@@ -450,15 +516,21 @@ MAX_SEQUENCE_DEPTH = 16
 def _check_all_elements(header: Dataset) -> None:
     """Parse every element now (pydicom converts values lazily) and bound the nesting.
 
-    A corrupt element (an unknown VR, a value that is not its VR) or sequences nested deeper
-    than :data:`MAX_SEQUENCE_DEPTH` (SEG/SR building copies the source recursively) make the
-    image unreadable here, not a crash later.
+    An element written with a VR pydicom does not know (a private tag with VR "XX", as some
+    scanners write) is read with its dictionary VR, or as UN: pydicom reads and decodes such
+    files, so do we. Any other corrupt element (a value that is not its VR) or sequences
+    nested deeper than :data:`MAX_SEQUENCE_DEPTH` (SEG/SR building copies the source
+    recursively) make the image unreadable here, not a crash later.
     """
     stack: list[tuple[Dataset, int]] = [(header, 0)]
     try:
         while stack:
             dataset, depth = stack.pop()
-            for element in dataset:
+            for tag in list(dataset.keys()):
+                try:
+                    element = dataset[tag]
+                except NotImplementedError:  # "Unknown Value Representation"
+                    element = _with_known_vr(dataset, tag)
                 value = element.value
                 if element.VR == "SQ" and value:
                     if depth + 1 > MAX_SEQUENCE_DEPTH:
@@ -468,6 +540,25 @@ def _check_all_elements(header: Dataset) -> None:
         raise
     except Exception as exc:
         raise UnsupportedObjectError("unreadable", type(exc).__name__) from exc
+
+
+def _with_known_vr(dataset: Dataset, tag: int) -> DataElement:
+    """Re-read an element of unknown VR with its dictionary VR (public tags), else as UN."""
+    raw = dataset.get_item(tag)
+    if not isinstance(raw, RawDataElement):
+        raise UnsupportedObjectError("unreadable", "element of unknown VR")
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:  # private or unknown tag
+        vr = "UN"
+    if " or " in vr or vr == "SQ":  # ambiguous (US or SS) or a sequence: keep the bytes
+        vr = "UN"
+    dataset[tag] = raw._replace(VR=vr)
+    try:
+        return dataset[tag]
+    except Exception:  # noqa: BLE001 - the bytes are not that VR either: keep them as UN
+        dataset[tag] = raw._replace(VR="UN")
+        return dataset[tag]
 
 
 def _info(header: Dataset) -> ImageInfo:
@@ -527,10 +618,12 @@ def _iter_frames(
     """Decode a supported instance ``batch`` frames at a time.
 
     Yields ``(frame_numbers, pixels)``: 1-based frame numbers and ``(n, H, W) float32``
-    luminance in 0..1, exactly as :func:`read_frames` gives them, with ``n <= batch``.
+    luminance in 0..1, exactly as :func:`read_frames` gives them, with ``n <= batch``, and
+    fewer when ``n`` frames would take more than :data:`FRAME_BUDGET_BYTES` decoded.
     Pixel data is read frame by frame from the file (pydicom ``iter_pixels``), so memory
     is proportional to ``batch``, not to the length of a cine clip. Deflated files are
-    the exception: the whole data set must be inflated first.
+    the exception: the whole data set must be inflated first (at most
+    :data:`~dicom_io.deflate.MAX_INFLATED_BYTES`).
 
     Raises
     ------
@@ -540,6 +633,8 @@ def _iter_frames(
     if batch < 1:
         raise ValueError("batch must be >= 1")
     header = _read_supported_header(path)
+    dims = check_dimensions(header)
+    batch = max(1, min(batch, FRAME_BUDGET_BYTES // dims.frame_bytes))
     photometric = str(header.PhotometricInterpretation).strip().upper()
     samples = int(header.get("SamplesPerPixel", 1) or 1)
     # As decode_pixels: keep YBR_FULL(_422) and use Y; other colour models become RGB.
@@ -552,16 +647,21 @@ def _iter_frames(
     if photometric == "YBR_FULL_422" and not syntax.is_compressed:
         # pydicom 3.0.2 iter_array miscounts the frame length of native 4:2:2 data
         # ("cannot reshape"): decode this rare case as a whole, then hand out batches.
-        pixels = decode_pixels(pydicom.dcmread(Path(path)))
+        if dims.frames * dims.frame_bytes > MAX_DECODED_BYTES:
+            raise UnsupportedObjectError(
+                "too_large", f"{dims.frames} frames of {dims.rows}x{dims.columns} YBR_FULL_422"
+            )
+        pixels = decode_pixels(_dcmread(path))
         for start in range(0, pixels.shape[0], batch):
             numbers = tuple(range(start + 1, min(start + batch, pixels.shape[0]) + 1))
             yield numbers, pixels[start : start + batch]
         return
     source: str | Path | Dataset = Path(path)
     if header.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        source = pydicom.dcmread(Path(path))  # the stream must be inflated as a whole
+        source = _dcmread(path)  # the stream must be inflated as a whole (bounded)
         if "PixelData" not in source:
             raise UnsupportedObjectError("no_pixel_data", f"sop={sop}")
+        _drop_excess_pixel_data(source)
     frames = iter_pixels(source, as_rgb=as_rgb)
     number = 0
     pending: list[np.ndarray] = []
@@ -575,7 +675,7 @@ def _iter_frames(
                 # Streaming from the file failed before the first frame (no pixel data,
                 # or e.g. an odd Basic Offset Table that pydicom's file-level parser
                 # rejects): decode from the whole data set instead.
-                source = pydicom.dcmread(Path(path))
+                source = _dcmread(path)
                 if "PixelData" not in source:
                     raise UnsupportedObjectError("no_pixel_data", f"sop={sop}") from None
                 frames = iter_pixels(source, as_rgb=as_rgb)

@@ -113,6 +113,13 @@ class DicomSettings(_Section):
         default_factory=list,
         description="Calling AE titles (and addresses) allowed to associate; empty = anyone",
     )
+    max_inflated_mb: int = Field(
+        256,
+        ge=1,
+        le=4096,
+        description="A deflated object (C-STORE or upload) inflating beyond this is refused "
+        "(0xC000 / HTTP 413): deflate bombs",
+    )
     tls: TlsSettings = TlsSettings()
 
     _ae = field_validator("ae_title")(_check_ae_title)

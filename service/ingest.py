@@ -19,6 +19,8 @@ from pydicom import dcmread
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from dicom_io.deflate import MAX_INFLATED_BYTES, InflateLimitError, check_inflated_size
+from dicom_io.errors import UnsupportedObjectError
 from dicom_io.read import skip_reason
 from service.logs import log_context, uid_hash
 from storage.db import session_scope
@@ -50,6 +52,8 @@ class StoreContext:
 
     data_dir: DataDir
     engine: Engine
+    #: A deflated data set inflating beyond this is refused (dicom.max_inflated_mb).
+    max_inflated_bytes: int = MAX_INFLATED_BYTES
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class StoreOutcome:
     reason: str | None = None  # why it failed, or why it will not be processed
     sop_instance_uid: str | None = None
     created: bool = False
+    too_large: bool = False  # refused as a deflate bomb (HTTP 413 on upload)
 
     @property
     def ok(self) -> bool:
@@ -87,6 +92,10 @@ def _reason_for(exc: BaseException, parsing: bool = False) -> str:
     """A PHI-free reason: the exception class and, for our own errors, their message."""
     if isinstance(exc, (DiskFullError, InvalidUIDError, UIDMismatchError)):
         return str(exc)
+    if isinstance(exc, InflateLimitError):
+        return exc.detail
+    if isinstance(exc, UnsupportedObjectError):
+        return f"not a readable DICOM dataset ({exc.detail or exc.code})"
     if isinstance(exc, SQLAlchemyError) and not parsing:
         return "database unavailable"
     if isinstance(exc, OSError) and not parsing:
@@ -106,6 +115,8 @@ def store_encoded(
     with log_context(uid=expected_sop_instance_uid):
         try:
             ctx.data_dir.ensure_free_space(len(encoded))
+            # pydicom inflates a deflated data set whole: bound it first, streaming.
+            check_inflated_size(encoded, ctx.max_inflated_bytes)
             header = dcmread(BytesIO(encoded), stop_before_pixels=True)
             study = str(header.get("StudyInstanceUID", ""))
             series = str(header.get("SeriesInstanceUID", ""))
@@ -132,7 +143,8 @@ def store_encoded(
         except Exception as exc:  # noqa: BLE001 - every failure must become a status
             status = _status_for(exc, parsing=True)
             log.warning("store refused: %s (status 0x%04X)", type(exc).__name__, status)
-            return StoreOutcome(status, _reason_for(exc, parsing=True))
+            too_large = isinstance(exc, InflateLimitError)
+            return StoreOutcome(status, _reason_for(exc, parsing=True), too_large=too_large)
         try:
             created, reason, conflict = _write_and_record(ctx, received, encoded)
         except Exception as exc:  # noqa: BLE001

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicom_io.errors import DicomIOError
 from dicom_io.measure import mask_measurements
-from dicom_io.read import FRAME_BATCH, iter_frames, read_info
+from dicom_io.read import FRAME_BATCH, iter_frames, read_header, read_info
 from dicom_io.seg import AlgorithmInfo, SegmentationInputError, build_seg
 from dicom_io.sr import LesionFinding, StudyClassification, build_sr
 from dicom_io.types import Frames, ImageInfo, UltrasoundRegion
@@ -273,7 +272,7 @@ def process_study(
     tick = time.perf_counter()
     algorithm = algorithm_info(model)
     # Headers only: build_seg and build_sr never need the source pixels.
-    datasets = [dcmread(s.path, stop_before_pixels=True) for s in kept]
+    datasets = [read_header(s.path) for s in kept]  # deflate-bounded, elements parsed
     by_series: dict[str, list[int]] = defaultdict(list)
     for index, source in enumerate(kept):
         by_series[source.series_instance_uid].append(index)

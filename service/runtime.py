@@ -81,7 +81,7 @@ def start_background(
         log.warning("re-queued %d job(s) left running by an earlier process", len(orphans))
     if scp:
         runtime.scp_server = start_scp(
-            StoreContext(runtime.data_dir, runtime.engine),
+            StoreContext(runtime.data_dir, runtime.engine, s.dicom.max_inflated_mb * 1024 * 1024),
             ae_title=s.dicom.ae_title,
             host=s.dicom.host,
             port=s.dicom.port,

@@ -422,3 +422,54 @@ def test_make_us_image_variants_pass_dciodvfy(tmp_path: Path, kwargs: dict) -> N
     # Unknown laterality of a breast image: dciodvfy reminds that empty means unknown.
     assert all("Laterality(0020,0060)> - is only permitted to be empty" in w for w in warnings)
     assert len(warnings) == (1 if kwargs.get("laterality", "L") is None else 0)
+
+
+def _with_unknown_vr_elements(path: Path) -> Path:
+    """Insert elements with a VR pydicom does not know ("XX"), as some scanners write: one
+    private, one public (Station Name), right before Patient's Name."""
+    import struct
+
+    def element(group: int, number: int, vr: bytes, value: bytes) -> bytes:
+        return struct.pack("<HH2sH", group, number, vr, len(value)) + value
+
+    extra = (
+        element(0x0008, 0x1010, b"XX", b"STATION1")
+        + element(0x0009, 0x0010, b"LO", b"ACME")
+        + element(0x0009, 0x1001, b"XX", b"\x01\x02\x03\x04")
+    )
+    raw = path.read_bytes()
+    at = raw.find(struct.pack("<HH", 0x0010, 0x0010) + b"PN")
+    assert at > 0
+    path.write_bytes(raw[:at] + extra + raw[at:])
+    return path
+
+
+@pytest.mark.parametrize("bits, stored, signed", [(8, 8, 0), (16, 12, 0), (16, 12, 1)])
+def test_read_jpeg_ls_unknown_vr_elements_read_and_decoded_as_pydicom(
+    tmp_path: Path, bits: int, stored: int, signed: int
+) -> None:
+    from dicom_io.read import iter_frames, read_info
+    from tests.factories import write_dataset
+
+    # Issue 28: a JPEG-LS Lossless 768x1024 MONOCHROME2 US image that pydicom reads and
+    # decodes was refused as "unreadable (NotImplementedError)": an element of unknown VR.
+    ds = make_us_dataset(rows=768, columns=1024, bits=bits)
+    if bits == 16:
+        values = np.frombuffer(ds.PixelData, "<u2") >> (16 - stored)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = stored, stored - 1, signed
+        if signed:
+            values = (values.astype(np.int32) - (1 << (stored - 1))).astype("<i2")
+        ds.PixelData = values.astype("<u2" if not signed else "<i2").tobytes()
+    path = _with_unknown_vr_elements(write_dataset(ds, tmp_path / "jls.dcm", "jpeg-ls"))
+    expected = pydicom.dcmread(path).pixel_array.astype(np.float64)
+
+    info = read_info(path)
+    pixels = np.concatenate([batch for _, batch in iter_frames(path)])
+    header = read_header(path)
+
+    assert (info.rows, info.columns, info.number_of_frames) == (768, 1024, 1)
+    offset = (1 << (stored - 1)) if signed else 0
+    np.testing.assert_allclose(pixels[0], (expected + offset) / ((1 << stored) - 1), atol=1e-6)
+    assert (header["StationName"].VR, header.StationName) == ("SH", "STATION1")
+    assert (header[0x00091001].VR, header[0x00091001].value) == ("UN", b"\x01\x02\x03\x04")
+    header.save_as(tmp_path / "copy.dcm")  # SEG/SR building copies it: writable as read

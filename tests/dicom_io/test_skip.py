@@ -109,3 +109,64 @@ def test_unsupported_objects_never_decoded_raise_their_code(
 def test_skip_reason_of_processed_ultrasound_is_none() -> None:
     assert skip_reason(make_us_dataset()) is None
     assert skip_code(make_us_dataset(frames=2)) is None
+
+
+@pytest.mark.parametrize(
+    "sop_class",
+    [
+        "<img src=x onerror=alert(1)>",
+        "1.2.3\r\nWARNING forged log line",
+        "1." * 5_000 + "1",
+        "1.2.840.10008.5.1.4.1.1.2\u202e\u4e2d",
+        "1.2.840.10008.5.1.4.1.1.02",
+        "1.2.840.10008.5.1.4.1.1.6.1.",
+    ],
+    ids=["html", "crlf", "10k", "non-ascii", "leading-zero", "trailing-dot"],
+)
+def test_skip_reason_hostile_sop_class_uid_replaced_by_placeholder(sop_class: str) -> None:
+    ds = make_us_dataset()
+    ds.SOPClassUID = sop_class
+
+    reason = skip_reason(ds)
+
+    assert reason == (
+        "not_ultrasound: an object with an invalid SOP Class UID is not an ultrasound or "
+        "secondary capture image; stored, not analysed"
+    )
+
+
+def test_skip_reason_valid_unknown_uid_named_by_its_digits() -> None:
+    ds = make_us_dataset()
+    ds.SOPClassUID = "1.2.3.4.5"
+    assert skip_reason(ds) == (
+        "not_ultrasound: SOP class 1.2.3.4.5 is not an ultrasound or secondary capture image; "
+        "stored, not analysed"
+    )
+
+
+@pytest.mark.parametrize(
+    "modality, shown",
+    [("<b>CT</b>", "BCTB"), ("ÉCHO\n", "CHO"), ("中文", "none"), ("MR" * 5000, "MRMRMRMRMRMRMRMR")],
+)
+def test_skip_reason_hostile_modality_only_ascii_code_string(modality: str, shown: str) -> None:
+    ds = make_us_dataset(sop_class_uid="1.2.840.10008.5.1.4.1.1.7")
+    ds.Modality = modality
+
+    reason = skip_reason(ds)
+
+    assert reason == (
+        f"not_ultrasound: Secondary Capture Image Storage with Modality {shown} is not an "
+        "ultrasound screen capture; stored, not analysed"
+    )
+
+
+def test_unsupported_photometric_hostile_text_not_in_error(tmp_path: Path) -> None:
+    ds = make_us_dataset()
+    ds.PhotometricInterpretation = "<script>\nÉ"
+    path = write_dataset(ds, tmp_path / "x.dcm")
+
+    with pytest.raises(UnsupportedObjectError) as caught:
+        read_info(path)
+
+    assert caught.value.code == "unsupported_pixel_format"
+    assert caught.value.detail == "SCRIPT"

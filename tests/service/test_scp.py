@@ -185,3 +185,34 @@ def test_store_each_sop_class_and_transfer_syntax_accepted_as_sent(
         assert row.skip_reason is None
     stored = dcmread(row.path)
     assert stored.file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES[syntax]
+
+
+def test_store_deflate_bomb_over_association_cannot_understand(
+    scp: tuple[int, StoreContext],
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+    from pynetdicom import _config
+
+    from tests.deflate_bombs import CT_IMAGE_STORAGE, GIB, ct_bomb
+
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(ct_bomb(GIB))  # 1 GiB inflated from about 1 MB
+    # Send the file's bytes as they are (the SCU itself must not inflate them).
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CT_IMAGE_STORAGE, DeflatedExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", scp[0], ae_title="WECARE")
+    assert assoc.is_established
+    try:
+        rsp = assoc.send_c_store(path)
+    finally:
+        assoc.release()
+
+    assert int(rsp.Status) == StoreStatus.CANNOT_UNDERSTAND == 0xC000
+    assert "store refused: InflateLimitError (status 0xC000)" in caplog.messages
+    assert _count(engine, Instance) == 0
+    assert not list(scp[1].data_dir.root.rglob("*.dcm"))

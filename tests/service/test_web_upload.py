@@ -282,3 +282,22 @@ def test_upload_form_garbage_shows_refusal(browser: TestClient, engine: Engine) 
     assert response.status_code == 400
     assert "Refused" in response.text
     assert count(engine, Instance) == 0
+
+
+def test_upload_deflate_bomb_returns_413_and_stores_nothing(
+    operator: TestClient, engine: Engine
+) -> None:
+    from tests.deflate_bombs import CHUNK, ct_bomb
+
+    bomb = ct_bomb(300 * CHUNK)  # 300 MiB inflated from about 300 kB (under max_upload_mb)
+    assert len(bomb) < 1024 * 1024
+
+    response = operator.post("/api/instances", content=bomb, headers=DICOM)
+
+    assert response.status_code == 413
+    assert response.json() == {
+        "detail": "deflated data set inflates beyond 256 MiB",
+        "code": "too_large",
+    }
+    assert count(engine, Instance) == 0
+    assert audit_rows(engine)[-1].action == "upload_refused"

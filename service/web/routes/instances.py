@@ -117,7 +117,8 @@ async def read_upload(request: Request) -> tuple[bytes, dict[str, Any]]:
 def store_upload(request: Request, data: bytes) -> StoreOutcome:
     """Store through the listener's path (calling AE title None) and audit the outcome."""
     state = request.app.state
-    outcome = store_encoded(StoreContext(state.data_dir, state.engine), data, calling_ae_title=None)
+    ctx = StoreContext(state.data_dir, state.engine, state.settings.dicom.max_inflated_mb * _MIB)
+    outcome = store_encoded(ctx, data, calling_ae_title=None)
     target = f"sop:{uid_hash(outcome.sop_instance_uid)}" if outcome.sop_instance_uid else None
     with session_scope(state.engine) as session:
         if outcome.ok:
@@ -141,7 +142,8 @@ _STATUS_HTTP = {
 
 
 def outcome_response(outcome: StoreOutcome) -> JSONResponse:
-    """201 new, 200 re-sent, 507 out of resources (disk floor, database), 400 unreadable."""
+    """201 new, 200 re-sent, 507 out of resources (disk floor, database), 400 unreadable, 413
+    a deflated data set inflating beyond dicom.max_inflated_mb."""
     if outcome.ok:
         assert outcome.sop_instance_uid is not None
         body = UploadPublic(
@@ -153,6 +155,8 @@ def outcome_response(outcome: StoreOutcome) -> JSONResponse:
             body.model_dump(), status_code=HTTPStatus.CREATED if outcome.created else HTTPStatus.OK
         )
     status, code = _STATUS_HTTP.get(outcome.status, (HTTPStatus.BAD_REQUEST, "cannot_understand"))
+    if outcome.too_large:  # a deflate bomb: too large once inflated, not unreadable
+        status, code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large"
     return JSONResponse(
         {"detail": outcome.reason or status.phrase, "code": code}, status_code=status
     )
@@ -166,7 +170,10 @@ def outcome_response(outcome: StoreOutcome) -> JSONResponse:
     responses={
         200: {"model": UploadPublic, "description": "Already stored (re-sent): nothing added"},
         400: {"model": ErrorPublic, "description": "Not a readable DICOM Part 10 file"},
-        413: {"model": ErrorPublic, "description": "Larger than web.max_upload_mb"},
+        413: {
+            "model": ErrorPublic,
+            "description": "Over web.max_upload_mb, or inflates beyond dicom.max_inflated_mb",
+        },
         415: {"model": ErrorPublic, "description": "Neither application/dicom nor multipart"},
         507: {"model": ErrorPublic, "description": "Disk below its floor or database down"},
     },
