@@ -8,7 +8,11 @@ own Study, Series and SOP Instance UIDs first, so each is one study, one job. Mu
   missing, empty, short or odd-length Pixel Data, wrong VRs and garbage values, hostile US
   Regions, a transfer syntax that does not match the data;
 - byte level (on the encoded dataset): truncation, random byte flips, corrupted element
-  lengths (0, odd, off by a few, huge), sequences nested up to 5 000 deep.
+  lengths (0, odd, off by a few, huge), sequences nested up to 5 000 deep;
+- transfer syntax level: the (possibly mutated) data set re-encoded as Deflated Explicit VR
+  Little Endian, sometimes with a deflate bomb appended (64 MiB to 4 GiB of zeros in a few
+  MB); Pixel Data re-encapsulated into hostile fragments (offset tables pointing anywhere,
+  frame counts up to 10^9) under a compressed transfer syntax.
 """
 
 from __future__ import annotations
@@ -23,11 +27,23 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pydicom.uid import UID, RLELossless, generate_uid
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+
+from tests.deflate_bombs import CHUNK, deflated_bytes
 
 Mutation = Callable[[Dataset, random.Random], Dataset]
 ByteMutation = Callable[[bytes, random.Random, bool, bool], bytes]
@@ -155,7 +171,28 @@ def syntax_mismatch(ds: Dataset, rng: random.Random) -> Dataset:
     return ds
 
 
+def hostile_encapsulation(ds: Dataset, rng: random.Random) -> Dataset:
+    """Pixel Data as fragments of junk under a compressed syntax, with a lying offset table."""
+    frames = rng.choice([1, 2, 3, 1000, 1_000_000_000])
+    fragments = [
+        bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 2, 17, 600])))
+        for _ in range(rng.choice([1, 2, 3]))
+    ]
+    data = bytearray(encapsulate([f + b"\0" * (len(f) % 2) for f in fragments], has_bot=True))
+    if rng.random() < 0.5 and len(data) >= 12:  # first offset-table entry points anywhere
+        data[8:12] = struct.pack("<I", rng.choice([0xFFFFFFF0, 7, 1 << 30]))
+    ds.PixelData = bytes(data)
+    ds["PixelData"].is_undefined_length = True
+    ds["PixelData"].VR = "OB"
+    ds.NumberOfFrames = frames
+    ds.file_meta.TransferSyntaxUID = rng.choice(
+        [RLELossless, JPEGBaseline8Bit, JPEGLSLossless, JPEG2000Lossless]
+    )
+    return ds
+
+
 DATASET_MUTATIONS: dict[str, Mutation] = {
+    "hostile_encapsulation": hostile_encapsulation,
     "absurd_dimensions": absurd_dimensions,
     "absurd_bits": absurd_bits,
     "pixel_data_damage": pixel_data_damage,
@@ -263,7 +300,35 @@ BYTE_MUTATIONS: dict[str, ByteMutation] = {
     "wrong_lengths": wrong_lengths,
     "deep_sequence": deep_sequence,
 }
-ALL_MUTATIONS = [*DATASET_MUTATIONS, *BYTE_MUTATIONS]
+#: Whole-file mutations: the data set (any dataset mutation first, sometimes) deflated.
+DEFLATE_MUTATIONS = ("deflated", "deflate_bomb")
+ALL_MUTATIONS = [*DATASET_MUTATIONS, *BYTE_MUTATIONS, *DEFLATE_MUTATIONS]
+_BOMB_BYTES = [64 * CHUNK, 300 * CHUNK, 1024 * CHUNK, 4095 * CHUNK]
+
+
+def _deflated_case(ds: Dataset, mutation: str, rng: random.Random) -> bytes:
+    """`ds` (after a random dataset mutation half the time) as a deflated Part 10 file."""
+    plain = copy.deepcopy(ds)
+    if rng.random() < 0.5:
+        name = rng.choice(sorted(DATASET_MUTATIONS))
+        try:
+            return _deflate(DATASET_MUTATIONS[name](ds, rng), mutation, rng)
+        except Exception:  # noqa: BLE001 - pydicom would not write it: deflate the plain copy
+            pass
+    return _deflate(plain, mutation, rng)
+
+
+def _deflate(ds: Dataset, mutation: str, rng: random.Random) -> bytes:
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if "PixelData" in ds and ds["PixelData"].is_undefined_length:
+        del ds.PixelData  # encapsulated data cannot be deflated (PS3.5 A.5)
+    if mutation == "deflate_bomb":
+        # A private element after Pixel Data, or Pixel Data itself, of many zero bytes.
+        big_tag, vr = rng.choice([(0x7FE10010, "OB"), (0x7FE00010, "OW")])
+        if big_tag == 0x7FE00010 and "PixelData" in ds:
+            del ds.PixelData
+        return deflated_bytes(ds, big_tag, rng.choice(_BOMB_BYTES), vr)
+    return deflated_bytes(ds, 0x7FE10010, 2 * rng.randrange(0, 64))
 
 
 def _renamed(ds: Dataset) -> Dataset:
@@ -300,6 +365,18 @@ def cases(seeds: dict[str, Path], count: int, seed: int = 1234) -> Iterator[Case
         case_rng = random.Random(rng.getrandbits(64))
         ds = _renamed(loaded[name])
         syntax = UID(ds.file_meta.TransferSyntaxUID)
+        if mutation in DEFLATE_MUTATIONS:
+            data = _deflated_case(ds, mutation, case_rng)
+            yield Case(
+                index,
+                name,
+                mutation,
+                data,
+                str(ds.file_meta.MediaStorageSOPClassUID),
+                str(ds.file_meta.MediaStorageSOPInstanceUID),
+                str(DeflatedExplicitVRLittleEndian),
+            )
+            continue
         if mutation in DATASET_MUTATIONS:
             try:
                 ds = DATASET_MUTATIONS[mutation](ds, case_rng)
