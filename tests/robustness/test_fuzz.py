@@ -192,7 +192,7 @@ def test_fuzz_over_dicom_then_worker(fuzz_cases: list[Case], tmp_path: Path) -> 
     processed = 0
     while work_once(settings, engine, data_dir, models, "fuzz:0") is not None:
         processed += 1
-        assert time.monotonic() - started < 240, "worker pass over the fuzz cases too slow"
+        assert time.monotonic() - started < 240 * max(1, FUZZ_CASES / 1100), "worker too slow"
     with session_scope(engine) as session:
         jobs = session.execute(select(Job.state, Job.error_code)).all()
     engine.dispose()
