@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
+from dicom_io.errors import DicomIOError
+from dicom_io.read import read_header
 from service.errors import JobError
 from service.pipeline import SourceImage, process_study
 from service.previews import cam_overlay, mask_overlay, save_png
@@ -48,16 +48,13 @@ def run_infer(
             failures += _infer_picture(path, out, model, explain, echo)
             continue
         try:
-            ds = dcmread(path, stop_before_pixels=True)
+            ds = read_header(path)  # deflate bombs refused before inflating
             source = SourceImage(str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), path)
             studies[str(ds.StudyInstanceUID)].append(source)
             names[source.sop_instance_uid] = path.name
-        except (InvalidDicomError, AttributeError, OSError) as exc:
-            echo(
-                json.dumps(
-                    {"file": path.name, "error": f"not a readable DICOM file: {type(exc).__name__}"}
-                )
-            )
+        except (DicomIOError, AttributeError) as exc:  # unreadable, no UIDs, a deflate bomb
+            reason = str(exc) if isinstance(exc, DicomIOError) else type(exc).__name__
+            echo(json.dumps({"file": path.name, "error": f"not a readable DICOM file: {reason}"}))
             failures += 1
     for sources in studies.values():
         try:

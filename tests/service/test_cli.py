@@ -91,6 +91,17 @@ def test_infer_unreadable_file_error_line_exit_1(tmp_path: Path) -> None:
     assert "error" in json.loads(result.output.strip().splitlines()[-1])
 
 
+def test_infer_deflate_bomb_refused_before_inflating(tmp_path: Path) -> None:
+    from tests.deflate_bombs import CHUNK, ct_bomb
+
+    bomb = tmp_path / "bomb.dcm"
+    bomb.write_bytes(ct_bomb(1024 * CHUNK))  # 1 GiB inflated
+    result = runner.invoke(app, ["infer", str(bomb), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    line = json.loads(result.output.strip().splitlines()[-1])
+    assert "inflates beyond 256 MiB" in line["error"]
+
+
 @pytest.mark.integration
 def test_serve_sigterm_stops_cleanly_exit_0(tmp_path: Path) -> None:
     with wecare(tmp_path, {}) as service:
@@ -104,13 +115,43 @@ def test_train_command_passes_its_options_to_training(tmp_path: Path) -> None:
 
     data = make_busi(tmp_path / "busi")
     out = tmp_path / "run"
-    result = runner.invoke(app, [
-        "train", "--data-dir", str(data), "--out", str(out), "--epochs", "2",
-        "--image-size", "32", "--batch-size", "4", "--num-threads", "1", "--arch", "cascade",
-        "--seed", "3", "--split-seed", "0", "--keep-epochs", "--val-every", "2",
-        "--weight-decay", "0.02", "--elastic-prob", "0.5", "--detect-weight", "0.25",
-        "--fade-prob", "0.4", "--paste-normal-prob", "0.6",
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--num-threads",
+            "1",
+            "--arch",
+            "cascade",
+            "--seed",
+            "3",
+            "--split-seed",
+            "0",
+            "--keep-epochs",
+            "--val-every",
+            "2",
+            "--weight-decay",
+            "0.02",
+            "--elastic-prob",
+            "0.5",
+            "--detect-weight",
+            "0.25",
+            "--fade-prob",
+            "0.4",
+            "--paste-normal-prob",
+            "0.6",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "best checkpoint:" in result.output
     history = [json.loads(line) for line in (out / "history.jsonl").open()]
@@ -123,11 +164,32 @@ def test_train_command_passes_its_options_to_training(tmp_path: Path) -> None:
     assert (cfg["weight_decay"], cfg["elastic_prob"], cfg["detect_weight"]) == (0.02, 0.5, 0.25)
     assert (cfg["fade_prob"], cfg["paste_normal_prob"]) == (0.4, 0.6)
     # a second run started from the first one's weights (same split) says so in its config
-    again = runner.invoke(app, [
-        "train", "--data-dir", str(data), "--out", str(tmp_path / "run2"), "--epochs", "1",
-        "--image-size", "32", "--batch-size", "4", "--num-threads", "1", "--arch", "cascade",
-        "--seed", "4", "--split-seed", "0", "--init-weights", str(out / "last.pt"),
-    ])
+    again = runner.invoke(
+        app,
+        [
+            "train",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(tmp_path / "run2"),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--num-threads",
+            "1",
+            "--arch",
+            "cascade",
+            "--seed",
+            "4",
+            "--split-seed",
+            "0",
+            "--init-weights",
+            str(out / "last.pt"),
+        ],
+    )
     assert again.exit_code == 0, again.output
     ck2 = torch.load(tmp_path / "run2" / "last.pt", map_location="cpu", weights_only=False)
     assert ck2["config"]["init_weights"] == str(out / "last.pt")

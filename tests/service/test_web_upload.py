@@ -301,3 +301,19 @@ def test_upload_deflate_bomb_returns_413_and_stores_nothing(
     }
     assert count(engine, Instance) == 0
     assert audit_rows(engine)[-1].action == "upload_refused"
+
+
+def test_upload_form_deflate_bomb_returns_413_and_stores_nothing(
+    browser: TestClient, engine: Engine
+) -> None:
+    from tests.deflate_bombs import CHUNK, ct_bomb
+
+    response = browser.post(
+        "/upload",
+        data={"csrf_token": _form_csrf(browser)},
+        files={"file": ("bomb.dcm", ct_bomb(300 * CHUNK), "application/dicom")},
+    )
+
+    assert response.status_code == 413
+    assert "inflates beyond 256 MiB" in response.text
+    assert count(engine, Instance) == 0

@@ -203,6 +203,8 @@ async def upload_from_form(request: Request, principal: OperatorDep) -> Response
     )
     if outcome.status.name == "OUT_OF_RESOURCES":
         code = status.HTTP_507_INSUFFICIENT_STORAGE
+    elif outcome.too_large:  # a deflate bomb: as POST /api/instances answers it
+        code = status.HTTP_413_CONTENT_TOO_LARGE
     return _upload_page(request, outcome, status_code=code)
 
 
