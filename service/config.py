@@ -9,12 +9,16 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -235,8 +239,66 @@ class DicomDestination(_Section):
     _ae = field_validator("ae_title")(_check_ae_title)
 
 
-# One kind for now; when a second arrives this becomes a union discriminated on `kind`.
-Destination = DicomDestination
+class StowRsDestination(_Section):
+    """A DICOMweb store (STOW-RS, PS3.18 10.5): each output POSTed to `<url>/studies`."""
+
+    kind: Literal["stow-rs"]
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str = Field(
+        ...,
+        description="DICOMweb base URL (http or https), e.g. https://pacs.example/dicom-web",
+    )
+    auth: Literal["none", "basic", "bearer"] = Field("none", description="HTTP authentication")
+    username: str | None = Field(None, description="User name for basic authentication")
+    password: SecretStr | None = Field(None, description="Password for basic authentication")
+    token: SecretStr | None = Field(None, description="Token for bearer authentication")
+    tls_ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) the server's certificate must chain to; default: system"
+    )
+    timeout_seconds: float | None = Field(
+        None, gt=0, description="Connect/read timeout per request; default export.timeout_seconds"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("must not carry credentials, a query or a fragment (use auth keys)")
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials_match_auth(self) -> StowRsDestination:
+        if self.auth == "basic" and not (self.username and self.password):
+            raise ValueError("username and password are required when auth is basic")
+        if self.auth == "bearer" and not self.token:
+            raise ValueError("token is required when auth is bearer")
+        if self.auth == "none" and (self.username or self.password or self.token):
+            raise ValueError("credentials given but auth is none")
+        if self.tls_ca_file is not None and not Path(self.tls_ca_file).is_file():
+            raise ValueError(f"tls_ca_file not found: {self.tls_ca_file}")
+        return self
+
+
+DESTINATION_KINDS = ("dicom", "stow-rs")
+
+
+def _destination_kind(value: Any) -> str:
+    """`kind` of a destination; a table without one is a C-STORE destination (older configs)."""
+    kind = value.get("kind", "dicom") if isinstance(value, dict) else getattr(value, "kind", None)
+    return str(kind)
+
+
+Destination = Annotated[
+    Annotated[DicomDestination, Tag("dicom")] | Annotated[StowRsDestination, Tag("stow-rs")],
+    Discriminator(
+        _destination_kind,
+        custom_error_type="destination_kind",
+        custom_error_message="kind must be one of: " + ", ".join(DESTINATION_KINDS),
+    ),
+]
 
 
 class Settings(BaseSettings):
@@ -259,7 +321,7 @@ class Settings(BaseSettings):
 
     @field_validator("destinations")
     @classmethod
-    def _unique_names(cls, value: list[DicomDestination]) -> list[DicomDestination]:
+    def _unique_names(cls, value: list[Destination]) -> list[Destination]:
         names = [d.name for d in value]
         if len(names) != len(set(names)):
             raise ValueError("destination names must be unique")
@@ -303,7 +365,12 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad key, e.g. `dicom.port: Input should be less than or equal to 65535`."""
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = list(err["loc"])
+        if len(loc) > 2 and loc[0] == "destinations" and loc[2] in DESTINATION_KINDS:
+            del loc[2]  # the union's tag: `destinations.0.url`, not `destinations.0.stow-rs.url`
+        if err["type"] == "destination_kind":
+            loc.append("kind")
+        key = ".".join(str(p) for p in loc) or "(top level)"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         lines.append(f"{key}: {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

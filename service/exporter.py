@@ -1,4 +1,4 @@
-"""The exporter: drains the outbox, one association per destination per round."""
+"""The exporter: drains the outbox, one association or STOW-RS request per destination."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from service.config import Settings
-from service.senders import SendResult, send_files
+from service.senders import SendResult, send
 from storage import audit
 from storage.audit import AuditAction
 from storage.db import session_scope
@@ -48,7 +48,7 @@ def export_once(settings: Settings, engine: Engine) -> int:
                 SendResult(p, None, f"destination {name!r} is not configured") for _, p in rows
             ]
         else:
-            results = send_files(
+            results = send(
                 destination,
                 [p for _, p in rows],
                 calling_ae_title=settings.dicom.ae_title,

@@ -1,21 +1,28 @@
-"""C-STORE SCU to a DICOM destination: one association per batch, a status per file.
+"""Senders: C-STORE SCU (one association per batch) or STOW-RS (one HTTP request per batch).
 
-A result without a peer status (association refused, aborted, timed out) is a failure; only
-0x0000 counts as delivered. Warnings (0xB000-0xB007) are delivered but noted.
+A result per file. C-STORE: a result without a peer status (association refused, aborted,
+timed out) is a failure; 0x0000 counts as delivered, and warnings (0xB000-0xB007) are
+delivered but noted. STOW-RS: delivered only when the response lists the instance as stored
+without a warning (PS3.18 10.5.3); everything else is a failure with its reason.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import ssl
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from service.config import DicomDestination
+from service.config import Destination, DicomDestination, StowRsDestination
 from service.tls import client_context
 
 log = logging.getLogger(__name__)
@@ -29,9 +36,28 @@ class SendResult:
 
     @property
     def delivered(self) -> bool:
-        return self.status is not None and (
-            self.status == 0x0000 or 0xB000 <= self.status <= 0xB007
+        return (
+            self.error is None
+            and self.status is not None
+            and (self.status == 0x0000 or 0xB000 <= self.status <= 0xB007)
         )
+
+
+def send(
+    destination: Destination,
+    paths: Sequence[Path],
+    *,
+    calling_ae_title: str,
+    timeout_seconds: float = 30,
+) -> list[SendResult]:
+    """Send `paths` to `destination` by its kind; never raises for network faults."""
+    if isinstance(destination, StowRsDestination):
+        return send_stow(
+            destination, paths, timeout_seconds=destination.timeout_seconds or timeout_seconds
+        )
+    return send_files(
+        destination, paths, calling_ae_title=calling_ae_title, timeout_seconds=timeout_seconds
+    )
 
 
 def send_files(
@@ -100,4 +126,164 @@ def send_files(
     finally:
         if assoc.is_established:
             assoc.release()
+    return results
+
+
+# STOW-RS (PS3.18 10.5): one multipart/related request per batch of at most this many bytes.
+STOW_BATCH_BYTES = 32 * 1024 * 1024
+_REFERENCED_SOP_SEQUENCE = "00081199"
+_FAILED_SOP_SEQUENCE = "00081198"
+_REFERENCED_SOP_INSTANCE_UID = "00081155"
+_FAILURE_REASON = "00081197"
+_WARNING_REASON = "00081196"
+
+
+def _stow_auth(destination: StowRsDestination) -> httpx.Auth | None:
+    if destination.auth == "basic" and destination.username and destination.password:
+        return httpx.BasicAuth(destination.username, destination.password.get_secret_value())
+    return None
+
+
+def _stow_headers(destination: StowRsDestination, boundary: str) -> dict[str, str]:
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+    if destination.auth == "bearer" and destination.token:
+        headers["Authorization"] = f"Bearer {destination.token.get_secret_value()}"
+    return headers
+
+
+def _stow_verify(destination: StowRsDestination) -> ssl.SSLContext:
+    """The CA file given, else the system's CAs; verification is never switched off."""
+    if destination.tls_ca_file is not None:
+        return ssl.create_default_context(cafile=str(destination.tls_ca_file))
+    return ssl.create_default_context()
+
+
+def _multipart(parts: Sequence[bytes], boundary: str) -> bytes:
+    chunks: list[bytes] = []
+    for part in parts:
+        chunks += [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(), part]
+        chunks.append(b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks)
+
+
+def _first_int(item: dict[str, Any], tag: str) -> int | None:
+    values = (item.get(tag) or {}).get("Value") or []
+    try:
+        return int(values[0]) if values else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _sequence_by_uid(body: dict[str, Any], tag: str, reason_tag: str) -> dict[str, int | None]:
+    """{SOP Instance UID: reason or None} for the items of a response sequence."""
+    found: dict[str, int | None] = {}
+    for item in (body.get(tag) or {}).get("Value") or []:
+        if not isinstance(item, dict):
+            continue
+        uids = (item.get(_REFERENCED_SOP_INSTANCE_UID) or {}).get("Value") or []
+        if uids:
+            found[str(uids[0])] = _first_int(item, reason_tag)
+    return found
+
+
+def stow_results(response: httpx.Response, batch: Sequence[tuple[Path, str]]) -> list[SendResult]:
+    """A result per (path, SOP Instance UID) from a STOW-RS response.
+
+    Stored: HTTP 200 or 202 and the instance in ReferencedSOPSequence without a WarningReason.
+    A FailedSOPSequence item gives its FailureReason as the status; a warning (the PACS kept
+    a coerced copy) gives its WarningReason, recorded as a failure and retried; any other
+    HTTP status fails the whole batch (retried with backoff like a refused association).
+    """
+    code = response.status_code
+    body: dict[str, Any] = {}
+    if response.content:
+        try:
+            parsed = json.loads(response.content)
+            body = parsed if isinstance(parsed, dict) else {}
+        except ValueError:
+            body = {}
+    stored = _sequence_by_uid(body, _REFERENCED_SOP_SEQUENCE, _WARNING_REASON)
+    failed = _sequence_by_uid(body, _FAILED_SOP_SEQUENCE, _FAILURE_REASON)
+    http = f"HTTP {code}"
+    if code in (401, 403):
+        http += " (credentials refused)"
+    results = []
+    for path, uid in batch:
+        if uid in failed:
+            reason = failed[uid]
+            why = f"0x{reason:04X}" if reason is not None else "no reason given"
+            results.append(SendResult(path, reason, f"{http}: instance not stored ({why})"))
+        elif code in (200, 202) and uid in stored:
+            warning = stored[uid]
+            if warning is None:
+                results.append(SendResult(path, 0x0000, None))
+            else:
+                error = f"{http}: instance stored with warning 0x{warning:04X}"
+                results.append(SendResult(path, warning, error))
+        elif code in (200, 202):
+            results.append(SendResult(path, None, f"{http}: response does not list the instance"))
+        else:
+            results.append(SendResult(path, None, f"{http}: not stored"))
+    return results
+
+
+def send_stow(
+    destination: StowRsDestination, paths: Sequence[Path], *, timeout_seconds: float = 30
+) -> list[SendResult]:
+    """POST `paths` to `<url>/studies`; never raises for network faults, returns a result each."""
+    results: list[SendResult] = []
+    readable: list[tuple[Path, str, bytes]] = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            readable.append((path, uid, data))
+        except Exception as exc:  # noqa: BLE001 - an unreadable output fails its own row only
+            results.append(SendResult(path, None, f"cannot read output file: {type(exc).__name__}"))
+    batches: list[list[tuple[Path, str, bytes]]] = []
+    for entry in readable:
+        if not batches or sum(len(e[2]) for e in batches[-1]) + len(entry[2]) > STOW_BATCH_BYTES:
+            batches.append([])
+        batches[-1].append(entry)
+    if not batches:
+        return results
+    try:
+        verify = _stow_verify(destination)
+    except (OSError, ssl.SSLError) as exc:
+        err = f"cannot load tls_ca_file: {type(exc).__name__}"
+        return results + [SendResult(p, None, err) for p, _, _ in readable]
+    url = f"{destination.url}/studies"
+    with httpx.Client(
+        auth=_stow_auth(destination),
+        verify=verify,
+        timeout=timeout_seconds,
+        follow_redirects=False,
+    ) as client:
+        for batch in batches:
+            boundary = f"wecare-{uuid.uuid4().hex}"
+            pairs = [(p, uid) for p, uid, _ in batch]
+            try:
+                response = client.post(
+                    url,
+                    content=_multipart([d for _, _, d in batch], boundary),
+                    headers=_stow_headers(destination, boundary),
+                )
+            except httpx.HTTPError as exc:
+                err = f"request failed: {type(exc).__name__}"
+                results += [SendResult(p, None, err) for p, _ in pairs]
+                continue
+            batch_results = stow_results(response, pairs)
+            stored = sum(1 for r in batch_results if r.delivered)
+            log.info(
+                "stow-rs to %s: HTTP %d, %d of %d stored",
+                destination.name,
+                response.status_code,
+                stored,
+                len(batch),
+            )
+            results += batch_results
     return results

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from storage.db import make_engine, upgrade
 from storage.files import DataDir
+from tests.requirements import pytest_configure, pytest_runtest_setup  # noqa: F401 - hooks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,9 +5,9 @@ Everything listens on 127.0.0.1 on free ports from temp configs and is stopped b
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,8 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.requirements import require_file, require_tool
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LUA_AUTOFORWARD = REPO_ROOT / "deploy" / "orthanc" / "autoforward.lua"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # orthanc-dicomweb
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -83,14 +86,8 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.3, what: str = 
 
 
 def require(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        import pytest
-
-        if os.environ.get("CI"):
-            pytest.fail(f"{binary} is not installed (CI must install it: see .ci/run)")
-        pytest.skip(f"{binary} not installed")
-    return path
+    """The path of `binary`; skips when it is not installed, fails under CI."""
+    return require_tool(binary)
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
@@ -109,23 +106,35 @@ class Orthanc:
     dicom_port: int
     aet: str
     proc: subprocess.Popen[bytes]
+    auth: tuple[str, str] | None = None  # a registered user, when started with `users`
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (when started with `dicomweb=True`)."""
+        return f"{self.url}/dicom-web"
+
+    def _request(self, path: str, data: bytes | None = None) -> urllib.request.Request:
+        req = urllib.request.Request(self.url + path, data=data, method="POST" if data else "GET")
+        if self.auth:
+            token = base64.b64encode(":".join(self.auth).encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        return req
+
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as rsp:
+        with urllib.request.urlopen(self._request(path), timeout=10) as rsp:
             return json.loads(rsp.read())
 
     def get_bytes(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=30) as rsp:
+        with urllib.request.urlopen(self._request(path), timeout=30) as rsp:
             return bytes(rsp.read())
 
     def post(self, path: str, body: bytes | str) -> Any:
         data = body.encode() if isinstance(body, str) else body
-        req = urllib.request.Request(self.url + path, data=data, method="POST")
-        with urllib.request.urlopen(req, timeout=60) as rsp:
+        with urllib.request.urlopen(self._request(path, data), timeout=60) as rsp:
             return json.loads(rsp.read() or b"null")
 
     def upload(self, path: Path) -> str:
@@ -146,9 +155,17 @@ def orthanc(
     *,
     autoforward: bool = False,
     stable_age: int = 1,
+    dicomweb: bool = False,
+    users: dict[str, str] | None = None,
 ) -> Iterator[Orthanc]:
-    """Start a throwaway Orthanc on loopback ports; `modalities` name → (AE title, port)."""
+    """Start a throwaway Orthanc on loopback ports; `modalities` name → (AE title, port).
+
+    `dicomweb`: load the DICOMweb plugin (STOW-RS at `/dicom-web/studies`); `users`: HTTP
+    basic authentication with these user → password pairs (the helper logs in as the first).
+    """
     binary = require("Orthanc")
+    if dicomweb:
+        require_file(DICOMWEB_PLUGIN, "the Orthanc DICOMweb plugin (Debian orthanc-dicomweb)")
     http_port, dicom_port = free_port(), free_port()
     storage = tmp / "orthanc-storage"
     storage.mkdir(parents=True, exist_ok=True)
@@ -160,11 +177,13 @@ def orthanc(
         "DicomPort": dicom_port,
         "DicomAet": "ORTHANC",
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        "AuthenticationEnabled": bool(users),
+        "RegisteredUsers": users or {},
         "HttpServerEnabled": True,
         "DicomServerEnabled": True,
         "StableAge": stable_age,
-        "Plugins": [],
+        "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
+        "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
         "DicomModalities": {
             name: [aet, "127.0.0.1", port] for name, (aet, port) in modalities.items()
         },
@@ -175,7 +194,8 @@ def orthanc(
     cfg.write_text(json.dumps(config))
     log = open(tmp / "orthanc.log", "wb")
     proc = subprocess.Popen([binary, str(cfg)], stdout=log, stderr=subprocess.STDOUT)
-    server = Orthanc(http_port, dicom_port, "ORTHANC", proc)
+    auth = next(iter(users.items())) if users else None
+    server = Orthanc(http_port, dicom_port, "ORTHANC", proc, auth)
 
     def up() -> bool:
         if proc.poll() is not None:

@@ -87,3 +87,36 @@ def test_masked_database_password_hidden() -> None:
     shown = str(masked(s))
     assert "Pw-9f3kQ" not in shown and "cookie-key-77aa" not in shown
     assert "postgresql://u:***@db/wecare" in shown
+
+
+def test_load_settings_stow_rs_destination_beside_dicom_secret_masked(tmp_path: Path) -> None:
+    text = (
+        '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "h"\nport = 4242\n'
+        '[[destinations]]\nkind = "stow-rs"\nname = "web"\nurl = "https://pacs.example/dw/"\n'
+        'auth = "basic"\nusername = "wecare"\npassword = "pw-123"\n'
+    )
+    s = load_settings(_write(tmp_path, text))
+    dicom, web = s.destinations
+    assert (dicom.kind, web.kind, web.url) == ("dicom", "stow-rs", "https://pacs.example/dw")
+    assert web.password is not None and web.password.get_secret_value() == "pw-123"
+    assert "pw-123" not in str(masked(s))
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ('kind = "stow-rs"\nname = "w"\n', "destinations.0.url: Field required"),
+        ('kind = "stow-rs"\nname = "w"\nurl = "ftp://x"\n', "destinations.0.url"),
+        ('kind = "stow-rs"\nname = "w"\nurl = "http://x"\nauth = "bearer"\n', "token is required"),
+        (
+            'kind = "stow-rs"\nname = "w"\nurl = "http://x"\nport = 1\n',
+            "destinations.0.port: unknown",
+        ),
+        ('kind = "fhir"\nname = "w"\n', "destinations.0.kind: kind must be one of: dicom, stow-rs"),
+    ],
+)
+def test_load_settings_bad_stow_rs_destination_names_its_key(
+    tmp_path: Path, entry: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_settings(_write(tmp_path, "[[destinations]]\n" + entry))
