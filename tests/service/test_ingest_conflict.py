@@ -17,7 +17,6 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from sqlalchemy import Engine, select, update
 
 from service.config import load_settings
@@ -33,6 +32,7 @@ from storage.queue import process_now
 from tests.factories import make_us_dataset, write_dataset
 from tests.integration.peers import free_port
 from tests.service.test_pipeline import ThresholdModel
+from tests.service.test_scp import _send
 
 ALPHA, BRAVO = "ALPHA^Anna", "BRAVO^Bert"
 
@@ -58,18 +58,6 @@ def _image(patient: str, study: str, series: str, sop: str, seed: int = 0) -> Da
     ds.PatientName = patient
     ds.PatientID = f"{patient[:5]}-ID"
     return ds
-
-
-def _send(port: int, ds: Dataset) -> int | None:
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="WECARE")
-    assert assoc.is_established
-    try:
-        rsp = assoc.send_c_store(ds)
-        return int(rsp.Status) if "Status" in rsp else None
-    finally:
-        assoc.release()
 
 
 def _rows(engine: Engine, sop: str) -> list[Instance]:
