@@ -23,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from service.config import Destination, DicomDestination, StowRsDestination
+from service.metrics import EXPORT_SECONDS
 from service.tls import client_context
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,14 @@ def send(
     timeout_seconds: float = 30,
 ) -> list[SendResult]:
     """Send `paths` to `destination` by its kind; never raises for network faults."""
-    if isinstance(destination, StowRsDestination):
-        return send_stow(
-            destination, paths, timeout_seconds=destination.timeout_seconds or timeout_seconds
+    with EXPORT_SECONDS.labels(destination=destination.name).time():
+        if isinstance(destination, StowRsDestination):
+            return send_stow(
+                destination, paths, timeout_seconds=destination.timeout_seconds or timeout_seconds
+            )
+        return send_files(
+            destination, paths, calling_ae_title=calling_ae_title, timeout_seconds=timeout_seconds
         )
-    return send_files(
-        destination, paths, calling_ae_title=calling_ae_title, timeout_seconds=timeout_seconds
-    )
 
 
 def send_files(

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from service.config import Settings
 from service.errors import JobError
 from service.logs import _QUOTED, REDACTED, log_context
+from service.metrics import observe_stages
 from service.pipeline import SourceImage, StudyResult, process_study
 from storage.db import session_scope
 from storage.files import DataDir
@@ -229,6 +230,7 @@ def _finish(
         job.probabilities = result.probabilities
         job.image_count = result.image_count
         job.stage_seconds = result.stage_seconds
+        observe_stages(result.stage_seconds)
         job.results = result.results
         if result.skipped:
             job.error = "; ".join(f"image {s['uid_hash']}: {s['reason']}" for s in result.skipped)
