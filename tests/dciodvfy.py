@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
+from tests.requirements import skip_unless
+
 __all__ = ["dciodvfy_available", "needs_dciodvfy", "run_dciodvfy", "validate_dataset"]
 
 
@@ -54,7 +56,8 @@ def validate_dataset(ds: Dataset) -> tuple[list[str], list[str]]:
 
 
 def needs_dciodvfy(test: Callable[..., None]) -> Callable[..., None]:
-    """Decorate a test that runs dciodvfy: marked ``integration``, skipped when absent."""
+    """Decorate a test that runs dciodvfy: marked ``integration``; skipped when dciodvfy is
+    absent, failed instead under CI."""
     test = pytest.mark.integration(test)
-    skip = pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy not installed")
-    return skip(test)  # type: ignore[no-any-return]
+    marked = skip_unless(dciodvfy_available(), "dciodvfy not installed")(test)
+    return marked  # type: ignore[no-any-return]

@@ -14,9 +14,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
-
 from tests.integration.peers import free_port
+from tests.requirements import require_or_skip
 
 
 def _bin(name: str) -> str | None:
@@ -28,10 +27,8 @@ def _bin(name: str) -> str | None:
 def postgres_server() -> Iterator[str]:
     """Yield a SQLAlchemy URL of a fresh, empty database."""
     initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries missing (CI installs the postgresql package)")
-        pytest.skip("PostgreSQL server not installed")
+    require_or_skip(initdb and pg_ctl, "PostgreSQL server not installed (package postgresql)")
+    assert initdb and pg_ctl
     base = tempfile.mkdtemp(prefix="wecare-pg-")
     data = os.path.join(base, "data")
     prefix: list[str] = []

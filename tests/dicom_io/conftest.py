@@ -8,6 +8,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from tests.requirements import require_or_skip
+
 # Every real ultrasound / secondary capture file shipped with pydicom, pydicom-data and
 # deid-data, with the property each one exercises.
 REAL_FILES: dict[str, str] = {
@@ -69,8 +71,7 @@ def real_file(name: str) -> Path:
 
         return Path(deid_data.__file__).parent / name
     path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (pydicom-data missing?)")
+    require_or_skip(path is not None, f"{name} is not installed (pydicom-data missing?)")
     return Path(path)
 
 

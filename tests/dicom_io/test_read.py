@@ -17,6 +17,7 @@ from dicom_io.types import Frames, UltrasoundRegion
 from dicom_io.uids import output_uid
 from tests.dicom_io.conftest import DEID_FILES, JPEG_LS_FILES, REAL_FILES, real_file
 from tests.factories import CANARY, MM_PER_PIXEL, lesion_mask, make_us_dataset, make_us_image
+from tests.requirements import require_or_skip
 
 LOSSLESS = [
     "implicit",
@@ -56,7 +57,7 @@ def test_read_frames_synthetic_syntax_and_photometric_gives_bright_lesion(
         and not transfer_syntax.startswith("jpeg-ls")
         and not HAS_DCMTK
     ):
-        pytest.skip("dcmcjpeg (dcmtk) not installed")
+        require_or_skip(False, "dcmcjpeg (dcmtk) not installed")
     path = make_us_image(
         tmp_path / "us.dcm", photometric=photometric, transfer_syntax=transfer_syntax, frames=2
     )
@@ -78,8 +79,8 @@ def test_read_frames_synthetic_syntax_and_photometric_gives_bright_lesion(
 def test_read_frames_16_bit_gives_same_values_as_8_bit(
     tmp_path: Path, transfer_syntax: str, photometric: str
 ) -> None:
-    if transfer_syntax == "jpeg-lossless" and not HAS_DCMTK:
-        pytest.skip("dcmcjpeg (dcmtk) not installed")
+    if transfer_syntax == "jpeg-lossless":
+        require_or_skip(HAS_DCMTK, "dcmcjpeg (dcmtk) not installed")
     eight = read_frames(make_us_image(tmp_path / "8.dcm", photometric=photometric, bits=8))
     sixteen = read_frames(
         make_us_image(
@@ -415,8 +416,7 @@ def test_dicom_io_imports_no_torch_database_or_network() -> None:
 def test_make_us_image_variants_pass_dciodvfy(tmp_path: Path, kwargs: dict) -> None:
     from tests.dciodvfy import dciodvfy_available, run_dciodvfy
 
-    if not dciodvfy_available():
-        pytest.skip("dciodvfy not installed")
+    require_or_skip(dciodvfy_available(), "dciodvfy not installed")
     errors, warnings = run_dciodvfy(make_us_image(tmp_path / "us.dcm", **kwargs))
     assert errors == []
     # Unknown laterality of a breast image: dciodvfy reminds that empty means unknown.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import pytest
@@ -14,15 +13,15 @@ from inference import compiled as compiled_mod
 from inference.compiled import CompiledForward, cxx_compiler, resolve_compile
 from inference.model import Model
 from service.worker import ModelProvider
+from tests.requirements import require_or_skip
 
 from .conftest import _lesion_image
 
 
 def _require_compiler() -> None:
-    if cxx_compiler() is None:
-        if os.environ.get("CI"):
-            pytest.fail("g++ is not installed (CI must install it: see .ci/run)")
-        pytest.skip("no C++ compiler: torch.compile cannot build CPU kernels here")
+    require_or_skip(
+        cxx_compiler() is not None, "no C++ compiler (g++): torch.compile cannot build CPU kernels"
+    )
 
 
 class _Toy(nn.Module):

@@ -12,6 +12,7 @@ import pytest
 from inference.data import discover, read_grayscale, read_mask, split_samples
 from inference.metrics import dice_iou
 from inference.model import CLASSES, WEIGHTS_DIR, Model, Prediction, postprocess_mask
+from tests.requirements import SHARED_DIR, require_or_skip
 
 from .conftest import datasets_dir
 
@@ -88,8 +89,12 @@ def test_prediction_rejects_probabilities_not_summing_to_one() -> None:
 @pytest.mark.dataset
 def test_bundled_weights_find_lesions_on_real_validation_images(model: Model) -> None:
     root = datasets_dir()
-    if root is None:
-        pytest.skip("shared datasets not found (set WECARE_DATASETS)")
+    require_or_skip(
+        root is not None,
+        "shared datasets not found (set WECARE_DATASETS)",
+        shared=SHARED_DIR / "datasets",
+    )
+    assert root is not None
     cfg = model.meta.get("train_config", {})
     _, val = split_samples(discover(root / "busbra"), cfg.get("val_fraction", 0.2),
                            cfg.get("seed", 0))

@@ -24,6 +24,7 @@ from dicom_io.read import SUPPORTED_SOP_CLASSES, skip_code
 from service.errors import JobError
 from service.pipeline import SourceImage, process_study
 from tests.factories import make_us_image
+from tests.requirements import require_or_skip
 from tests.service.pipeline_checks import check_study_outputs, expected_source
 from tests.service.test_pipeline import ThresholdModel
 
@@ -182,8 +183,8 @@ def test_pipeline_real_file_processed_or_refused_with_reason(tmp_path: Path, pat
 @pytest.fixture(scope="session")
 def cine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = _package_dir("deid_data", "data", "ultrasounds")
-    if folder is None:
-        pytest.skip("deid-data not installed")
+    require_or_skip(folder is not None, "deid-data not installed")
+    assert folder is not None
     out = tmp_path_factory.mktemp("cines")
     for name in CINE_ZIPS:
         with zipfile.ZipFile(folder / name) as archive:

@@ -928,8 +928,9 @@ def test_post_from_own_pages_or_scripts_is_allowed(
 def test_create_app_real_runtime_health_reads_model_provider(
     settings: Settings, engine: Engine, data_dir: DataDir
 ) -> None:
-    runtime_module = pytest.importorskip("service.runtime")
-    worker = pytest.importorskip("service.worker")
+    import service.runtime as runtime_module
+    import service.worker as worker
+
     runtime = runtime_module.Runtime(
         settings=settings,
         engine=engine,

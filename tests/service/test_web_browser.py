@@ -27,13 +27,14 @@ from service.web.app import create_app
 from storage.files import DataDir
 from storage.models import JobState, OutboxState
 from tests.integration.peers import free_port
+from tests.requirements import skip_unless
 from tests.service.test_web import FakeModels, FakeRuntime, add_job, make_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed"),
+    skip_unless(CHROMIUM is not None, "chromium not installed"),
 ]
 
 

@@ -32,6 +32,7 @@ import pytest
 
 from service.pipeline import SourceImage, process_study
 from tests.factories import lesion_mask, make_us_image
+from tests.requirements import require_or_skip, skip_unless
 from tests.service.test_pipeline import ThresholdModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,9 +55,9 @@ KINDS = [
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not SCRIPT.exists(), reason=f"viewer check script absent: {SCRIPT}"),
-    pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed"),
-    pytest.mark.skipif(not Path("/usr/sbin/Orthanc").exists(), reason="Orthanc not installed"),
+    skip_unless(SCRIPT.exists(), f"viewer check script absent: {SCRIPT}", shared=SCRIPT),
+    skip_unless(shutil.which("chromium") is not None, "chromium not installed"),
+    skip_unless(Path("/usr/sbin/Orthanc").exists(), "Orthanc not installed"),
 ]
 
 
@@ -70,7 +71,7 @@ def _screenshot(source: Path, seg: Path, png: Path) -> np.ndarray:
         timeout=240,
     )
     if done.returncode == 2 and "missing:" in done.stdout:
-        pytest.skip(done.stdout.strip())  # OHIF not fetchable (offline, no cache)
+        require_or_skip(False, done.stdout.strip())  # OHIF not fetchable (offline, no cache)
     assert done.returncode == 0, done.stdout + done.stderr
     shots = os.environ.get("WECARE_VIEWER_SHOTS")
     if shots:
