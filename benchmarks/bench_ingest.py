@@ -1,27 +1,41 @@
-"""C-STORE ingest throughput: WeCare's listener (the real `wecare serve`, workers off) vs dcmtk
-storescp, the same N files over one association each, in one run, sent by two SCUs: our
-pynetdicom SCU (tests/robustness/helpers.send_files) and dcmtk storescu.
+"""C-STORE ingest throughput, one run: a bare durable pynetdicom handler, dcmtk storescp and
+WeCare's listener, on the same generated files, each over one association per round.
 
-Run: ``python benchmarks/bench_ingest.py [--files N] [--rows R --columns C] [--rounds K]``.
-Both receivers take the same max PDU and write each file as received (storescp +B) in the
-same temp directory tree; WeCare also fsyncs each file and
-its directory and commits a database row before answering Success (storescp does neither), so
-the ratio is the price of durability plus Python. Prints measured figures only.
+Run: ``python benchmarks/bench_ingest.py [--files N] [--rows R --columns C] [--rounds K]
+[--serve]``. Receivers:
+
+- ``bare``: a pynetdicom AE (WeCare's own `build_ae`, same contexts and max PDU) whose
+  C-STORE handler writes the encoded data set to a temp name, fsyncs it, renames it and
+  fsyncs the directory: durability and nothing else, the floor for a Python listener.
+- ``storescp``: dcmtk's, writing each file as received (+B), no fsync.
+- ``wecare``: `service.scp.start_scp` with the real `StoreContext` (SQLite in a temp data
+  directory, migrated): what `wecare serve` runs per C-STORE, without the web app and loops.
+- ``wecare_serve`` (with ``--serve``): the real `wecare serve` process, workers off.
+
+Each Python receiver runs in its own process (this script with ``--receiver``), so the
+sender does not share its interpreter. The sender is pynetdicom streaming the files as they
+are on disk (tests/robustness/helpers.send_files), in this process. Rounds alternate the
+receivers so background load falls on all alike; the median and best of the rounds are
+printed with WeCare/bare. Prints measured figures only, with the load average before/after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,35 +43,118 @@ from tests.factories import make_us_series
 from tests.integration.peers import free_port, require, wait_for, wecare
 from tests.robustness.helpers import file_uids, send_files
 
+CALLED = {"bare": "BARE", "storescp": "STORESCP", "wecare": "WECARE", "wecare_serve": "WECARE"}
+
+
+def _serve_bare(port: int, out_dir: Path, max_pdu: int) -> None:
+    """The bare durable handler: temp file, fsync, rename, fsync dir, Success."""
+    from pynetdicom import evt
+
+    from service.scp import build_ae
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def handle_store(event: evt.Event) -> int:
+        encoded = event.encoded_dataset()
+        final = out_dir / f"{event.request.AffectedSOPInstanceUID}.dcm"
+        tmp = out_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, encoded)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        dfd = os.open(out_dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return 0x0000
+
+    ae = build_ae(CALLED["bare"], 60, max_pdu)
+    ae.start_server(("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+
+
+def _serve_wecare(port: int, data: Path, max_pdu: int) -> None:
+    """WeCare's listener with the real StoreContext on SQLite (migrated), as `serve` builds."""
+    from service.ingest import StoreContext
+    from service.scp import start_scp
+    from storage.db import make_engine, upgrade
+    from storage.files import DataDir
+
+    data_dir = DataDir(data)
+    data_dir.create()
+    url = f"sqlite:///{data / 'wecare.db'}"
+    upgrade(url)
+    server = start_scp(
+        StoreContext(data_dir, make_engine(url)),
+        ae_title=CALLED["wecare"],
+        host="127.0.0.1",
+        port=port,
+        max_pdu_bytes=max_pdu,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.shutdown()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
 
 @contextmanager
-def _storescp(out_dir: Path, max_pdu: int) -> Iterator[int]:
-    """dcmtk storescp writing every file as received (+B) with the same max PDU as WeCare."""
-    out_dir.mkdir(parents=True)
-    port = free_port()
-    proc = subprocess.Popen(
-        [require("storescp"), "-aet", "STORESCP", "+B", "-pdu", str(max_pdu), "-od", str(out_dir)]
-        + ["--promiscuous", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def _process(argv: list[str], port: int, what: str) -> Iterator[int]:
+    """Start a receiver process and wait until it listens on `port`."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def up() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        return _listening(port)
 
     try:
-        wait_for(up, 15, what="storescp")
+        wait_for(up, 60, what=what)
         yield port
     finally:
         proc.terminate()
         proc.wait(10)
 
 
+def _receiver(kind: str, out_dir: Path, max_pdu: int) -> Any:
+    """The receiver `kind` as a context manager yielding its port."""
+    port = free_port()
+    if kind == "storescp":
+        out_dir.mkdir(parents=True)
+        argv = [require("storescp"), "-aet", CALLED[kind], "+B", "-pdu", str(max_pdu)]
+        return _process(argv + ["-od", str(out_dir), "--promiscuous", str(port)], port, kind)
+    if kind == "wecare_serve":
+        return _serve_cli(out_dir, max_pdu)
+    argv = [sys.executable, __file__, "--receiver", kind, "--port", str(port)]
+    return _process(argv + ["--dir", str(out_dir), "--max-pdu", str(max_pdu)], port, kind)
+
+
+@contextmanager
+def _serve_cli(tmp: Path, max_pdu: int) -> Iterator[int]:
+    tmp.mkdir(parents=True)
+    with wecare(
+        tmp,
+        {},
+        auth={"enabled": False},
+        dicom={"max_pdu_bytes": max_pdu},
+        worker={"count": 0},
+        study={"stable_seconds": 3600},
+    ) as service:
+        yield service.dicom_port
+
+
 def _rate(port: int, files: list[Path], uids: list[tuple[str, str, str]], called: str) -> float:
     """Instances per second over one association (association set-up included)."""
     started = time.perf_counter()
-    log = send_files(port, files, uids=uids, called=called)
+    log = send_files(port, files, uids=uids, called=called, timeout=60)
     seconds = time.perf_counter() - started
     ok = len(log.succeeded)
     if ok != len(files):
@@ -65,79 +162,95 @@ def _rate(port: int, files: list[Path], uids: list[tuple[str, str, str]], called
     return ok / seconds
 
 
-def _rate_storescu(port: int, files: list[Path], called: str) -> float:
-    """The same over one association sent by dcmtk storescu (C++; -R: the files' own contexts)."""
-    started = time.perf_counter()
-    result = subprocess.run(
-        [require("storescu"), "-R", "-aec", called, "-pdu", "131072", "127.0.0.1", str(port)]
-        + [str(p) for p in files],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"storescu to {called} failed: {result.stderr[-500:]}")
-    return len(files) / seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=200)
-    parser.add_argument("--rows", type=int, default=480)
-    parser.add_argument("--columns", type=int, default=640)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; best kept")
-    parser.add_argument("--max-pdu", type=int, default=131072, help="both receivers' max PDU")
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--rows", type=int, default=300)
+    parser.add_argument("--columns", type=int, default=600)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
+    parser.add_argument("--max-pdu", type=int, default=131072, help="every receiver's max PDU")
+    parser.add_argument("--serve", action="store_true", help="also the real `wecare serve`")
+    parser.add_argument("--no-storescp", action="store_true")
+    parser.add_argument("--receiver", choices=["bare", "wecare"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.receiver == "bare":
+        return _serve_bare(args.port, args.dir, args.max_pdu)
+    if args.receiver == "wecare":
+        return _serve_wecare(args.port, args.dir, args.max_pdu)
+
+    kinds = ["bare", "wecare"] + ([] if args.no_storescp else ["storescp"])
+    kinds += ["wecare_serve"] if args.serve else []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp_name:
         tmp = Path(tmp_name)
         files = make_us_series(tmp / "src", count=args.files, rows=args.rows, columns=args.columns)
         uids = [file_uids(p) for p in files]
         size_mb = sum(p.stat().st_size for p in files) / 1e6
-        rates: dict[str, list[float]] = {
-            "wecare": [],
-            "storescp": [],
-            "wecare_from_storescu": [],
-            "storescp_from_storescu": [],
-        }
-        with (
-            wecare(
-                tmp / "wecare",
-                {},
-                auth={"enabled": False},
-                dicom={"max_pdu_bytes": args.max_pdu},
-                worker={"count": 0},
-                study={"stable_seconds": 3600},
-                log={"level": "WARNING"},
-            ) as service,
-            _storescp(tmp / "storescp-out", args.max_pdu) as scp_port,
-        ):
-            for _ in range(args.rounds):  # alternate so background load hits both alike
-                rates["wecare"].append(_rate(service.dicom_port, files, uids, "WECARE"))
-                rates["storescp"].append(_rate(scp_port, files, uids, "STORESCP"))
-                rates["wecare_from_storescu"].append(
-                    _rate_storescu(service.dicom_port, files, "WECARE")
-                )
-                rates["storescp_from_storescu"].append(_rate_storescu(scp_port, files, "STORESCP"))
-    best = {name: max(values) for name, values in rates.items()}
+        rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+        with ExitStack() as stack:
+            ports = {k: stack.enter_context(_receiver(k, tmp / k, args.max_pdu)) for k in kinds}
+            for _ in range(args.rounds):  # each round re-sends: SOP UIDs made new per round
+                for kind in kinds:
+                    rates[kind].append(_rate(ports[kind], files, uids, CALLED[kind]))
+                files, uids = _fresh_uids(tmp, files, uids)
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    best = {k: max(v) for k, v in rates.items()}
     print(
         json.dumps(
             {
                 "files": args.files,
-                "file_size_kb": round(size_mb * 1000 / args.files, 1),
+                "total_mb": round(size_mb, 1),
+                "rows_columns": [args.rows, args.columns],
                 "rounds": args.rounds,
                 "max_pdu": args.max_pdu,
-                "instances_per_s": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
-                "best_instances_per_s": {k: round(v, 1) for k, v in best.items()},
-                "wecare_over_storescp": round(best["wecare"] / best["storescp"], 3),
-                "wecare_over_storescp_from_storescu": round(
-                    best["wecare_from_storescu"] / best["storescp_from_storescu"], 3
+                "files_per_s": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+                "median_files_per_s": {k: round(v, 1) for k, v in median.items()},
+                "best_files_per_s": {k: round(v, 1) for k, v in best.items()},
+                "wecare_over_bare_median": round(median["wecare"] / median["bare"], 3),
+                "wecare_over_bare_best": round(best["wecare"] / best["bare"], 3),
+                **(
+                    {
+                        "wecare_serve_over_bare_median": round(
+                            median["wecare_serve"] / median["bare"], 3
+                        )
+                    }
+                    if "wecare_serve" in median
+                    else {}
                 ),
+                "loadavg_before": [round(x, 2) for x in load_before],
+                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                "cpus": os.cpu_count(),
                 "cpu": platform.processor() or platform.machine(),
             },
             indent=2,
         )
     )
+
+
+def _fresh_uids(
+    tmp: Path, files: list[Path], uids: list[tuple[str, str, str]]
+) -> tuple[list[Path], list[tuple[str, str, str]]]:
+    """The same pixels under new Study/Series/SOP UIDs: every round stores new instances.
+
+    (Re-sent identical instances would take WeCare's no-write re-send path instead.)"""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    out = tmp / f"src-{uuid.uuid4().hex[:8]}"
+    out.mkdir()
+    study, series = generate_uid(), generate_uid()
+    paths, new_uids = [], []
+    for path in files:
+        ds = dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        target = out / path.name
+        ds.save_as(target, enforce_file_format=True)
+        paths.append(target)
+        new_uids.append(file_uids(target))
+    return paths, new_uids
 
 
 if __name__ == "__main__":

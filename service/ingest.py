@@ -28,11 +28,12 @@ from storage.db import session_scope
 from storage.errors import DiskFullError, InvalidUIDError
 from storage.files import DataDir
 from storage.instances import (
+    PlacedFile,
     ReceivedInstance,
     content_sha256,
     known_copies,
-    place_file,
     record_instance,
+    start_place_file,
 )
 
 log = logging.getLogger(__name__)
@@ -176,26 +177,31 @@ def _write_and_record(
     """Write unless these bytes are stored already, then record; (created, reason, conflict).
 
     A file once acknowledged is never replaced: other bytes under its SOP Instance UID go to
-    their own file and row (storage.instances). Two stores of one UID racing: the unique
-    indexes let one commit, the other gets IntegrityError and records once more, now seeing
-    the first (a re-send, or a conflict); its file is already safely in place.
+    their own file and row (storage.instances). The file's and its directory's fsyncs run
+    while the row is prepared; the commit waits for them, so a committed row always names a
+    durable file. Two stores of one UID racing: the unique indexes let one commit, the other
+    gets IntegrityError and records once more, now seeing the first (a re-send, or a
+    conflict); its file is already safely in place.
     """
     sha256 = received.content_sha256 or content_sha256(encoded)
-    placed: str | None = None
+    placed: PlacedFile | None = None
     for attempt in (1, 2):
         with session_scope(ctx.engine) as session:
             known = known_copies(session, received.sop_instance_uid, sha256)
             if known.same is not None:  # a re-send: no write, a count
                 row, created = record_instance(session, received)
-                if placed is not None and placed != row.path:
-                    Path(placed).unlink(missing_ok=True)  # lost a race to the same bytes
+                if placed is not None:
+                    placed.wait()
+                    if str(placed.path) != row.path:
+                        placed.path.unlink(missing_ok=True)  # lost a race to the same bytes
                 return created, row.skip_reason, row.conflict_of_id is not None
         if placed is None:
             take = known.original is None
-            placed = str(place_file(Path(received.path), encoded, sha256, take_canonical=take))
+            placed = start_place_file(Path(received.path), encoded, sha256, take_canonical=take)
         try:
             with session_scope(ctx.engine) as session:
-                row, created = record_instance(session, replace(received, path=placed))
+                row, created = record_instance(session, replace(received, path=str(placed.path)))
+                placed.wait()  # file and directory entry durable before the row commits
                 return created, row.skip_reason, row.conflict_of_id is not None
         except IntegrityError:
             if attempt == 2:

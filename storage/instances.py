@@ -21,7 +21,14 @@ from sqlalchemy.orm import Session, aliased
 
 from storage.audit import AuditAction
 from storage.audit import record as audit
-from storage.files import _fsync_dir, write_atomic
+from storage.files import (
+    PRIVATE_FILE_MODE,
+    PendingSync,
+    _fsync_dir,
+    make_private_dirs,
+    sync_in_background,
+    write_atomic,
+)
 from storage.models import Instance, Job, JobState, Study, utcnow
 from storage.queue import ensure_waiting_job
 
@@ -106,6 +113,37 @@ def known_copies(session: Session, sop_instance_uid: str, sha256: str | None) ->
     return KnownCopies(same, original)
 
 
+@dataclass(frozen=True)
+class PlacedFile:
+    """Where `start_place_file` put the bytes; durable once `wait()` returns."""
+
+    path: Path
+    pending: PendingSync | None = None  # None: durable already
+    inode: tuple[int, int] | None = None  # (st_dev, st_ino) of the file this store linked
+
+    def wait(self) -> None:
+        """Block until the file and its directory entry are fsynced.
+
+        An fsync that failed leaves bytes that may not survive a crash under the final name:
+        the name this store linked is removed (never recorded, never acknowledged), and the
+        OSError raised."""
+        if self.pending is None:
+            return
+        try:
+            self.pending.wait()
+        except OSError:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        try:
+            st = os.stat(self.path)
+            if self.inode == (st.st_dev, st.st_ino):
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+
 def place_file(canonical: Path, data: bytes, sha256: str, *, take_canonical: bool) -> Path:
     """Write `data` durably where it can never replace a file holding other bytes; return where.
 
@@ -116,27 +154,71 @@ def place_file(canonical: Path, data: bytes, sha256: str, *, take_canonical: boo
     keeps it and the other gets its own name. (write_atomic alone replaces: an acknowledged
     file overwritten by another patient's image.)
     """
+    placed = start_place_file(canonical, data, sha256, take_canonical=take_canonical)
+    placed.wait()
+    return placed.path
+
+
+def start_place_file(
+    canonical: Path, data: bytes, sha256: str, *, take_canonical: bool
+) -> PlacedFile:
+    """`place_file`, returning while the usual case's fsyncs still run: call `.wait()`.
+
+    The usual case is a UID's first content: written to a stage name, linked to `canonical`,
+    the stage name removed, then the file and the directory fsynced together in the
+    background, so the caller can prepare its database row meanwhile (the row must not be
+    committed before `wait()`). A name already taken, and the rare paths, are synchronous.
+    """
     own = canonical.with_name(f"{canonical.stem}.sha256-{sha256[:16]}.dcm")
     if not take_canonical:
         write_atomic(own, data)
-        return own
+        return PlacedFile(own)
     if file_sha256(canonical) == sha256:
         write_atomic(canonical, data)  # these bytes, left unrecorded (crash) or racing: re-fsync
-        return canonical
+        return PlacedFile(canonical)
+    make_private_dirs(canonical.parent)
     stage = canonical.with_name(f".{canonical.name}.{uuid.uuid4().hex}.stage")
-    write_atomic(stage, data)
+    fd = os.open(stage, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
     try:
+        _write_all(fd, data)
+        os.link(stage, canonical)
+        os.unlink(stage)
+    except FileExistsError:  # taken meanwhile, or bytes left by a store never acknowledged
         try:
-            os.link(stage, canonical)
-            placed = canonical
-        except FileExistsError:  # taken meanwhile, or bytes left by a store never acknowledged
-            placed = canonical if file_sha256(canonical) == sha256 else own
-            if placed == own:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            if file_sha256(canonical) == sha256:
+                _fsync_file(canonical)  # the store that linked it may still be fsyncing
+                placed = canonical
+            else:
                 os.replace(stage, own)
-    finally:
+                placed = own
+        finally:
+            stage.unlink(missing_ok=True)
+        _fsync_dir(canonical.parent)
+        return PlacedFile(placed)
+    except BaseException:
+        os.close(fd)
         stage.unlink(missing_ok=True)
-    _fsync_dir(canonical.parent)
-    return placed
+        raise
+    st = os.fstat(fd)
+    return PlacedFile(canonical, sync_in_background(fd, canonical.parent), (st.st_dev, st.st_ino))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def record_instance(

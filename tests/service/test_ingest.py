@@ -6,8 +6,11 @@ Peak memory is measured in a child process (ru_maxrss is a per-process high-wate
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import Engine, func, select
 
 from dicom_io.read import iter_frames
-from service.ingest import StoreContext, StoreStatus, store_encoded
+from service.ingest import StoreContext, StoreOutcome, StoreStatus, store_encoded
 from storage.db import session_scope
 from storage.files import DataDir
 from storage.models import Instance
@@ -154,3 +157,47 @@ def test_store_encoded_hostile_modality_reason_keeps_ascii_code_only(
         "not_ultrasound: Secondary Capture Image Storage with Modality CTB is not an "
         "ultrasound screen capture; stored, not analysed"
     )
+
+
+def test_store_encoded_fsyncs_pending_no_row_until_file_and_directory_durable(
+    data_dir: DataDir, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file's and its directory's fsyncs run while the row is prepared: the commit (and so
+    Success) waits for both, however long they take."""
+    real_fsync = os.fsync
+    release, entered = threading.Event(), threading.Event()
+    synced: list[tuple[int, int]] = []
+
+    def slow_fsync(fd: int) -> None:
+        entered.set()
+        assert release.wait(10)
+        real_fsync(fd)
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+
+    monkeypatch.setattr("storage.files.os.fsync", slow_fsync)
+    ds = make_us_dataset(rows=64, columns=80)
+    encoded = (write_dataset(ds, data_dir.root / "src.dcm")).read_bytes()
+    outcomes: list[StoreOutcome] = []
+    store = threading.Thread(
+        target=lambda: outcomes.append(store_encoded(StoreContext(data_dir, engine), encoded))
+    )
+    store.start()
+    try:
+        assert entered.wait(10)
+        time.sleep(0.3)  # time enough to commit, were the commit not waiting
+        rows_while_pending = _rows(engine)
+        answered_while_pending = bool(outcomes)
+    finally:
+        release.set()
+        store.join(10)
+
+    assert (rows_while_pending, answered_while_pending) == (0, False)
+    assert outcomes[0].ok and outcomes[0].created
+    assert _rows(engine) == 1
+    with session_scope(engine) as session:
+        path = Path(session.scalars(select(Instance.path)).one())
+    assert path.read_bytes() == encoded
+    for done in (path, path.parent):
+        st = os.stat(done)
+        assert (st.st_dev, st.st_ino) in synced
