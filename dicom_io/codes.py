@@ -69,3 +69,54 @@ LESION_SEGMENTED = Code("WCR-LESION-SEG", WECARE_SCHEME, "Lesion segmented by AI
 YES = Code("373066001", "SCT", "Yes")
 NO = Code("373067005", "SCT", "No")
 DEVICE = Code("121007", "DCM", "Device")
+
+# BI-RADS ultrasound descriptors of a lesion (TID 1500 qualitative evaluations). Concept
+# names and values from DICOM PS3.16 (as shipped in pydicom.sr.codedict, generated from the
+# standard): CID 6005 "Shape Characteristic from BI-RADS", CID 6152 "Orientation",
+# CID 6007 "Margin Characteristic from BI-RADS", CID 6154 "Echo Pattern", CID 6155
+# "Posterior Acoustic Feature", CID 6165 "Breast Linear Measurement". CID 6154 predates
+# BI-RADS 5th edition's "heterogeneous"; that value and a not circumscribed margin without
+# a further word take the RadLex codes PS3.16 uses in CID 6335/6341.
+SHAPE = Code("300842002", "SCT", "Shape")  # concept name, as in CID 6333
+ORIENTATION = Code("111354", "DCM", "Orientation")
+MARGINS = Code("111037", "DCM", "Margins")
+ECHO_PATTERN = Code("111360", "DCM", "Echo pattern")
+POSTERIOR_ACOUSTIC_FEATURES = Code("111366", "DCM", "Posterior acoustic features")
+DISTANCE_FROM_SKIN = Code("121243", "DCM", "Distance from skin")  # CID 6165: lesion depth
+
+#: Lexicon word → CID 6005 value.
+SHAPE_CODES: dict[str, Code] = {
+    "oval": Code("84360004", "SCT", "Ovoid shape (Oval)"),
+    "round": Code("42700002", "SCT", "Round shape"),
+    "irregular": Code("49608001", "SCT", "Irregular"),
+}
+#: Lexicon word → CID 6152 value.
+ORIENTATION_CODES: dict[str, Code] = {
+    "parallel": Code("111355", "DCM", "Parallel"),
+    "not parallel": Code("111356", "DCM", "Not parallel"),
+}
+#: Lexicon word → CID 6007 value (RadLex for a bare "not circumscribed", CID 6341).
+MARGIN_CODES: dict[str, Code] = {
+    "circumscribed": Code("129738007", "SCT", "Circumscribed lesion"),
+    "not circumscribed": Code("RID34355", "RADLEX", "Non-circumscribed margin"),
+    "indistinct": Code("129741003", "SCT", "Indistinct lesion"),
+    "angular": Code("111343", "DCM", "Angular margins"),
+    "microlobulated": Code("129739004", "SCT", "Microlobulated lesion"),
+    "spiculated": Code("129742005", "SCT", "Spiculated lesion"),
+}
+#: Lexicon word → CID 6154 value (RadLex "Heterogeneous", CID 6335, for heterogeneous).
+ECHO_PATTERN_CODES: dict[str, Code] = {
+    "anechoic": Code("111361", "DCM", "Anechoic"),
+    "hypoechoic": Code("111364", "DCM", "Hypoechoic"),
+    "isoechoic": Code("111365", "DCM", "Isoechoic"),
+    "hyperechoic": Code("111362", "DCM", "Hyperechoic"),
+    "complex cystic and solid": Code("111363", "DCM", "Complex"),
+    "heterogeneous": Code("RID6060", "RADLEX", "Heterogeneous"),
+}
+#: Lexicon word → CID 6155 value.
+POSTERIOR_CODES: dict[str, Code] = {
+    "none": Code("111367", "DCM", "No posterior acoustic features"),
+    "enhancement": Code("111368", "DCM", "Posterior enhancement"),
+    "shadowing": Code("111369", "DCM", "Posterior shadowing"),
+    "combined": Code("111370", "DCM", "Combined posterior enhancement and shadowing"),
+}

@@ -15,7 +15,10 @@ Content tree (codes in :mod:`dicom_io.codes`, listed in docs/CONFORMANCE.md)::
             site Breast (+ laterality), referencing the SEG segment frame and source frame;
             Long axis, Short axis (mm), Area (mm2) when the image has a calibrated
             ultrasound region, else "Lesion size measurement = Not measured: no
-            calibrated ultrasound region" (99WECARE).
+            calibrated ultrasound region" (99WECARE); Distance from skin (mm, the
+            lesion's depth) and the BI-RADS descriptors Shape, Orientation, Margins (one
+            item per word), Echo pattern, Posterior acoustic features (PS3.16 CID 6005,
+            6152, 6007, 6154, 6155) when the finding carries a LesionDescription.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from dicom_io.uids import WECARE_MANUFACTURER, output_uid
 __all__ = [
     "CLASSES",
     "SR_SERIES_DESCRIPTION",
+    "LesionDescription",
     "LesionFinding",
     "StudyClassification",
     "build_sr",
@@ -54,6 +58,63 @@ _SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 def _concept(code: Code) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+@dataclass(frozen=True)
+class LesionDescription:
+    """BI-RADS ultrasound descriptors of a lesion, in the lexicon's words (lower case).
+
+    Every word must be a key of its map in :mod:`dicom_io.codes` (``SHAPE_CODES``,
+    ``ORIENTATION_CODES``, ``MARGIN_CODES``, ``ECHO_PATTERN_CODES``, ``POSTERIOR_CODES``);
+    None (or an empty ``margin_detail``) leaves that item out. ``depth_mm``: distance from
+    the skin to the lesion's top, None when not measured.
+    """
+
+    shape: str | None = None
+    orientation: str | None = None
+    margin: str | None = None
+    margin_detail: tuple[str, ...] = ()
+    echo_pattern: str | None = None
+    posterior: str | None = None
+    depth_mm: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("shape", codes.SHAPE_CODES),
+            ("orientation", codes.ORIENTATION_CODES),
+            ("margin", ("circumscribed", "not circumscribed")),
+            ("echo_pattern", codes.ECHO_PATTERN_CODES),
+            ("posterior", codes.POSTERIOR_CODES),
+        ):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ValueError(f"LesionDescription.{name} must be None or one of {list(allowed)}")
+        details = ("indistinct", "angular", "microlobulated", "spiculated")
+        if not isinstance(self.margin_detail, tuple) or any(
+            d not in details for d in self.margin_detail
+        ):
+            raise ValueError(f"LesionDescription.margin_detail must be a tuple of {details}")
+        if self.margin_detail and self.margin != "not circumscribed":
+            raise ValueError("LesionDescription.margin_detail needs margin 'not circumscribed'")
+        if self.depth_mm is not None and not (math.isfinite(self.depth_mm) and self.depth_mm >= 0):
+            raise ValueError("LesionDescription.depth_mm must be None or a finite number >= 0")
+
+    def evaluations(self) -> list[tuple[Code, Code]]:
+        """(concept name, value) pairs, in reading order; one Margins item per word."""
+        pairs: list[tuple[Code, Code]] = []
+        if self.shape:
+            pairs.append((codes.SHAPE, codes.SHAPE_CODES[self.shape]))
+        if self.orientation:
+            pairs.append((codes.ORIENTATION, codes.ORIENTATION_CODES[self.orientation]))
+        if self.margin == "circumscribed" or (self.margin and not self.margin_detail):
+            pairs.append((codes.MARGINS, codes.MARGIN_CODES[self.margin]))
+        for word in self.margin_detail:
+            pairs.append((codes.MARGINS, codes.MARGIN_CODES[word]))
+        if self.echo_pattern:
+            pairs.append((codes.ECHO_PATTERN, codes.ECHO_PATTERN_CODES[self.echo_pattern]))
+        if self.posterior:
+            pairs.append((codes.POSTERIOR_ACOUSTIC_FEATURES, codes.POSTERIOR_CODES[self.posterior]))
+        return pairs
 
 
 @dataclass(frozen=True)
@@ -71,6 +132,9 @@ class LesionFinding:
         no calibrated ultrasound region.
     area_px: int
         Number of mask pixels (> 0).
+    description: LesionDescription | None
+        BI-RADS descriptors and depth, written as qualitative evaluations (and Distance
+        from skin); None writes none.
     """
 
     source_sop_instance_uid: str
@@ -79,6 +143,7 @@ class LesionFinding:
     long_axis_mm: float | None
     short_axis_mm: float | None
     area_px: int
+    description: LesionDescription | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.source_sop_instance_uid, str) or not self.source_sop_instance_uid:
@@ -93,6 +158,8 @@ class LesionFinding:
                 raise ValueError(f"LesionFinding.{name} must be None or a finite number >= 0")
         if not isinstance(self.area_px, int) or self.area_px <= 0:
             raise ValueError("LesionFinding.area_px must be a positive int")
+        if self.description is not None and not isinstance(self.description, LesionDescription):
+            raise ValueError("LesionFinding.description must be None or a LesionDescription")
 
     @property
     def is_measured(self) -> bool:
@@ -205,12 +272,26 @@ def _lesion_group(
                     name=_concept(name), value=round(float(value), 2), unit=_concept(unit)
                 )
             )
+    description = finding.description
+    if description is not None and description.depth_mm is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=_concept(codes.DISTANCE_FROM_SKIN),
+                value=round(float(description.depth_mm), 2),
+                unit=_concept(codes.MILLIMETER),
+            )
+        )
     evaluations = []
     if not finding.is_measured:
         evaluations.append(
             hd.sr.QualitativeEvaluation(
                 name=_concept(codes.SIZE_MEASUREMENT), value=_concept(codes.SIZE_NOT_MEASURED)
             )
+        )
+    if description is not None:
+        evaluations.extend(
+            hd.sr.QualitativeEvaluation(name=_concept(name), value=_concept(value))
+            for name, value in description.evaluations()
         )
     key = f"{finding.source_sop_instance_uid}/{frame or 1}/{index}"
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(

@@ -393,5 +393,91 @@ def evaluate(
         typer.echo(render_table(metrics))
 
 
+@app.command()
+def describe(
+    image: Annotated[Path, typer.Argument(help="B-mode image, PNG or JPEG (skin at the top)")],
+    mask: Annotated[Path, typer.Argument(help="Lesion mask, same size (non-zero = lesion)")],
+    pixel_size: Annotated[
+        float | None,
+        typer.Option("--pixel-size", help="mm per pixel (square pixels); without it no sizes"),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Only the JSON object (last stdout line either way)")
+    ] = False,
+) -> None:
+    """BI-RADS descriptors of one lesion: shape, orientation, margin, echo pattern, posterior
+    features and sizes in mm; the last stdout line is one JSON object."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from inference.descriptors import describe_lesion
+
+    if pixel_size is not None and not pixel_size > 0:
+        raise typer.BadParameter("must be a positive number of mm", param_hint="--pixel-size")
+    arrays = []
+    for label, path in (("image", image), ("mask", mask)):
+        if not path.is_file():
+            typer.echo(f"wecare: {label} {path} not found", err=True)
+            raise typer.Exit(2)
+        try:
+            with Image.open(path) as picture:
+                arrays.append(np.asarray(picture.convert("L")))
+        except (UnidentifiedImageError, OSError) as exc:
+            typer.echo(f"wecare: {label} {path} is not a PNG/JPEG image ({exc})", err=True)
+            raise typer.Exit(2) from None
+    pixels, lesion = arrays
+    if pixels.shape != lesion.shape:
+        typer.echo(
+            f"wecare: mask is {lesion.shape[1]}x{lesion.shape[0]} pixels, "
+            f"image is {pixels.shape[1]}x{pixels.shape[0]}: they must match",
+            err=True,
+        )
+        raise typer.Exit(2)
+    result = describe_lesion(pixels, lesion > 127, pixel_size, pixel_size)
+    if result.message:
+        typer.echo(f"wecare: {result.message}", err=True)
+    if not as_json:
+        for key, value in result.as_dict().items():
+            shown = ", ".join(value) if isinstance(value, list) else value
+            typer.echo(f"{key.replace('_', ' ')}: {'-' if shown is None else shown}")
+    sys.stdout.write(json.dumps(result.as_dict()) + "\n")
+
+
+@app.command("evaluate-descriptors")
+def evaluate_descriptors(
+    data_dir: Annotated[
+        Path,
+        typer.Argument(help="BrEaST-Lesions_USG folder (manifest.csv)", file_okay=False),
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Last stdout line is one JSON object")
+    ] = False,
+    with_model: Annotated[
+        bool, typer.Option("--model/--no-model", help="Also describe the bundled model's masks")
+    ] = True,
+    weights: Annotated[Path | None, typer.Option(help="Model weights (default: bundled)")] = None,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the bootstrap")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for 95% intervals")] = 1000,
+) -> None:
+    """Agreement of the BI-RADS descriptors with the radiologist (docs/experiments/descriptors.md)."""
+    from inference.descriptor_eval import evaluate_descriptors as run_evaluation
+    from inference.descriptor_eval import render_markdown
+
+    if not (data_dir / "manifest.csv").is_file():
+        typer.echo(f"wecare: {data_dir}/manifest.csv not found", err=True)
+        raise typer.Exit(2)
+    model = None
+    if with_model:
+        from inference.model import Model
+
+        model = Model.load(weights, device="cpu")
+    result = run_evaluation(data_dir, model, folds=folds, seed=seed, bootstrap=bootstrap)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        typer.echo(render_markdown(result))
+
+
 if __name__ == "__main__":
     app()

@@ -79,6 +79,11 @@ class ImageResultPublic(BaseModel):
     lesion_area_mm2: float | None = Field(None, description="Null: no calibrated US region")
     long_axis_mm: float | None = None
     short_axis_mm: float | None = None
+    descriptors: dict[str, Any] | None = Field(
+        None,
+        description="BI-RADS descriptors of the lesion (shape, orientation, margin, "
+        "margin_detail, echo_pattern, posterior, sizes in mm); null: no lesion",
+    )
     mask_png: str | None = Field(None, description="Preview name: image with the mask outline")
     cam_png: str | None = Field(None, description="Preview name: Grad-CAM heat map")
     mask_url: str | None = Field(None, description="URL of the mask preview PNG")

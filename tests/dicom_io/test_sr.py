@@ -14,6 +14,7 @@ from dicom_io.read import read_header, skip_reason
 from dicom_io.seg import build_seg
 from dicom_io.sr import (
     SR_SERIES_DESCRIPTION,
+    LesionDescription,
     LesionFinding,
     StudyClassification,
     build_sr,
@@ -318,3 +319,105 @@ def _segmentation_references(sr: Dataset) -> list[tuple[str, int, str, int | Non
 
     walk(list(sr.ContentSequence))
     return found
+
+
+DESCRIBED = LesionDescription(
+    shape="irregular",
+    orientation="not parallel",
+    margin="not circumscribed",
+    margin_detail=("indistinct", "spiculated"),
+    echo_pattern="heterogeneous",
+    posterior="shadowing",
+    depth_mm=7.25,
+)
+
+
+def _described_case(
+    description: LesionDescription,
+) -> tuple[list[Dataset], list[Dataset], list[LesionFinding]]:
+    sources, segs, findings = _case("calibrated")
+    finding = findings[0]
+    return (
+        sources,
+        segs,
+        [
+            LesionFinding(
+                finding.source_sop_instance_uid,
+                None,
+                finding.area_mm2,
+                finding.long_axis_mm,
+                finding.short_axis_mm,
+                finding.area_px,
+                description=description,
+            )
+        ],
+    )
+
+
+@needs_dciodvfy
+def test_build_sr_with_descriptors_passes_dciodvfy() -> None:
+    sources, segs, findings = _described_case(DESCRIBED)
+    errors, warnings = validate_dataset(
+        build_sr(sources, segs, MALIGNANT, findings, ALGORITHM, 901)
+    )
+    assert errors == []
+    assert all(PRIVATE_SCHEME_WARNING in line for line in warnings), warnings
+
+
+@pytest.mark.usefixtures("strict_writing")
+@pytest.mark.parametrize(
+    "description",
+    [
+        DESCRIBED,
+        LesionDescription("oval", "parallel", "circumscribed", (), "hypoechoic", "enhancement"),
+        LesionDescription("round", None, "not circumscribed", (), "complex cystic and solid"),
+    ],
+)
+def test_build_sr_descriptors_written_with_standard_codes(
+    description: LesionDescription,
+) -> None:
+    sources, segs, findings = _described_case(description)
+    content = _flatten(roundtrip(build_sr(sources, segs, MALIGNANT, findings, ALGORITHM, 901)))
+    expected = [(codes.SHAPE.meaning, codes.SHAPE_CODES[description.shape].value)]
+    if description.orientation:
+        expected.append(
+            (codes.ORIENTATION.meaning, codes.ORIENTATION_CODES[description.orientation].value)
+        )
+    margin_words = description.margin_detail or (description.margin,)
+    expected += [(codes.MARGINS.meaning, codes.MARGIN_CODES[w].value) for w in margin_words]
+    expected.append(
+        (codes.ECHO_PATTERN.meaning, codes.ECHO_PATTERN_CODES[description.echo_pattern].value)
+    )
+    if description.posterior:
+        expected.append(
+            (
+                codes.POSTERIOR_ACOUSTIC_FEATURES.meaning,
+                codes.POSTERIOR_CODES[description.posterior].value,
+            )
+        )
+    for pair in expected:
+        assert pair in content["code"]
+    margins = [value for name, value in content["code"] if name == codes.MARGINS.meaning]
+    assert len(margins) == len(margin_words)
+    if description.depth_mm is not None:
+        assert content["num"][codes.DISTANCE_FROM_SKIN.meaning] == [description.depth_mm]
+    else:
+        assert codes.DISTANCE_FROM_SKIN.meaning not in content["num"]
+    assert content["num"][codes.LONG_AXIS.meaning] == [
+        pytest.approx(findings[0].long_axis_mm, abs=0.01)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"shape": "lobulated"}, "shape"),
+        ({"margin": "circumscribed", "margin_detail": ("indistinct",)}, "needs margin"),
+        ({"margin": "not circumscribed", "margin_detail": ("fuzzy",)}, "margin_detail"),
+        ({"echo_pattern": "Hypoechoic"}, "echo_pattern"),
+        ({"depth_mm": -1.0}, "depth_mm"),
+    ],
+)
+def test_lesion_description_invalid_words_raise(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LesionDescription(**kwargs)

@@ -213,3 +213,105 @@ def test_evaluate_rejects_unknown_mode_exit_2(tmp_path: Path, option: str, value
     result = runner.invoke(app, ["evaluate", str(tmp_path), option, value])
     assert result.exit_code == 2
     assert option in result.output and "must be one of" in result.output
+
+
+def _lesion_files(tmp_path: Path, image_ext: str = "png") -> tuple[Path, Path]:
+    """A textured image with a dark wide ellipse and its 0/255 mask, as real files."""
+    rng = np.random.default_rng(3)
+    image = np.clip(128 + rng.normal(0, 12, (200, 260)), 0, 255)
+    yy, xx = np.mgrid[0:200, 0:260]
+    mask = ((xx - 130) / 60.0) ** 2 + ((yy - 90) / 25.0) ** 2 <= 1.0
+    image[mask] -= 50  # hypoechoic: about 0.6 of the tissue around it
+    image_path = tmp_path / f"image.{image_ext}"
+    mask_path = tmp_path / "mask.png"
+    Image.fromarray(image.astype(np.uint8)).save(image_path)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
+    return image_path, mask_path
+
+
+DESCRIBE_KEYS = {
+    "shape",
+    "orientation",
+    "margin",
+    "margin_detail",
+    "echo_pattern",
+    "posterior",
+    "long_axis_mm",
+    "short_axis_mm",
+    "area_mm2",
+    "depth_mm",
+}
+
+
+@pytest.mark.parametrize("image_ext", ["png", "jpg"])
+def test_describe_real_files_last_line_json_lexicon_words(tmp_path: Path, image_ext: str) -> None:
+    image, mask = _lesion_files(tmp_path, image_ext)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "describe",
+            str(image),
+            str(mask),
+            "--pixel-size",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    described = json.loads(lines[-1])
+    assert set(described) == DESCRIBE_KEYS
+    assert described["shape"] == "oval"
+    assert described["orientation"] == "parallel"
+    assert described["echo_pattern"] == "hypoechoic"
+    assert described["long_axis_mm"] == pytest.approx(12.1, abs=0.4)  # 2 x 60 px x 0.1 mm
+    assert described["depth_mm"] == pytest.approx(6.5, abs=0.3)  # top row 65 x 0.1 mm
+    assert "shape: oval" in lines  # the readable lines come first without --json
+
+
+def test_describe_json_without_pixel_size_gives_null_sizes(tmp_path: Path) -> None:
+    image, mask = _lesion_files(tmp_path)
+    result = runner.invoke(app, ["describe", str(image), str(mask), "--json"])
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(result.stdout.strip().splitlines()) == 1
+    assert described["shape"] == "oval"
+    assert all(described[k] is None for k in ("long_axis_mm", "area_mm2", "depth_mm"))
+
+
+def test_describe_empty_mask_gives_nulls_and_message(tmp_path: Path) -> None:
+    image, mask = _lesion_files(tmp_path)
+    Image.fromarray(np.zeros((200, 260), np.uint8)).save(mask)
+    result = runner.invoke(app, ["describe", str(image), str(mask), "--json"])
+    assert result.exit_code == 0
+    described = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(described) == DESCRIBE_KEYS and all(v is None for v in described.values())
+    assert "no lesion to describe" in result.stderr
+
+
+@pytest.mark.parametrize("problem", ["missing", "size", "not_image", "pixel_size"])
+def test_describe_bad_input_exit_2_clear_message(tmp_path: Path, problem: str) -> None:
+    image, mask = _lesion_files(tmp_path)
+    args = ["describe", str(image), str(mask)]
+    expected = {
+        "missing": "not found",
+        "size": "must match",
+        "not_image": "is not a PNG/JPEG image",
+        "pixel_size": "positive",
+    }[problem]
+    if problem == "missing":
+        args[2] = str(tmp_path / "absent.png")
+    elif problem == "size":
+        Image.fromarray(np.zeros((100, 100), np.uint8)).save(mask)
+    elif problem == "not_image":
+        mask.write_bytes(b"not a picture")
+    else:
+        args += ["--pixel-size", "-1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert expected in result.output

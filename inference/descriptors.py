@@ -1,0 +1,622 @@
+"""ACR BI-RADS ultrasound descriptors of one lesion, from its mask and its image.
+
+Arrays and pixel spacing in, a frozen :class:`LesionDescriptors` out; nothing here knows
+DICOM (``dicom_io/sr.py`` codes the words, ``service`` reads the files).
+
+Two steps, kept apart so that thresholds can be cross-validated without recomputing
+images (``inference/descriptor_eval.py``):
+
+1. :func:`lesion_features` measures geometry and intensity (:class:`LesionFeatures`), in mm
+   where the spacing is known, so that non-square pixels do not bend shapes or angles.
+2. One small named rule per descriptor (:func:`shape_rule`, :func:`orientation_rule`,
+   :func:`margin_rule`, :func:`margin_detail_rule`, :func:`echo_pattern_rule`,
+   :func:`posterior_rule`) turns features into lexicon words; each states its rule in its
+   docstring. The thresholds are :class:`Thresholds` (defaults: chosen on the
+   BrEaST-Lesions_USG development half, see docs/experiments/descriptors.md for how, and
+   for their cross-validated agreement with the radiologist).
+
+:func:`describe_lesion` runs both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+__all__ = [
+    "ECHO_PATTERNS",
+    "MARGINS",
+    "MARGIN_DETAILS",
+    "ORIENTATIONS",
+    "POSTERIOR_FEATURES",
+    "SHAPES",
+    "LesionDescriptors",
+    "LesionFeatures",
+    "Thresholds",
+    "describe_lesion",
+    "echo_pattern_rule",
+    "lesion_features",
+    "margin_detail_rule",
+    "margin_rule",
+    "orientation_rule",
+    "posterior_rule",
+    "shape_rule",
+]
+
+SHAPES = ("oval", "round", "irregular")
+ORIENTATIONS = ("parallel", "not parallel")
+MARGINS = ("circumscribed", "not circumscribed")
+MARGIN_DETAILS = ("indistinct", "angular", "microlobulated", "spiculated")
+ECHO_PATTERNS = (
+    "anechoic",
+    "hypoechoic",
+    "isoechoic",
+    "hyperechoic",
+    "complex cystic and solid",
+    "heterogeneous",
+)
+POSTERIOR_FEATURES = ("none", "enhancement", "shadowing", "combined")
+MIN_LESION_PIXELS = 20  # fewer pixels: too small to tell a shape or a margin
+
+
+@dataclass(frozen=True)
+class LesionDescriptors:
+    """One lesion in BI-RADS ultrasound words (lower case); None where it cannot be told.
+
+    Attributes
+    ----------
+    shape: str | None
+        One of :data:`SHAPES`.
+    orientation: str | None
+        One of :data:`ORIENTATIONS`.
+    margin: str | None
+        One of :data:`MARGINS`.
+    margin_detail: tuple[str, ...]
+        For a not circumscribed margin, those of :data:`MARGIN_DETAILS` that were told
+        (empty otherwise).
+    echo_pattern: str | None
+        One of :data:`ECHO_PATTERNS`.
+    posterior: str | None
+        One of :data:`POSTERIOR_FEATURES`.
+    long_axis_mm, short_axis_mm: float | None
+        Longest caliper diameter and the caliper width perpendicular to it; None without
+        a pixel spacing.
+    area_mm2: float | None
+        Mask area; None without a pixel spacing.
+    depth_mm: float | None
+        From the skin line (first tissue row above the lesion) to the lesion's top;
+        None without a pixel spacing.
+    message: str | None
+        Why descriptors are missing (e.g. an empty mask), else None.
+    """
+
+    shape: str | None = None
+    orientation: str | None = None
+    margin: str | None = None
+    margin_detail: tuple[str, ...] = ()
+    echo_pattern: str | None = None
+    posterior: str | None = None
+    long_axis_mm: float | None = None
+    short_axis_mm: float | None = None
+    area_mm2: float | None = None
+    depth_mm: float | None = None
+    message: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("shape", SHAPES),
+            ("orientation", ORIENTATIONS),
+            ("margin", MARGINS),
+            ("echo_pattern", ECHO_PATTERNS),
+            ("posterior", POSTERIOR_FEATURES),
+        ):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ValueError(f"LesionDescriptors.{name} must be None or one of {allowed}")
+        if not isinstance(self.margin_detail, tuple) or any(
+            d not in MARGIN_DETAILS for d in self.margin_detail
+        ):
+            raise ValueError(f"LesionDescriptors.margin_detail must be a tuple of {MARGIN_DETAILS}")
+        if self.margin_detail and self.margin != "not circumscribed":
+            raise ValueError("LesionDescriptors.margin_detail needs margin 'not circumscribed'")
+        for name in ("long_axis_mm", "short_axis_mm", "area_mm2", "depth_mm"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"LesionDescriptors.{name} must be None or a finite number >= 0")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the ten descriptor keys (margin_detail a list, or None when empty)."""
+        out: dict[str, Any] = {
+            "shape": self.shape,
+            "orientation": self.orientation,
+            "margin": self.margin,
+            "margin_detail": list(self.margin_detail) or None,
+            "echo_pattern": self.echo_pattern,
+            "posterior": self.posterior,
+        }
+        for name in ("long_axis_mm", "short_axis_mm", "area_mm2", "depth_mm"):
+            value = getattr(self, name)
+            out[name] = None if value is None else round(float(value), 2)
+        return out
+
+
+@dataclass(frozen=True)
+class LesionFeatures:
+    """Geometry and intensity of one lesion, the inputs of the rules.
+
+    Lengths in mm (in pixels of the first axis when the spacing is unknown); intensities as
+    fractions of the image's 0..1 range. See :func:`lesion_features` for each definition.
+    """
+
+    axis_ratio: float  # minor / major axis of the moment ellipse (1 = circle)
+    angle_deg: float  # major axis against the image rows, 0..90
+    solidity: float  # area / convex hull area
+    ellipse_iou: float  # overlap with the ellipse of the same moments
+    protrusion: float  # area share removed by an opening of radius 8% of the diameter
+    roughness: float  # high-pass radial signature, std / mean radius
+    spikes: float  # narrow radial peaks of the outline (count)
+    corner: float  # sharpest outline turn (degrees), 0 for a smooth outline
+    weak_margin: float  # share of 16 outline sectors whose edge contrast is weak
+    edge_gradient: float  # mean intensity gradient (per mm) within 0.6 mm of the outline
+    mean_in: float  # mean inside (eroded)
+    mean_around: float  # mean of tissue beside and above the lesion
+    echo_ratio: float  # mean_in / mean_around
+    cv_in: float  # std / mean inside
+    dark_share: float  # share of inside pixels darker than half of mean_around
+    bright_share: float  # share of inside pixels brighter than 0.8 x mean_around
+    posterior_ratio: float  # mean below the lesion / mean beside that
+    posterior_split: float  # difference of the two halves' ratios below the lesion
+    long_axis: float
+    short_axis: float
+    area: float
+    depth: float
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain floats, for tables and JSON."""
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The rules' cut-offs. Defaults: see docs/experiments/descriptors.md (cross-validated)."""
+
+    # Tuned (inference/descriptor_eval.py, all 126 lesions of the development half;
+    # their held-out 5-fold agreement is in docs/experiments/descriptors.md).
+    round_axis_ratio: float = 0.75
+    irregular_solidity: float = 0.94
+    irregular_ellipse_iou: float = 0.80
+    circumscribed_edge_gradient: float = 0.10
+    circumscribed_solidity: float = 0.93
+    circumscribed_ellipse_iou: float = 0.82
+    anechoic_share: float = 0.95
+    hypoechoic_ratio: float = 0.80
+    hyperechoic_ratio: float = 0.70  # below hypoechoic_ratio: the radiologist's "isoechoic"
+    # lesions were not separable from hyperechoic ones by the ratio (see the docs)
+    heterogeneous_cv: float = 0.70
+    complex_share: float = 0.30
+    enhancement_ratio: float = 1.40
+    shadowing_ratio: float = 0.65
+    combined_split: float = 0.50
+    # Not tuned (no agreement target): margin details.
+    angular_corner_deg: float = 100.0
+    spiculated_spikes: float = 3.0
+    microlobulated_roughness: float = 0.03
+    edge_contrast: float = 0.15
+
+    def replace(self, **changes: float) -> Thresholds:
+        """A copy with some cut-offs changed (unknown names raise)."""
+        names = {f.name for f in fields(self)}
+        unknown = set(changes) - names
+        if unknown:
+            raise ValueError(f"unknown thresholds: {sorted(unknown)}")
+        return Thresholds(**{**asdict(self), **changes})
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+def _as_unit_float(image: np.ndarray) -> np.ndarray:
+    """Integers scaled by their type's maximum, floats taken as 0..1 (clipped)."""
+    arr = np.asarray(image)
+    if arr.ndim != 2:
+        raise ValueError(f"image must be (H, W), got shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+    return np.clip(np.nan_to_num(arr.astype(np.float32)), 0.0, 1.0)
+
+
+def _open(mask: np.ndarray, radius_mm: float, dx: float, dy: float) -> np.ndarray:
+    """Morphological opening by a disk of `radius_mm` via exact distance transforms (fast
+    for large radii, and a true disk in mm on non-square pixels)."""
+    eroded = ndimage.distance_transform_edt(mask, sampling=(dy, dx)) > radius_mm
+    if not eroded.any():
+        return eroded
+    return ndimage.distance_transform_edt(~eroded, sampling=(dy, dx)) <= radius_mm
+
+
+def _calipers(mask: np.ndarray, dx: float, dy: float) -> tuple[float, float]:
+    """(longest Feret diameter, caliper width perpendicular to it) over pixel corners, mm."""
+    rows, cols = np.nonzero(mask & ~ndimage.binary_erosion(mask))
+    corners = np.concatenate(
+        [np.stack([cols + ox, rows + oy], axis=1) for ox in (0, 1) for oy in (0, 1)]
+    ).astype(np.float64)
+    points = np.unique(corners, axis=0) * np.array([dx, dy])
+    try:
+        hull = points[ConvexHull(points).vertices]
+    except QhullError:  # pragma: no cover - corners of >= 1 pixel are never collinear
+        hull = points
+    diff = hull[:, None, :] - hull[None, :, :]
+    dist = np.sqrt((diff**2).sum(axis=-1))
+    i, j = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    long_axis = float(dist[i, j])
+    direction = (hull[j] - hull[i]) / long_axis
+    projection = hull @ np.array([-direction[1], direction[0]])
+    return long_axis, float(projection.max() - projection.min())
+
+
+def _radial_signature(
+    mask: np.ndarray, dx: float, dy: float, bins: int = 128
+) -> tuple[np.ndarray, float, float]:
+    """Outline radius (mm) per angle bin around the centroid, and the centroid (x, y) mm."""
+    rows, cols = np.nonzero(mask)
+    cx, cy = (cols.mean() + 0.5) * dx, (rows.mean() + 0.5) * dy
+    edge_r, edge_c = np.nonzero(mask & ~ndimage.binary_erosion(mask))
+    x = (edge_c + 0.5) * dx - cx
+    y = (edge_r + 0.5) * dy - cy
+    angle = np.arctan2(y, x)
+    radius = np.hypot(x, y)
+    index = ((angle + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+    signature = np.zeros(bins)
+    np.maximum.at(signature, index, radius)
+    empty = signature == 0
+    if empty.any() and not empty.all():  # fill gaps by circular interpolation
+        known = np.nonzero(~empty)[0]
+        signature[empty] = np.interp(np.nonzero(empty)[0], known, signature[known], period=bins)
+    return signature, float(cx), float(cy)
+
+
+def _circular_smooth(values: np.ndarray, window: int) -> np.ndarray:
+    return ndimage.uniform_filter1d(values, size=max(1, window), mode="wrap")
+
+
+def lesion_features(
+    image: np.ndarray,
+    mask: np.ndarray,
+    mm_per_pixel_x: float | None = None,
+    mm_per_pixel_y: float | None = None,
+) -> LesionFeatures:
+    """Measure one lesion.
+
+    Parameters
+    ----------
+    image: numpy.ndarray
+        ``(H, W)`` grayscale B-mode image, skin at the top (integers scaled by their type's
+        maximum, floats taken as 0..1).
+    mask: numpy.ndarray
+        ``(H, W)`` lesion mask (non-zero = lesion); several components are measured together.
+    mm_per_pixel_x, mm_per_pixel_y: float, optional
+        Pixel width and height in mm. Without them pixels count as 1 x 1 (square), and
+        lengths are in pixels.
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, the mask has fewer than :data:`MIN_LESION_PIXELS` pixels, or a
+        spacing is not positive.
+    """
+    img = _as_unit_float(image)
+    m = np.asarray(mask)
+    if m.shape != img.shape:
+        raise ValueError(f"mask shape {m.shape} differs from image shape {img.shape}")
+    m = m.astype(bool)
+    if int(m.sum()) < MIN_LESION_PIXELS:
+        raise ValueError(f"mask has fewer than {MIN_LESION_PIXELS} lesion pixels")
+    dx = 1.0 if mm_per_pixel_x is None else float(mm_per_pixel_x)
+    dy = dx if mm_per_pixel_y is None else float(mm_per_pixel_y)
+    if mm_per_pixel_x is None and mm_per_pixel_y is not None:
+        dx = dy
+    if not (dx > 0 and dy > 0 and math.isfinite(dx) and math.isfinite(dy)):
+        raise ValueError("pixel spacing must be positive")
+
+    height_px, width_px = img.shape
+    rows, cols = np.nonzero(m)
+    area = float(m.sum()) * dx * dy
+    diameter = 2.0 * math.sqrt(area / math.pi)  # of the circle with the same area
+
+    # Moments in mm: major/minor axes and the angle of the major axis.
+    xy = np.stack([(cols + 0.5) * dx, (rows + 0.5) * dy], axis=1)
+    cov = np.cov(xy, rowvar=False) + np.eye(2) * (dx * dy / 12.0)
+    evals, evecs = np.linalg.eigh(cov)
+    axis_ratio = float(math.sqrt(max(evals[0], 1e-12) / max(evals[1], 1e-12)))
+    major = evecs[:, 1]
+    angle_deg = float(math.degrees(math.atan2(abs(major[1]), abs(major[0]))))
+
+    # Convex hull (pixel corners) and the moment ellipse, both in pixels: area ratios
+    # do not change under the pixel-to-mm scaling.
+    try:
+        corners = np.concatenate(
+            [np.stack([cols + ox, rows + oy], axis=1) for ox in (0, 1) for oy in (0, 1)]
+        )
+        hull_area = float(ConvexHull(np.unique(corners, axis=0)).volume)
+        solidity = float(m.sum()) / hull_area
+    except QhullError:  # pragma: no cover - MIN_LESION_PIXELS pixels always span an area
+        solidity = 1.0
+    centre = xy.mean(axis=0)
+    inv = np.linalg.inv(cov)
+    yy, xx = np.mgrid[0:height_px, 0:width_px]
+    y0, y1 = max(0, rows.min() - (np.ptp(rows) + 1)), min(height_px, rows.max() + np.ptp(rows) + 2)
+    x0, x1 = max(0, cols.min() - (np.ptp(cols) + 1)), min(width_px, cols.max() + np.ptp(cols) + 2)
+    sub_y = (yy[y0:y1, x0:x1] + 0.5) * dy - centre[1]
+    sub_x = (xx[y0:y1, x0:x1] + 0.5) * dx - centre[0]
+    dist2 = inv[0, 0] * sub_x**2 + 2 * inv[0, 1] * sub_x * sub_y + inv[1, 1] * sub_y**2
+    ellipse = dist2 <= 4.0  # 2 standard deviations: the ellipse of a filled ellipse
+    local = m[y0:y1, x0:x1]
+    union = np.count_nonzero(ellipse | local)
+    ellipse_iou = float(np.count_nonzero(ellipse & local)) / max(union, 1)
+
+    # Protrusions (spicules, lobules, corners): what an opening of radius 8% removes.
+    pad = max(3, int(math.ceil(0.1 * diameter / min(dx, dy))) + 2)
+    crop = np.pad(local, pad)
+    opened = _open(crop, 0.08 * diameter, dx, dy)
+    protrusion = float(np.count_nonzero(crop & ~opened)) / max(np.count_nonzero(crop), 1)
+
+    # Outline: radial signature around the centroid (mm), high-passed.
+    signature, _, _ = _radial_signature(crop, dx, dy)
+    mean_radius = float(signature.mean()) or 1.0
+    residual = signature - _circular_smooth(signature, len(signature) // 8)
+    roughness = float(residual.std() / mean_radius)
+    peaks = (residual > 0.06 * mean_radius) & (residual >= np.roll(residual, 1))
+    peaks &= residual >= np.roll(residual, -1)
+    spikes = float(np.count_nonzero(peaks))
+    smooth = _circular_smooth(signature, 5)
+    angles = np.linspace(-np.pi, np.pi, len(smooth), endpoint=False)
+    px, py = smooth * np.cos(angles), smooth * np.sin(angles)
+    step = 4
+    vx1, vy1 = px - np.roll(px, step), py - np.roll(py, step)
+    vx2, vy2 = np.roll(px, -step) - px, np.roll(py, -step) - py
+    turn = np.degrees(np.abs(np.arctan2(vx1 * vy2 - vy1 * vx2, vx1 * vx2 + vy1 * vy2)))
+    convex = (vx1 * vy2 - vy1 * vx2) > 0  # turning the outline's own way: a corner, not a dent
+    corner = float(turn[convex].max()) if convex.any() else 0.0
+
+    # Intensity bands: 1 mm inside and outside the outline; tissue 1-4 mm around.
+    band_mm = max(1.0, 0.1 * diameter)
+    inside_mm = ndimage.distance_transform_edt(m, sampling=(dy, dx))
+    outside_mm = ndimage.distance_transform_edt(~m, sampling=(dy, dx))
+    inner = m & (inside_mm <= band_mm)
+    grown1 = outside_mm <= band_mm
+    outer = grown1 & ~m
+    grown4 = outside_mm <= max(4.0, 0.3 * diameter)
+    tissue = img > 0.02  # the black outside a sector or convex probe is not tissue
+    if np.count_nonzero(tissue) < MIN_LESION_PIXELS:
+        tissue = np.ones_like(tissue)
+    bottom = rows.max()
+    around = grown4 & ~grown1 & tissue
+    around[bottom + 1 :, :] = False  # not below the lesion: that is the posterior region
+    core = inside_mm > band_mm
+    if np.count_nonzero(core) < MIN_LESION_PIXELS:
+        core = m
+    inside = img[core]
+    mean_in = float(inside.mean())
+    mean_around = float(img[around].mean()) if around.any() else float(img[tissue].mean())
+    mean_around = max(mean_around, 1e-3)
+    echo_ratio = mean_in / mean_around
+    cv_in = float(inside.std() / max(mean_in, 1e-3))
+    dark_share = float(np.mean(inside < 0.5 * mean_around))
+    bright_share = float(np.mean(inside > 0.8 * mean_around))
+
+    # Edge contrast per outline sector: weak where the outside band is not clearly
+    # different from the inside band (the lesion fades into the tissue).
+    cy_px, cx_px = rows.mean(), cols.mean()
+    sector = ((np.arctan2(yy - cy_px, (xx - cx_px) * dx / dy) + np.pi) / (2 * np.pi) * 16).astype(
+        int
+    ) % 16
+    scale = float(np.percentile(img[tissue], 90) - np.percentile(img[tissue], 10)) or 1.0
+    weak = 0
+    counted = 0
+    for s in range(16):
+        ins = img[inner & (sector == s)]
+        outs = img[outer & (sector == s) & tissue]
+        if len(ins) < 3 or len(outs) < 3:
+            continue
+        counted += 1
+        if abs(float(outs.mean()) - float(ins.mean())) / scale < DEFAULT_THRESHOLDS.edge_contrast:
+            weak += 1
+    weak_margin = weak / counted if counted else 1.0
+    # Sharpness: a circumscribed margin is an abrupt change, a steep gradient at the outline.
+    smooth_img = ndimage.gaussian_filter(img, sigma=(0.3 / dy, 0.3 / dx))
+    grad_y, grad_x = np.gradient(smooth_img)
+    gradient = np.hypot(grad_y / dy, grad_x / dx)
+    edge_band = (inside_mm <= 0.6) & (outside_mm <= 0.6) & tissue
+    edge_gradient = float(gradient[edge_band].mean()) if edge_band.any() else 0.0
+
+    # Posterior: below the lesion's central columns, down to one lesion height (>= 3 mm),
+    # against the same rows beside it (half a lesion width each side).
+    c0, c1 = cols.min(), cols.max() + 1
+    width = c1 - c0
+    lesion_height = rows.max() - rows.min() + 1
+    depth_rows = max(int(round(3.0 / dy)), lesion_height)
+    r0, r1 = bottom + 1, min(height_px, bottom + 1 + depth_rows)
+    central0, central1 = c0 + width // 5, c1 - width // 5
+    half = max(1, width // 2)
+    posterior_ratio, posterior_split = 1.0, 0.0
+    if r1 - r0 >= 2 and central1 - central0 >= 2:
+        below = img[r0:r1, central0:central1]
+        beside = np.concatenate(
+            [
+                img[r0:r1, max(0, c0 - half) : c0].ravel(),
+                img[r0:r1, c1 : min(width_px, c1 + half)].ravel(),
+            ]
+        )
+        beside = beside[beside > 0.02]
+        if beside.size >= 4:
+            ref = max(float(beside.mean()), 1e-3)
+            posterior_ratio = float(below.mean()) / ref
+            mid = below.shape[1] // 2
+            left = float(below[:, :mid].mean()) / ref
+            right = float(below[:, mid:].mean()) / ref
+            posterior_split = abs(left - right) if (left - 1) * (right - 1) < 0 else 0.0
+
+    # Depth: skin line = first row above the lesion (in its columns) with tissue signal.
+    column_means = img[: rows.min() + 1, c0:c1].mean(axis=1)
+    level = 0.1 * float(np.percentile(img[tissue], 99)) if tissue.any() else 0.0
+    skin = int(np.argmax(column_means > level)) if (column_means > level).any() else 0
+    depth = max(0.0, (rows.min() - skin) * dy)
+
+    long_axis, short_axis = _calipers(m, dx, dy)
+    return LesionFeatures(
+        axis_ratio=axis_ratio,
+        angle_deg=angle_deg,
+        solidity=solidity,
+        ellipse_iou=ellipse_iou,
+        protrusion=protrusion,
+        roughness=roughness,
+        spikes=spikes,
+        corner=corner,
+        weak_margin=weak_margin,
+        edge_gradient=edge_gradient,
+        mean_in=mean_in,
+        mean_around=mean_around,
+        echo_ratio=echo_ratio,
+        cv_in=cv_in,
+        dark_share=dark_share,
+        bright_share=bright_share,
+        posterior_ratio=posterior_ratio,
+        posterior_split=posterior_split,
+        long_axis=long_axis,
+        short_axis=short_axis,
+        area=area,
+        depth=depth,
+    )
+
+
+def shape_rule(f: LesionFeatures, t: Thresholds = DEFAULT_THRESHOLDS) -> str:
+    """Irregular when the outline is neither convex nor elliptical (solidity below
+    ``irregular_solidity`` or overlap with the moment ellipse below ``irregular_ellipse_iou``);
+    otherwise round when minor/major axis ratio >= ``round_axis_ratio``, else oval."""
+    if f.solidity < t.irregular_solidity or f.ellipse_iou < t.irregular_ellipse_iou:
+        return "irregular"
+    return "round" if f.axis_ratio >= t.round_axis_ratio else "oval"
+
+
+def orientation_rule(f: LesionFeatures, t: Thresholds = DEFAULT_THRESHOLDS) -> str:
+    """Parallel when the major axis (moments in mm, so non-square pixels count) lies within
+    45 degrees of the image rows (the skin line): "wider than tall"; else not parallel."""
+    return "parallel" if f.angle_deg < 45.0 else "not parallel"
+
+
+def margin_rule(f: LesionFeatures, t: Thresholds = DEFAULT_THRESHOLDS) -> str:
+    """Circumscribed when the margin is sharp and smooth: mean gradient at the outline >=
+    ``circumscribed_edge_gradient`` (per mm, image 0..1), solidity >=
+    ``circumscribed_solidity`` and overlap with the moment ellipse >=
+    ``circumscribed_ellipse_iou``; else not circumscribed."""
+    if (
+        f.edge_gradient >= t.circumscribed_edge_gradient
+        and f.solidity >= t.circumscribed_solidity
+        and f.ellipse_iou >= t.circumscribed_ellipse_iou
+    ):
+        return "circumscribed"
+    return "not circumscribed"
+
+
+def margin_detail_rule(f: LesionFeatures, t: Thresholds = DEFAULT_THRESHOLDS) -> tuple[str, ...]:
+    """For a not circumscribed margin: indistinct when some sector's edge is weak
+    (``weak_margin`` > 0); angular when the outline turns by >= ``angular_corner_deg`` at a
+    convex corner; spiculated with >= ``spiculated_spikes`` narrow radial peaks;
+    microlobulated when the high-passed outline radius varies by >= ``microlobulated_roughness``
+    of the mean radius without spikes. Empty for a circumscribed margin."""
+    if margin_rule(f, t) == "circumscribed":
+        return ()
+    details = []
+    if f.weak_margin > 0:
+        details.append("indistinct")
+    if f.corner >= t.angular_corner_deg:
+        details.append("angular")
+    if f.spikes < t.spiculated_spikes and f.roughness >= t.microlobulated_roughness:
+        details.append("microlobulated")
+    if f.spikes >= t.spiculated_spikes:
+        details.append("spiculated")
+    return tuple(details)
+
+
+def echo_pattern_rule(f: LesionFeatures, t: Thresholds = DEFAULT_THRESHOLDS) -> str:
+    """Against the tissue beside and above the lesion (ratio of means, inside eroded):
+    complex cystic and solid when >= ``complex_share`` of the inside is near-anechoic
+    (< 0.5 x tissue) and >= ``complex_share`` is near tissue level (> 0.8 x tissue);
+    anechoic when >= ``anechoic_share`` of it is near-anechoic; heterogeneous when the inside's
+    coefficient of variation >= ``heterogeneous_cv``; then hypoechoic below
+    ``hypoechoic_ratio``, hyperechoic at or above ``hyperechoic_ratio``, else isoechoic."""
+    if f.dark_share >= t.complex_share and f.bright_share >= t.complex_share:
+        return "complex cystic and solid"
+    if f.dark_share >= t.anechoic_share:
+        return "anechoic"
+    if f.cv_in >= t.heterogeneous_cv:
+        return "heterogeneous"
+    if f.echo_ratio < t.hypoechoic_ratio:
+        return "hypoechoic"
+    if f.echo_ratio >= t.hyperechoic_ratio:
+        return "hyperechoic"
+    return "isoechoic"
+
+
+def posterior_rule(f: LesionFeatures, t: Thresholds = DEFAULT_THRESHOLDS) -> str:
+    """Mean below the lesion's central columns against the same depth beside it: combined
+    when one half below is brighter and the other darker by a difference >= ``combined_split``;
+    enhancement at a ratio >= ``enhancement_ratio``; shadowing at <= ``shadowing_ratio``;
+    else none."""
+    if f.posterior_split >= t.combined_split:
+        return "combined"
+    if f.posterior_ratio >= t.enhancement_ratio:
+        return "enhancement"
+    if f.posterior_ratio <= t.shadowing_ratio:
+        return "shadowing"
+    return "none"
+
+
+def descriptors_from_features(
+    f: LesionFeatures, thresholds: Thresholds = DEFAULT_THRESHOLDS, calibrated: bool = True
+) -> LesionDescriptors:
+    """Apply every rule; sizes only when `calibrated` (lengths in mm)."""
+    margin = margin_rule(f, thresholds)
+    return LesionDescriptors(
+        shape=shape_rule(f, thresholds),
+        orientation=orientation_rule(f, thresholds),
+        margin=margin,
+        margin_detail=margin_detail_rule(f, thresholds),
+        echo_pattern=echo_pattern_rule(f, thresholds),
+        posterior=posterior_rule(f, thresholds),
+        long_axis_mm=f.long_axis if calibrated else None,
+        short_axis_mm=f.short_axis if calibrated else None,
+        area_mm2=f.area if calibrated else None,
+        depth_mm=f.depth if calibrated else None,
+    )
+
+
+def describe_lesion(
+    image: np.ndarray,
+    mask: np.ndarray,
+    mm_per_pixel_x: float | None = None,
+    mm_per_pixel_y: float | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+) -> LesionDescriptors:
+    """BI-RADS descriptors of the lesion in `mask` on `image` (see :func:`lesion_features`).
+
+    An empty or tiny mask gives all-None descriptors with a message rather than an error
+    (a frame without a lesion is normal input); shapes that differ raise ``ValueError``.
+    Sizes are None unless both spacings are given.
+    """
+    img = np.asarray(image)
+    m = np.asarray(mask)
+    if img.shape != m.shape:
+        raise ValueError(f"mask shape {m.shape} differs from image shape {img.shape}")
+    if np.count_nonzero(m) < MIN_LESION_PIXELS:
+        return LesionDescriptors(
+            message=f"no lesion to describe: mask has fewer than {MIN_LESION_PIXELS} pixels"
+        )
+    calibrated = mm_per_pixel_x is not None and mm_per_pixel_y is not None
+    features = lesion_features(img, m, mm_per_pixel_x, mm_per_pixel_y)
+    return descriptors_from_features(features, thresholds, calibrated)
