@@ -1,4 +1,4 @@
-"""Sequence of Ultrasound Regions (PS3.3 C.8.5.5) → :class:`UltrasoundRegion`, crop box.
+"""Sequence of Ultrasound Regions (PS3.3 C.8.5.5) → :class:`UltrasoundRegion`; the crop policy.
 
 Region Spatial Format (0018,6012): 1 = 2D (tissue or flow), 2 = M-mode, 3 = Spectral,
 4 = Waveform. Region Data Type (0018,6014): 1 = tissue, 2 = color flow, ...
@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
 from dicom_io.types import UltrasoundRegion
 
 __all__ = [
+    "MIN_REGION_PX",
     "SPATIAL_FORMAT_2D",
+    "CropBox",
+    "analysis_boxes",
     "bmode_region",
+    "common_pixel_spacing",
     "crop_box",
     "parse_regions",
     "tissue_regions",
@@ -106,49 +111,118 @@ def tissue_regions(ds: Dataset) -> tuple[UltrasoundRegion, ...]:
     return tuple(tissue) if tissue else tuple(other_2d)
 
 
-def bmode_region(
-    regions: Sequence[UltrasoundRegion], shape: tuple[int, int]
-) -> UltrasoundRegion | None:
-    """Choose the B-mode region to analyse, or None when there is none.
+#: Smallest analysed region (rows and columns, after clipping): narrower 2D regions are
+#: scale bars, thumbnails or annotation boxes, not tissue the model can read.
+MIN_REGION_PX = 16
 
-    The largest 2D region (first one on ties): a dual-view image (two B-mode panes side
-    by side) gives the larger pane, never the union with the gap and annotations between
-    them. Regions outside ``shape`` (rows, columns) are ignored.
+
+@dataclass(frozen=True)
+class CropBox:
+    """One part of a frame the model analyses: a 2D region, or the whole frame.
+
+    Attributes
+    ----------
+    y0, y1, x0, x1: int
+        Pixel box, ``y1``/``x1`` exclusive, inside the frame.
+    region: UltrasoundRegion | None
+        The region the box comes from (its calibration measures the lesion), None for the
+        whole frame of an image without a usable 2D region.
     """
-    rows, columns = shape
-    best: UltrasoundRegion | None = None
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    region: UltrasoundRegion | None
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.y0 < self.y1 and 0 <= self.x0 < self.x1):
+            raise ValueError("CropBox needs 0 <= y0 < y1 and 0 <= x0 < x1")
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """(rows, columns) slices of the box, for ``frame[box.slices]``."""
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+    @property
+    def area_px(self) -> int:
+        return (self.y1 - self.y0) * (self.x1 - self.x0)
+
+    @property
+    def mm_per_pixel(self) -> tuple[float, float] | None:
+        """(row, column) pixel size in mm from the region's calibration, or None."""
+        region = self.region
+        if region is None or region.mm_per_pixel_x is None or region.mm_per_pixel_y is None:
+            return None
+        return (region.mm_per_pixel_y, region.mm_per_pixel_x)
+
+
+def analysis_boxes(
+    regions: Sequence[UltrasoundRegion], shape: tuple[int, int]
+) -> tuple[CropBox, ...]:
+    """The crop policy: what of a frame the model analyses. One policy for every caller.
+
+    Every 2D region (Region Spatial Format 1), clipped to the frame, at least
+    :data:`MIN_REGION_PX` pixels in each direction, in the order of the Sequence of
+    Ultrasound Regions: a dual view (two B-mode panes) gives two boxes, each with its own
+    calibration. Without such a region, the whole frame (``region`` None: no calibration).
+
+    Parameters
+    ----------
+    regions: Sequence[UltrasoundRegion]
+        The image's tissue regions (``ImageInfo.regions``, :func:`tissue_regions`).
+    shape: tuple[int, int]
+        (rows, columns) of the frame.
+    """
+    rows, columns = int(shape[0]), int(shape[1])
+    if rows <= 0 or columns <= 0:
+        raise ValueError(f"shape must be positive (rows, columns), got {shape}")
+    boxes = []
     for region in regions:
         if region.spatial_format != SPATIAL_FORMAT_2D:
             continue
-        if region.x0 >= columns or region.y0 >= rows:
-            continue
-        if best is None or region.area_px > best.area_px:
-            best = region
-    return best
+        y0, y1 = max(0, region.y0), min(rows, region.y1)
+        x0, x1 = max(0, region.x0), min(columns, region.x1)
+        if y1 - y0 >= MIN_REGION_PX and x1 - x0 >= MIN_REGION_PX:
+            boxes.append(CropBox(y0, y1, x0, x1, region))
+    return tuple(boxes) or (CropBox(0, rows, 0, columns, None),)
+
+
+def common_pixel_spacing(boxes: Sequence[CropBox]) -> tuple[float, float] | None:
+    """(row, column) mm per pixel shared by every box, or None.
+
+    None when a box is uncalibrated or two boxes differ: one value cannot then describe the
+    frame (a SEG's Pixel Measures), while each box still measures with its own.
+    """
+    spacings = set()
+    for box in boxes:
+        spacing = box.mm_per_pixel
+        if spacing is None:
+            return None
+        spacings.add((round(spacing[0], 9), round(spacing[1], 9)))
+    return spacings.pop() if len(spacings) == 1 else None
+
+
+def bmode_region(
+    regions: Sequence[UltrasoundRegion], shape: tuple[int, int]
+) -> UltrasoundRegion | None:
+    """The region of the largest analysed box (first on ties), None when the whole frame is.
+
+    A dual-view image gives the larger pane, never the union with the gap and annotations
+    between them (:func:`analysis_boxes` decides what is analysed).
+    """
+    boxes = analysis_boxes(regions, shape)
+    return max(boxes, key=lambda box: box.area_px).region  # max keeps the first on ties
 
 
 def crop_box(
     regions: Sequence[UltrasoundRegion], shape: tuple[int, int]
 ) -> tuple[int, int, int, int]:
-    """Return the pixel box ``(x0, y0, x1, y1)`` (x1/y1 exclusive) to crop for the model.
+    """Return the pixel box ``(x0, y0, x1, y1)`` (x1/y1 exclusive) of the largest analysed box.
 
-    Parameters
-    ----------
-    regions: Sequence[UltrasoundRegion]
-        Regions of the image (e.g. ``Frames.regions``).
-    shape: tuple[int, int]
-        (rows, columns) of the image.
-
-    Returns
-    -------
-    tuple[int, int, int, int]
-        The box of :func:`bmode_region` clipped to the image, or the whole image when
-        there is no 2D region.
+    For callers that want one crop (``wecare infer``); the service analyses every box of
+    :func:`analysis_boxes`, and this is the largest of them, or the whole image when there
+    is no 2D region.
     """
-    rows, columns = int(shape[0]), int(shape[1])
-    if rows <= 0 or columns <= 0:
-        raise ValueError(f"shape must be positive (rows, columns), got {shape}")
-    region = bmode_region(regions, (rows, columns))
-    if region is None:
-        return (0, 0, columns, rows)
-    return (region.x0, region.y0, min(region.x1, columns), min(region.y1, rows))
+    box = max(analysis_boxes(regions, shape), key=lambda b: b.area_px)
+    return (box.x0, box.y0, box.x1, box.y1)

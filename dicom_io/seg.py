@@ -14,7 +14,8 @@ that belongs to this SEG only (derived from the source series and model version)
 Orientation (Patient) 1\\0\\0\\0\\1\\0 (the orientation viewers assume for images
 without one), Image Position (Patient) 0\\0\\-k for the k-th source frame, Slice
 Thickness 1 and, as Pixel Spacing, the calibration of the B-mode region (Physical Delta
-X/Y) when every source shares one, else 1\\1 (pixel units). No attribute of the source
+X/Y) of the boxes the model analysed (:func:`dicom_io.regions.analysis_boxes`) when every
+box of every source shares one, else 1\\1 (pixel units). No attribute of the source
 is changed and no source shares that Frame of Reference, so the SEG claims no spatial
 relation to anything else; the frame-to-frame link stays where PS3.3 A.51.5.1 puts it
 for sources without a Frame of Reference: the per-frame Derivation Image Sequence
@@ -37,16 +38,19 @@ from pydicom.sequence import Sequence as DicomSequence
 from dicom_io import codes
 from dicom_io.errors import DicomIOError, EmptySegmentationError
 from dicom_io.headers import log_notes, restore_referenced_sop_classes, source_header
-from dicom_io.regions import bmode_region, tissue_regions
-from dicom_io.uids import WECARE_MANUFACTURER, output_uid
+from dicom_io.regions import analysis_boxes, common_pixel_spacing, tissue_regions
+from dicom_io.uids import WECARE_MANUFACTURER, content_key, output_uid
 
 __all__ = [
     "SEGMENT_LABEL",
     "SEG_SERIES_DESCRIPTION",
     "AlgorithmInfo",
     "SegmentationInputError",
+    "SourceMasks",
     "build_seg",
+    "build_segs",
     "seg_frame_for_source",
+    "seg_frame_mask",
 ]
 
 SEG_SERIES_DESCRIPTION = "WeCare AI lesion segmentation"
@@ -130,14 +134,16 @@ def _has_patient_geometry(ds: Dataset) -> bool:
 
 
 def _pixel_spacing(sources: Sequence[Dataset]) -> tuple[float, float]:
-    # (row spacing, column spacing) in mm when one calibration fits all, else 1\1.
+    # (row spacing, column spacing) in mm when one calibration fits all, else 1\1. The boxes
+    # are those the model analysed (dicom_io.regions.analysis_boxes): the same policy as the
+    # crops and the SR's measurements, so the SEG never claims a calibration they did not use.
     spacings = set()
     for ds in sources:
-        region = bmode_region(tissue_regions(ds), (int(ds.Rows), int(ds.Columns)))
-        if region is None or not region.is_calibrated:
+        shape = (int(ds.Rows), int(ds.Columns))
+        spacing = common_pixel_spacing(analysis_boxes(tissue_regions(ds), shape))
+        if spacing is None:
             return (1.0, 1.0)
-        assert region.mm_per_pixel_x is not None and region.mm_per_pixel_y is not None
-        spacings.add((round(region.mm_per_pixel_y, 9), round(region.mm_per_pixel_x, 9)))
+        spacings.add(spacing)
     if len(spacings) != 1:
         return (1.0, 1.0)
     return spacings.pop()
@@ -389,6 +395,74 @@ def build_seg(
     return seg
 
 
+@dataclass(frozen=True)
+class SourceMasks:
+    """The lesion masks of one source instance, as :func:`build_segs` takes them.
+
+    Attributes
+    ----------
+    source: pydicom.Dataset
+        The source's header (Pixel Data is never read).
+    masks: numpy.ndarray
+        ``(N, Rows, Columns) bool``, one per entry of ``frame_numbers``.
+    frame_numbers: tuple[int, ...]
+        1-based source frame numbers of ``masks`` (frames not listed have no lesion).
+    """
+
+    source: Dataset
+    masks: np.ndarray
+    frame_numbers: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.masks, np.ndarray) or self.masks.ndim != 3:
+            raise ValueError("SourceMasks.masks must be an (N, H, W) array")
+        if len(self.frame_numbers) != self.masks.shape[0]:
+            raise ValueError("SourceMasks.frame_numbers must have one number per mask")
+
+
+def build_segs(
+    items: Sequence[SourceMasks], algorithm: AlgorithmInfo, series_number: int
+) -> list[Dataset]:
+    """The SEGs of a set of sources: as few as the standard allows, versioned by content.
+
+    One SEG per source series holding every source of that series with a lesion; where one
+    SEG cannot hold them (several cine clips, a clip beside single frames, mixed sizes: see
+    :class:`SegmentationInputError`), one SEG per instance. Each SEG's UIDs derive from
+    :func:`dicom_io.uids.content_key` of its series and the instances it holds, so a late
+    image of a series gets a SEG of its own and never changes the one already sent, while
+    the same images give the same UIDs again. Series without a lesion get no SEG.
+    """
+    by_series: dict[str, list[SourceMasks]] = {}
+    for item in items:
+        by_series.setdefault(str(item.source.SeriesInstanceUID), []).append(item)
+    segs: list[Dataset] = []
+    for series_uid, group in by_series.items():
+        with_lesion = [item for item in group if item.masks.any()]
+        if not with_lesion:
+            continue
+        try:
+            segs.append(_build_for(with_lesion, series_uid, algorithm, series_number))
+        except SegmentationInputError:
+            segs.extend(
+                _build_for([item], series_uid, algorithm, series_number) for item in with_lesion
+            )
+    return segs
+
+
+def _build_for(
+    items: Sequence[SourceMasks], series_uid: str, algorithm: AlgorithmInfo, series_number: int
+) -> Dataset:
+    key = content_key(series_uid, [str(item.source.SOPInstanceUID) for item in items])
+    return build_seg(
+        [item.source for item in items],
+        [item.masks for item in items],
+        [item.frame_numbers for item in items],
+        algorithm,
+        series_number,
+        uid_source=key,
+    )
+
+
 def seg_frame_for_source(
     seg: Dataset, sop_instance_uid: str, frame_number: int | None = None
 ) -> int | None:
@@ -411,6 +485,28 @@ def seg_frame_for_source(
                 if (frame_number or 1) in values:
                     return index
     return None
+
+
+def seg_frame_mask(
+    seg: Dataset, sop_instance_uid: str, frame_number: int | None = None
+) -> np.ndarray | None:
+    """The ``(Rows, Columns) bool`` mask a BINARY SEG holds for one source frame, or None.
+
+    Only that frame's bits are unpacked (PS3.5 8.1.1: frames follow each other bit by bit,
+    least significant bit first), so a dashboard preview of a 200-frame SEG stays cheap.
+    None: the SEG has no frame for that source frame (no lesion there).
+    """
+    index = seg_frame_for_source(seg, sop_instance_uid, frame_number)
+    if index is None:
+        return None
+    rows, columns = int(seg.Rows), int(seg.Columns)
+    size = rows * columns
+    start_bit = (index - 1) * size
+    data = np.frombuffer(seg.PixelData, dtype=np.uint8)
+    first, last = start_bit // 8, (start_bit + size + 7) // 8
+    bits = np.unpackbits(data[first:last], bitorder="little")
+    offset = start_bit - first * 8
+    return bits[offset : offset + size].reshape(rows, columns).astype(bool)
 
 
 def _as_list(value: object) -> list[object]:

@@ -315,6 +315,10 @@ def build_sr(
     findings: Sequence[LesionFinding],
     algorithm: AlgorithmInfo,
     series_number: int,
+    *,
+    uid_source: str | None = None,
+    predecessors: Sequence[Dataset] = (),
+    instance_number: int = 1,
 ) -> Dataset:
     """Build the TID 1500 Measurement Report of one study.
 
@@ -334,13 +338,23 @@ def build_sr(
         and Algorithm Identification of every measurement group.
     series_number: int
         Series Number of the SR series.
+    uid_source: str, optional
+        What the SOP Instance UID derives from; default the Study Instance UID. The
+        service passes :func:`dicom_io.uids.content_key` of the study and the images
+        reported, so a report on more images is a new instance.
+    predecessors: Sequence[pydicom.Dataset]
+        Earlier reports this one replaces (at least SOP Class, SOP Instance, Series and
+        Study Instance UIDs): Predecessor Documents Sequence (0040,A360), PS3.3 C.17.2.
+    instance_number: int
+        Instance Number: 1 for the first report of the study, then one more per version.
 
     Returns
     -------
     pydicom.Dataset
         A ``highdicom.sr.Comprehensive3DSR`` (COMPLETE, UNVERIFIED), Manufacturer
-        "WeCare", Series/SOP Instance UIDs :func:`output_uid` of the Study Instance UID,
-        ``algorithm.version`` and "sr-series"/"sr".
+        "WeCare", Series Instance UID :func:`output_uid` of the Study Instance UID,
+        ``algorithm.version`` and "sr-series" (every version of the report in one series),
+        SOP Instance UID that of ``uid_source`` (default the Study Instance UID) and "sr".
 
     Raises
     ------
@@ -356,6 +370,12 @@ def build_sr(
         raise ValueError("sources must not be empty")
     if not isinstance(series_number, int) or isinstance(series_number, bool) or series_number < 0:
         raise ValueError("series_number must be a non-negative int")
+    if not isinstance(instance_number, int) or isinstance(instance_number, bool):
+        raise TypeError("instance_number must be an int")
+    if instance_number < 1:
+        raise ValueError("instance_number must be >= 1")
+    if uid_source is not None and (not isinstance(uid_source, str) or not uid_source):
+        raise ValueError("uid_source must be a non-empty str or None")
     studies = {str(ds.StudyInstanceUID) for ds in [*sources, *segs]}
     if len(studies) != 1:
         raise ValueError("sources and segs must belong to one study")
@@ -445,8 +465,9 @@ def build_sr(
         content=report,
         series_instance_uid=output_uid(study_uid, version, "sr-series"),
         series_number=series_number,
-        sop_instance_uid=output_uid(study_uid, version, "sr"),
-        instance_number=1,
+        sop_instance_uid=output_uid(uid_source or study_uid, version, "sr"),
+        instance_number=instance_number,
+        previous_versions=list(predecessors) or None,
         manufacturer=WECARE_MANUFACTURER,
         is_complete=True,
         is_final=False,

@@ -3,6 +3,12 @@
 Output UIDs are derived from (source UID, model version, kind) so a job re-run after a
 crash produces the same SEG/SR UIDs and a re-send overwrites instead of duplicating.
 
+Outputs are versioned by what they hold: the "source UID" of a SEG or an SR is
+:func:`content_key` of the series (or study) and the SOP Instance UIDs it covers. A late
+image therefore gets a SEG of its own and the study a new SR under new UIDs (the SR names
+its predecessor), while a re-run of the same job, covering the same images, gives the same
+UIDs: no UID ever names two different objects.
+
 How we recognise our UIDs: a ``2.25.`` UID is the decimal form of a 128-bit UUID (PS3.5
 B.2, ITU-T X.667). We take the name-based SHA-1 UUID (``uuid5``) and turn it into a
 vendor-specific RFC 9562 version-8 UUID whose first 32 bits are the marker ``0x57654361``
@@ -13,12 +19,15 @@ without a registered organisation root.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Iterable
 
 __all__ = [
     "WECARE_MANUFACTURER",
     "WECARE_UID_ROOT",
     "WECARE_UUID_MARKER",
+    "content_key",
     "is_our_uid",
     "output_uid",
 ]
@@ -62,6 +71,30 @@ def output_uid(source_uid: str, model_version: str, kind: str) -> str:
     value = (value & ~(0xF << 76)) | (0x8 << 76)  # version 8 (RFC 9562, vendor-specific)
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC variant
     return WECARE_UID_ROOT + str(uuid.UUID(int=value).int)
+
+
+def content_key(container_uid: str, member_uids: Iterable[str]) -> str:
+    """The key of an output holding `member_uids` of `container_uid`, for :func:`output_uid`.
+
+    Parameters
+    ----------
+    container_uid: str
+        Series Instance UID (a SEG) or Study Instance UID (an SR).
+    member_uids: Iterable[str]
+        SOP Instance UIDs of the source images the output covers; order and repeats do not
+        matter.
+
+    Returns
+    -------
+    str
+        ``"<container_uid>/<32 hex of sha256 of the sorted member UIDs>"``: the same set gives
+        the same key, another set another key.
+    """
+    members = sorted(set(member_uids))
+    if not container_uid or not members:
+        raise ValueError("content_key needs a container UID and at least one member UID")
+    digest = hashlib.sha256("\x1f".join(members).encode("ascii", "replace")).hexdigest()
+    return f"{container_uid}/{digest[:32]}"
 
 
 def is_our_uid(uid: object) -> bool:

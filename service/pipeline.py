@@ -1,41 +1,62 @@
-"""One study through the models: read → crop → predict → SEG per series + one SR → outbox.
+"""One study through the models, as a chain of named stages over typed results::
 
-Each step raises; `service/worker.py` owns the single try per job that records the outcome.
-Output UIDs are deterministic (source UID + model version + kind), so a re-run after a crash
-re-creates the same objects and a re-send overwrites rather than duplicates.
+    inspect ──▶ analyse ──▶ collect ──▶ classify ──▶ build ──▶ write
+    (headers)   (decode, crop,  (per image:   (study    (SEG per   (files, each
+                 predict in      lesion        class)    series,    under its
+                 batches across  frames, best            one SR)    UID)
+                 images/frames)  lesions)
+
+Each stage is a function with typed inputs and outputs (frozen dataclasses): the crop policy
+is :func:`dicom_io.regions.analysis_boxes`, the class rule :func:`inference.study.study_class`,
+mask pasting :func:`inference.study.paste_masks`, SEG grouping and its fallback
+:func:`dicom_io.seg.build_segs`. Each stage raises; `service/worker.py` owns the one try per job.
+
+Outputs are versioned by what they hold (see :mod:`dicom_io.uids`): images already analysed
+by this model version (``prior``) are not analysed, segmented or written again; the SEGs hold
+only the images analysed now; the SR reports the whole study under a UID derived from every
+image it covers, naming the previous SR (``predecessor``) when there was one. A re-run of the
+same job gives the same UIDs and the same content; a file already written under a UID is
+never replaced.
+
+Previews (mask outline, Grad-CAM) are not made here: the dashboard renders them on demand
+from the stored source and SEG (:mod:`service.previews`).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicom_io.errors import DicomIOError
 from dicom_io.measure import mask_measurements
 from dicom_io.read import FRAME_BATCH, iter_frames, read_header, read_info
-from dicom_io.seg import AlgorithmInfo, SegmentationInputError, build_seg
-from dicom_io.sr import LesionFinding, StudyClassification, build_sr
-from dicom_io.types import Frames, ImageInfo, UltrasoundRegion
+from dicom_io.regions import CropBox, analysis_boxes
+from dicom_io.seg import AlgorithmInfo, SourceMasks, build_segs
+from dicom_io.sr import LesionDescription, LesionFinding, StudyClassification, build_sr
+from dicom_io.types import ImageInfo
+from dicom_io.uids import content_key
+from inference.descriptors import LesionDescriptors, describe_lesion
+from inference.study import paste_masks, study_class
 from service.errors import JobError
 from service.logs import uid_hash
-from service.previews import cam_overlay, mask_overlay, save_png
 from storage.files import checked_uid, write_atomic
 
 log = logging.getLogger(__name__)
 
 SEG_SERIES_NUMBER = 990
 SR_SERIES_NUMBER = 991
-PREDICT_BATCH = 8
-PREVIEW_FRAMES = 4  # previews (PNG) and dashboard rows for the first frames of an image
+PREDICT_BATCH = 8  # crops per model call, gathered across frames and images
+PREVIEW_FRAMES = 4  # dashboard rows (and previews on demand) for the first frames of an image
 ALGORITHM_NAME = "WeCare breast lesion AI"
 
 
@@ -43,7 +64,6 @@ class PredictionLike(Protocol):
     mask: np.ndarray
     probabilities: dict[str, float]
     predicted_class: str
-    cam: np.ndarray | None
 
 
 class ModelLike(Protocol):
@@ -51,6 +71,9 @@ class ModelLike(Protocol):
     status: str
 
     def predict(self, images: Sequence[np.ndarray], with_cam: bool = False) -> list[Any]: ...
+
+
+# ---- inputs ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -63,14 +86,150 @@ class SourceImage:
 
 
 @dataclass(frozen=True)
-class _Tile:
-    """One model input: a region of one frame of one instance."""
+class PriorImage:
+    """An image this model version analysed in an earlier job: reused, not analysed again.
 
-    source_index: int
-    frame_index: int  # index into the decoded batch
+    Attributes
+    ----------
+    probabilities: dict[str, float]
+        Its most suspicious frame's calibrated probabilities (see ``study_class``).
+    findings: tuple[LesionFinding, ...]
+        Its lesions as the earlier SR reported them.
+    seg_path: Path | None
+        The stored SEG holding its lesion frames (None: no lesion found).
+    """
+
+    probabilities: dict[str, float] = field(hash=False)
+    findings: tuple[LesionFinding, ...]
+    seg_path: Path | None
+
+
+@dataclass(frozen=True)
+class PriorReport:
+    """The study's latest SR by this model version: the predecessor of a new one."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    sop_class_uid: str
+    instance_number: int
+    output_id: int | None = None
+
+    def as_reference(self) -> Dataset:
+        """The attributes a Predecessor Documents Sequence item is made of."""
+        ds = Dataset()
+        ds.SOPClassUID = self.sop_class_uid
+        ds.SOPInstanceUID = self.sop_instance_uid
+        ds.SeriesInstanceUID = self.series_instance_uid
+        ds.StudyInstanceUID = self.study_instance_uid
+        return ds
+
+
+# ---- per-frame and per-image results -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BoxPrediction:
+    """The model's output for one crop box of one frame, on the box's own grid."""
+
+    box: CropBox
+    mask: np.ndarray  # (y1 - y0, x1 - x0) bool
+    probabilities: dict[str, float] = field(hash=False)
+    predicted_class: str
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """Every crop box of one frame of one image, predicted."""
+
+    image_index: int  # into the images being analysed
     frame_number: int  # 1-based DICOM frame number
-    box: tuple[int, int, int, int]  # y0, y1, x0, x1
-    region: UltrasoundRegion | None
+    pixels: np.ndarray  # (H, W) float32 0..1, the decoded frame (a view into its batch)
+    boxes: tuple[BoxPrediction, ...]
+
+    def full_mask(self) -> np.ndarray:
+        """(H, W) bool: the boxes' masks pasted into the frame grid."""
+        pieces = [((b.box.y0, b.box.y1, b.box.x0, b.box.x1), b.mask) for b in self.boxes]
+        return paste_masks(self.pixels.shape, pieces)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    """An image whose frames could not all be decoded: nothing of it is kept."""
+
+    image_index: int
+    error: DicomIOError
+
+
+@dataclass(frozen=True)
+class BestLesion:
+    """The largest lesion seen in one crop box of one image, and where."""
+
+    frame_number: int
+    box: CropBox
+    mask: np.ndarray  # the box's crop-sized mask (a copy)
+    image: np.ndarray  # the box's pixels of that frame (a copy): what descriptors read
+
+    @property
+    def area_px(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+
+@dataclass(frozen=True)
+class FrameRow:
+    """One dashboard row: a crop box of one of the first frames of an image."""
+
+    image: int  # 1-based, within the images this job analysed
+    series_uid_hash: str
+    sop_instance_uid: str
+    frame: int
+    predicted_class: str
+    probabilities: dict[str, float] = field(hash=False)
+    lesion_area_px: int
+    lesion_area_mm2: float | None
+    long_axis_mm: float | None
+    short_axis_mm: float | None
+    mask_png: str
+    cam_png: str | None
+    descriptors: dict[str, Any] | None = None  # BI-RADS words and sizes (None: no lesion)
+
+    def as_json(self) -> dict[str, Any]:
+        """The row as Job.results stores it (service/web/schemas.ImageResultPublic)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One analysed image: its lesion frames (bit-packed), findings and deciding frame."""
+
+    source: SourceImage
+    info: ImageInfo
+    lesion_frames: Mapping[int, np.ndarray] = field(hash=False)  # number -> packbits
+    findings: tuple[LesionFinding, ...]
+    best_lesions: tuple[BestLesion, ...]
+    probabilities: dict[str, float] = field(hash=False)  # its most suspicious frame's
+    rows: tuple[FrameRow, ...]
+
+    def unpacked_masks(self) -> tuple[np.ndarray, tuple[int, ...]]:
+        """(N, H, W) bool masks of the frames with a lesion and their frame numbers."""
+        rows, columns = self.info.shape
+        numbers = tuple(sorted(self.lesion_frames))
+        masks = np.zeros((len(numbers), rows, columns), dtype=bool)
+        for k, number in enumerate(numbers):
+            bits = np.unpackbits(self.lesion_frames[number], count=rows * columns)
+            masks[k] = bits.reshape(rows, columns).astype(bool)
+        return masks, numbers
+
+    def summary(self) -> dict[str, Any]:
+        """What a later job of the study needs of this image (JSON): see :class:`PriorImage`."""
+        return {
+            "probabilities": dict(self.probabilities),
+            "frames": self.info.number_of_frames,
+            "findings": [finding_to_json(f) for f in self.findings],
+        }
+
+
+# ---- outputs -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -80,6 +239,17 @@ class WrittenOutput:
     series_instance_uid: str
     sop_class_uid: str
     path: Path
+    predecessor: PriorReport | None = None  # an SR: the report it replaces
+
+
+@dataclass(frozen=True)
+class AnalysedRecord:
+    """An image analysed by this job: recorded so later jobs of the study reuse it."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    seg_sop_instance_uid: str | None
+    summary: dict[str, Any] = field(hash=False)
 
 
 @dataclass
@@ -91,6 +261,23 @@ class StudyResult:
     stage_seconds: dict[str, float]
     results: list[dict[str, Any]]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    analysed: list[AnalysedRecord] = field(default_factory=list)
+    reused: int = 0  # images analysed by an earlier job of the study, not analysed again
+
+
+class _Timer:
+    """Seconds per stage, accumulated."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - since
+        return now
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.seconds.items()}
 
 
 def algorithm_info(model: ModelLike) -> AlgorithmInfo:
@@ -104,48 +291,7 @@ def algorithm_info(model: ModelLike) -> AlgorithmInfo:
     return AlgorithmInfo(name=ALGORITHM_NAME, version=model.version[: 64 - len(suffix)] + suffix)
 
 
-def tissue_boxes(
-    frames: Frames | ImageInfo,
-) -> list[tuple[tuple[int, int, int, int], UltrasoundRegion | None]]:
-    """Crop boxes (y0, y1, x0, x1): each 2D tissue region, or the whole frame when none."""
-    height, width = frames.shape
-    boxes: list[tuple[tuple[int, int, int, int], UltrasoundRegion | None]] = []
-    for region in frames.regions:
-        if region.spatial_format != 1:
-            continue
-        y0, y1 = max(0, region.y0), min(height, region.y1)
-        x0, x1 = max(0, region.x0), min(width, region.x1)
-        if y1 - y0 >= 16 and x1 - x0 >= 16:
-            boxes.append(((y0, y1, x0, x1), region))
-    return boxes or [((0, height, 0, width), None)]
-
-
-@dataclass
-class _Best:
-    """The largest lesion seen so far in one tissue region of one source instance."""
-
-    area: int
-    tile: _Tile
-    mask: np.ndarray  # the tile's crop-sized mask (a copy)
-
-
-@dataclass
-class _SourceState:
-    """What is kept of one source while its frames stream past: only lesion frames."""
-
-    info: ImageInfo
-    lesion_frames: dict[int, np.ndarray] = field(default_factory=dict)  # number -> packbits
-    best: dict[int, _Best] = field(default_factory=dict)  # region box index -> largest lesion
-
-    def unpacked_masks(self) -> tuple[np.ndarray, tuple[int, ...]]:
-        """(N, H, W) bool masks of the frames with a lesion and their frame numbers."""
-        rows, columns = self.info.shape
-        numbers = tuple(sorted(self.lesion_frames))
-        masks = np.zeros((len(numbers), rows, columns), dtype=bool)
-        for k, number in enumerate(numbers):
-            bits = np.unpackbits(self.lesion_frames[number], count=rows * columns)
-            masks[k] = bits.reshape(rows, columns).astype(bool)
-        return masks, numbers
+# ---- the chain ---------------------------------------------------------------------------------
 
 
 def process_study(
@@ -157,259 +303,479 @@ def process_study(
     on_progress: Callable[[], None] | None = None,
     frame_batch: int = FRAME_BATCH,
     preview_frames: int = PREVIEW_FRAMES,
+    prior: Mapping[str, PriorImage] | None = None,
+    predecessor: PriorReport | None = None,
 ) -> StudyResult:
-    """Run the models on every frame of every source; write SEG(s), SR and previews in `out_dir`.
+    """Analyse the study's new images; write their SEG(s) and the study's SR in `out_dir`.
 
-    Frames are decoded `frame_batch` at a time (`dicom_io.read.iter_frames`) and dropped
-    once predicted: what stays per source is the bit-packed mask of each frame that has a
-    lesion, the largest lesion of each tissue region, and previews of the first
-    `preview_frames` frames. Memory therefore does not grow with the length of a clip
-    (beyond 1 bit per pixel of lesion frames, and the SEG highdicom builds from them).
+    Parameters
+    ----------
+    sources: Sequence[SourceImage]
+        Every processable instance of the study, in report order.
+    prior: Mapping[str, PriorImage], optional
+        By SOP Instance UID: images this model version analysed in an earlier job. They are
+        reported in the SR, not analysed again.
+    predecessor: PriorReport, optional
+        The study's latest SR by this model version: the new SR names it.
+    explain: bool
+        Offer Grad-CAM previews on the dashboard (rendered on demand).
 
-    Files are named `<SOPInstanceUID>.dcm` (deterministic UIDs, so a re-run overwrites) and
-    `preview/<image>_<frame>_{mask,cam}.png`.
+    Frames are decoded `frame_batch` at a time and dropped once predicted: memory does not
+    grow with the length of a clip (beyond 1 bit per pixel of lesion frames). Files are
+    named `<SOPInstanceUID>.dcm`.
     """
-    timings: dict[str, float] = defaultdict(float)
-    tick = time.perf_counter()
-    states: list[_SourceState] = []
-    kept: list[SourceImage] = []
+    prior = prior or {}
+    timer = _Timer()
     skipped: list[dict[str, str]] = []
-
-    def skip(source: SourceImage, exc: DicomIOError) -> None:
-        code = getattr(exc, "code", "undecodable")
-        skipped.append({"uid_hash": uid_hash(source.sop_instance_uid), "reason": f"{code}: {exc}"})
-        log.warning("image %s not processed: %s", uid_hash(source.sop_instance_uid), code)
-
-    for source in sources:
-        try:
-            states.append(_SourceState(read_info(source.path)))
-            kept.append(source)
-        except DicomIOError as exc:
-            skip(source, exc)
-    timings["decode"] += time.perf_counter() - tick
-
-    best_class: tuple[float, str, dict[str, float]] | None = None
-    results: list[dict[str, Any]] = []
-    preview_dir = out_dir / "preview"
-    failed: set[int] = set()
-    for index, state in enumerate(states):
-        boxes = tissue_boxes(state.info)
-        frames = iter_frames(kept[index].path, batch=frame_batch)
-        while True:
-            tick = time.perf_counter()
-            try:
-                batch = next(frames, None)
-            except DicomIOError as exc:
-                # A clip that breaks half-way: keep nothing of it (no partial SEG).
-                skip(kept[index], exc)
-                failed.add(index)
-                break
-            finally:
-                timings["decode"] += time.perf_counter() - tick
-            if batch is None:
-                break
-            frame_numbers, pixels = batch
-            tiles = [
-                _Tile(index, f_index, f_number, box, region)
-                for f_index, f_number in enumerate(frame_numbers)
-                for box, region in boxes
-            ]
-            tick = time.perf_counter()
-            predictions: list[Any] = []
-            for start in range(0, len(tiles), PREDICT_BATCH):
-                chunk = tiles[start : start + PREDICT_BATCH]
-                crops = [
-                    pixels[t.frame_index, t.box[0] : t.box[1], t.box[2] : t.box[3]] for t in chunk
-                ]
-                predictions.extend(model.predict(crops, with_cam=explain))
-                if on_progress:
-                    on_progress()
-            timings["inference"] += time.perf_counter() - tick
-
-            tick = time.perf_counter()
-            for pred in predictions:
-                p_malignant = float(pred.probabilities.get("malignant", 0.0))
-                if best_class is None or p_malignant > best_class[0]:
-                    best_class = (p_malignant, pred.predicted_class, dict(pred.probabilities))
-            full = np.zeros((len(frame_numbers), *state.info.shape), dtype=bool)
-            cams: dict[int, np.ndarray] = {}
-            for tile, pred in zip(tiles, predictions, strict=True):
-                y0, y1, x0, x1 = tile.box
-                full[tile.frame_index, y0:y1, x0:x1] |= pred.mask
-                area = int(np.count_nonzero(pred.mask))
-                key = boxes.index((tile.box, tile.region))
-                current = state.best.get(key)
-                if area and (current is None or area > current.area):
-                    state.best[key] = _Best(area, tile, np.array(pred.mask, dtype=bool))
-                if pred.cam is not None and tile.frame_number <= preview_frames:
-                    cam = cams.setdefault(
-                        tile.frame_index, np.zeros(state.info.shape, dtype=np.float32)
-                    )
-                    cam[y0:y1, x0:x1] = np.maximum(cam[y0:y1, x0:x1], pred.cam)
-            for f_index, f_number in enumerate(frame_numbers):
-                if full[f_index].any():
-                    state.lesion_frames[f_number] = np.packbits(full[f_index], axis=None)
-            results.extend(
-                _preview_rows(
-                    tiles, predictions, pixels, full, cams, kept[index], preview_dir, preview_frames
-                )
-            )
-            timings["store"] += time.perf_counter() - tick
-            del pixels, full, cams, predictions, tiles, batch
-
-    good = [i for i in range(len(states)) if i not in failed]
-    if not good or best_class is None:
+    new = [s for s in sources if s.sop_instance_uid not in prior]
+    infos = inspect(new, skipped, timer)
+    images = analyse(infos, model, timer, frame_batch=frame_batch, on_progress=on_progress)
+    results = collect(images, infos, skipped, timer, preview_frames, explain)
+    if not results and (new or not prior):
         raise JobError(
             "no_processable_images",
             "no image of the study could be decoded"
             + (f" ({skipped[0]['reason']})" if skipped else ""),
         )
-    states = [states[i] for i in good]
-    kept = [kept[i] for i in good]
-    results = [r for r in results if r["image"] - 1 in good]
-    classification = StudyClassification(predicted_class=best_class[1], probabilities=best_class[2])
-
-    tick = time.perf_counter()
-    algorithm = algorithm_info(model)
-    # Headers only: build_seg and build_sr never need the source pixels.
-    datasets = [read_header(s.path) for s in kept]  # deflate-bounded, elements parsed
-    by_series: dict[str, list[int]] = defaultdict(list)
-    for index, source in enumerate(kept):
-        by_series[source.series_instance_uid].append(index)
-
-    outputs: list[WrittenOutput] = []
-    seg_datasets: list[Dataset] = []
-    for indices in by_series.values():
-        with_lesion = [i for i in indices if states[i].lesion_frames]
-        if not with_lesion:
-            continue  # no SEG for a series without a lesion: the SR says "no lesion found"
-        unpacked = [states[i].unpacked_masks() for i in with_lesion]
-        try:
-            seg_datasets.append(
-                build_seg(
-                    [datasets[i] for i in with_lesion],
-                    [masks for masks, _ in unpacked],
-                    [numbers for _, numbers in unpacked],
-                    algorithm,
-                    SEG_SERIES_NUMBER,
-                )
-            )
-        except SegmentationInputError:
-            # One SEG cannot hold this series (several cine loops, mixed sizes): one per image.
-            for i, (masks, numbers) in zip(with_lesion, unpacked, strict=True):
-                seg_datasets.append(
-                    build_seg(
-                        [datasets[i]],
-                        [masks],
-                        [numbers],
-                        algorithm,
-                        SEG_SERIES_NUMBER,
-                        uid_source=kept[i].sop_instance_uid,
-                    )
-                )
-        del unpacked
-
-    findings = _findings(states)
-    sr = build_sr(datasets, seg_datasets, classification, findings, algorithm, SR_SERIES_NUMBER)
-    timings["build"] += time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    for kind, ds in [("seg", s) for s in seg_datasets] + [("sr", sr)]:
-        path = out_dir / f"{checked_uid(str(ds.SOPInstanceUID))}.dcm"
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        write_atomic(path, buf.getvalue())
-        outputs.append(
-            WrittenOutput(
-                kind, str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID), path
-            )
-        )
-    timings["store"] += time.perf_counter() - tick
+    analysed = {r.source.sop_instance_uid for r in results}
+    reported = [s for s in sources if s.sop_instance_uid in prior or s.sop_instance_uid in analysed]
+    classification = classify(
+        results, [prior[s.sop_instance_uid] for s in reported if s.sop_instance_uid in prior]
+    )
+    datasets, seg_of = [], {}
+    if results:
+        tick = time.perf_counter()
+        datasets, seg_of = build(results, reported, prior, predecessor, classification, model)
+        timer.add("build", tick)
+    outputs = write(datasets, out_dir, predecessor, timer)
+    rows = [row.as_json() for r in results for row in r.rows]
     return StudyResult(
         outputs=outputs,
         predicted_class=classification.predicted_class,
         probabilities=classification.probabilities,
-        image_count=sum(s.info.number_of_frames for s in states),
-        stage_seconds={k: round(v, 3) for k, v in timings.items()},
-        results=results,
+        image_count=sum(r.info.number_of_frames for r in results),
+        stage_seconds=timer.rounded(),
+        results=rows,
         skipped=skipped,
+        analysed=[
+            AnalysedRecord(
+                r.source.sop_instance_uid,
+                r.source.series_instance_uid,
+                seg_of.get(r.source.sop_instance_uid),
+                r.summary(),
+            )
+            for r in results
+        ],
+        reused=len(sources) - len(new),
     )
 
 
-def _measure(mask: np.ndarray, tile: _Tile) -> tuple[float | None, float | None, float | None]:
-    """(area mm², long axis mm, short axis mm); all None without a calibrated region or lesion.
+def inspect(
+    sources: Sequence[SourceImage], skipped: list[dict[str, str]], timer: _Timer
+) -> list[tuple[SourceImage, ImageInfo]]:
+    """Stage 1: read each source's header (size, frames, regions); unreadable ones are skipped."""
+    tick = time.perf_counter()
+    infos = []
+    for source in sources:
+        try:
+            infos.append((source, read_info(source.path)))
+        except DicomIOError as exc:
+            _skip(skipped, source, exc)
+    timer.add("decode", tick)
+    return infos
 
-    `mask` is the tile's crop of the region, measured with that region's own Physical
-    Delta X/Y (absolute values): each pane of a dual view has its own calibration.
+
+def analyse(
+    infos: Sequence[tuple[SourceImage, ImageInfo]],
+    model: ModelLike,
+    timer: _Timer,
+    *,
+    frame_batch: int = FRAME_BATCH,
+    on_progress: Callable[[], None] | None = None,
+) -> Iterator[FrameResult | ImageFailure]:
+    """Stage 2: decode every frame, crop it (one policy), predict in batches across images.
+
+    Crops of consecutive frames and images are gathered until :data:`PREDICT_BATCH` and sent
+    to the model together: a study of single-frame images runs at the model's batch speed,
+    not at batch 1. A frame's result comes out once all its boxes are predicted.
     """
-    region = tile.region
-    if region is None or not region.mm_per_pixel_x or not region.mm_per_pixel_y or not mask.any():
-        return None, None, None
-    return mask_measurements(mask, region.mm_per_pixel_x, region.mm_per_pixel_y)
+    pending: list[tuple[int, int, np.ndarray, tuple[CropBox, ...]]] = []
+    crops: list[np.ndarray] = []
 
-
-def _findings(states: Sequence[_SourceState]) -> list[LesionFinding]:
-    """One finding per tissue region with a lesion: its frame with the largest lesion.
-
-    A dual-view image (two B-mode panes) gives one finding per pane, each measured with
-    its own pane's calibration.
-    """
-    findings = []
-    for state in states:
-        for _, best in sorted(state.best.items()):
-            area_mm2, long_mm, short_mm = _measure(best.mask, best.tile)
-            findings.append(
-                LesionFinding(
-                    source_sop_instance_uid=state.info.sop_instance_uid,
-                    frame_number=(
-                        best.tile.frame_number if state.info.number_of_frames > 1 else None
-                    ),
-                    area_mm2=area_mm2,
-                    long_axis_mm=long_mm,
-                    short_axis_mm=short_mm,
-                    area_px=best.area,
-                )
+    def flush() -> Iterator[FrameResult]:
+        if not pending:
+            return
+        tick = time.perf_counter()
+        predictions: list[Any] = []
+        for start in range(0, len(crops), PREDICT_BATCH):
+            predictions.extend(model.predict(crops[start : start + PREDICT_BATCH]))
+            if on_progress:
+                on_progress()
+        timer.add("inference", tick)
+        it = iter(predictions)
+        for image_index, number, pixels, boxes in pending:
+            yield FrameResult(
+                image_index,
+                number,
+                pixels,
+                tuple(
+                    BoxPrediction(box, p.mask, dict(p.probabilities), p.predicted_class)
+                    for box, p in zip(boxes, (next(it) for _ in boxes), strict=True)
+                ),
             )
-    return findings
+        pending.clear()
+        crops.clear()
+
+    for image_index, (source, info) in enumerate(infos):
+        boxes = analysis_boxes(info.regions, info.shape)
+        frames = iter_frames(source.path, batch=frame_batch)
+        while True:
+            tick = time.perf_counter()
+            try:
+                batch = next(frames, None)
+            except DicomIOError as exc:
+                # A clip that breaks half-way: its frames already predicted are dropped.
+                timer.add("decode", tick)
+                yield from flush()
+                yield ImageFailure(image_index, exc)
+                break
+            timer.add("decode", tick)
+            if batch is None:
+                break
+            numbers, pixels = batch
+            for k, number in enumerate(numbers):
+                pending.append((image_index, number, pixels[k], boxes))
+                crops.extend(pixels[k][box.slices] for box in boxes)
+                if len(crops) >= PREDICT_BATCH:
+                    yield from flush()
+    yield from flush()
 
 
-def _preview_rows(
-    tiles: Sequence[_Tile],
-    predictions: Sequence[Any],
-    pixels: np.ndarray,
-    masks: np.ndarray,
-    cams: dict[int, np.ndarray],
-    source: SourceImage,
-    preview_dir: Path,
-    max_frames: int,
-) -> list[dict[str, Any]]:
-    """Per-frame rows for the dashboard, with overlay PNGs of the first frames of an image."""
-    rows: list[dict[str, Any]] = []
-    for tile, pred in zip(tiles, predictions, strict=True):
-        if tile.frame_number > max_frames:
+@dataclass
+class _Collector:
+    """What is kept of one image while its frames stream past (collect's working state)."""
+
+    source: SourceImage
+    info: ImageInfo
+    lesion_frames: dict[int, np.ndarray] = field(default_factory=dict)
+    best: dict[int, BestLesion] = field(default_factory=dict)  # box index -> largest lesion
+    deciding: dict[str, float] | None = None
+    rows: list[FrameRow] = field(default_factory=list)
+
+
+def collect(
+    frames: Iterator[FrameResult | ImageFailure],
+    infos: Sequence[tuple[SourceImage, ImageInfo]],
+    skipped: list[dict[str, str]],
+    timer: _Timer,
+    preview_frames: int = PREVIEW_FRAMES,
+    explain: bool = True,
+) -> list[ImageResult]:
+    """Stage 3: per image, keep the lesion frames (bit-packed), the largest lesion of each crop
+    box, the most suspicious frame and the dashboard rows of the first frames."""
+    states = [_Collector(source, info) for source, info in infos]
+    failed: set[int] = set()
+    for item in frames:
+        tick = time.perf_counter()  # the generator's own time is counted by its stages
+        if isinstance(item, ImageFailure):
+            failed.add(item.image_index)
+            _skip(skipped, states[item.image_index].source, item.error)
             continue
-        name = f"{tile.source_index:03d}_{tile.frame_number:04d}"
-        image = pixels[tile.frame_index]
-        mask_png, cam_png = f"{name}_mask.png", None
-        save_png(preview_dir / mask_png, mask_overlay(image, masks[tile.frame_index]))
-        if tile.frame_index in cams:
-            cam_png = f"{name}_cam.png"
-            save_png(preview_dir / cam_png, cam_overlay(image, cams[tile.frame_index]))
-        area_mm2, long_mm, short_mm = _measure(pred.mask, tile)
-        rows.append(
-            {
-                "image": tile.source_index + 1,
-                "series_uid_hash": uid_hash(source.series_instance_uid),
-                "sop_instance_uid": source.sop_instance_uid,
-                "frame": tile.frame_number,
-                "predicted_class": pred.predicted_class,
-                "probabilities": {k: round(float(v), 4) for k, v in pred.probabilities.items()},
-                "lesion_area_px": int(pred.mask.sum()),
-                "lesion_area_mm2": None if area_mm2 is None else round(area_mm2, 1),
-                "long_axis_mm": None if long_mm is None else round(long_mm, 1),
-                "short_axis_mm": None if short_mm is None else round(short_mm, 1),
-                "mask_png": mask_png,
-                "cam_png": cam_png,
-            }
+        state = states[item.image_index]
+        full = item.full_mask()
+        if full.any():
+            state.lesion_frames[item.frame_number] = np.packbits(full, axis=None)
+        for index, pred in enumerate(item.boxes):
+            # The image's most suspicious frame so far, by the study rule (associative).
+            previous = [] if state.deciding is None else [state.deciding]
+            state.deciding = study_class([*previous, pred.probabilities]).probabilities
+            area = int(np.count_nonzero(pred.mask))
+            current = state.best.get(index)
+            if area and (current is None or area > current.area_px):
+                state.best[index] = BestLesion(
+                    item.frame_number,
+                    pred.box,
+                    np.array(pred.mask, dtype=bool),
+                    np.array(item.pixels[pred.box.slices], dtype=np.float32),
+                )
+            if item.frame_number <= preview_frames:
+                state.rows.append(_row(state, item, pred, explain))
+        timer.add("collect", tick)
+    results = []
+    for index, state in enumerate(states):
+        if index in failed or state.deciding is None:
+            continue
+        results.append(
+            ImageResult(
+                source=state.source,
+                info=state.info,
+                lesion_frames=state.lesion_frames,
+                findings=tuple(
+                    _finding(state.info, best) for _, best in sorted(state.best.items())
+                ),
+                best_lesions=tuple(best for _, best in sorted(state.best.items())),
+                probabilities=state.deciding,
+                rows=tuple(_renumber(state.rows, len(results) + 1)),
+            )
         )
-    return rows
+    return results
+
+
+def classify(results: Sequence[ImageResult], prior: Sequence[PriorImage]) -> StudyClassification:
+    """Stage 4: the study's class by :func:`inference.study.study_class` over every image."""
+    call = study_class([p.probabilities for p in prior] + [r.probabilities for r in results])
+    return StudyClassification(
+        predicted_class=call.predicted_class, probabilities=call.probabilities
+    )
+
+
+def build(
+    results: Sequence[ImageResult],
+    reported: Sequence[SourceImage],
+    prior: Mapping[str, PriorImage],
+    predecessor: PriorReport | None,
+    classification: StudyClassification,
+    model: ModelLike,
+) -> tuple[list[Dataset], dict[str, str]]:
+    """Stage 5: SEG(s) of the images analysed now (:func:`dicom_io.seg.build_segs`) and the SR
+    of every image of the study; returns the datasets and, per source SOP Instance UID, the
+    SEG that holds its lesion frames."""
+    algorithm = algorithm_info(model)
+    # Headers only: build_seg and build_sr never need the source pixels.
+    headers = {s.sop_instance_uid: read_header(s.path) for s in reported}
+    items = []
+    for result in results:
+        if result.lesion_frames:
+            masks, numbers = result.unpacked_masks()
+            items.append(SourceMasks(headers[result.source.sop_instance_uid], masks, numbers))
+    segs = build_segs(items, algorithm, SEG_SERIES_NUMBER)
+    del items
+    seg_of = {uid: str(seg.SOPInstanceUID) for seg in segs for uid in _referenced_sources(seg)}
+    # The SEGs of earlier jobs, for the SR's references to their frames (headers only).
+    earlier_segs = {
+        str(p.seg_path): dcmread(p.seg_path, stop_before_pixels=True)
+        for s in reported
+        if (p := prior.get(s.sop_instance_uid)) is not None and p.seg_path is not None
+    }
+    by_uid = {r.source.sop_instance_uid: r.findings for r in results}
+    findings = [
+        f
+        for s in reported
+        for f in (
+            prior[s.sop_instance_uid].findings
+            if s.sop_instance_uid in prior
+            else by_uid[s.sop_instance_uid]
+        )
+    ]
+    study_uid = str(headers[reported[0].sop_instance_uid].StudyInstanceUID)
+    sr = build_sr(
+        [headers[s.sop_instance_uid] for s in reported],
+        [*earlier_segs.values(), *segs],
+        classification,
+        findings,
+        algorithm,
+        SR_SERIES_NUMBER,
+        uid_source=content_key(study_uid, [s.sop_instance_uid for s in reported]),
+        predecessors=[predecessor.as_reference()] if predecessor else [],
+        instance_number=predecessor.instance_number + 1 if predecessor else 1,
+    )
+    return [*segs, sr], seg_of
+
+
+def write(
+    datasets: Sequence[Dataset], out_dir: Path, predecessor: PriorReport | None, timer: _Timer
+) -> list[WrittenOutput]:
+    """Stage 6: each object durably in `<out_dir>/<SOPInstanceUID>.dcm`, before its outbox row.
+
+    A file already there (an earlier attempt of this job, maybe already sent) is kept as it
+    is: a UID never names two different objects, even if a re-run's bytes differed.
+    """
+    tick = time.perf_counter()
+    outputs = []
+    for ds in datasets:
+        kind = "sr" if str(ds.Modality) == "SR" else "seg"
+        path = out_dir / f"{checked_uid(str(ds.SOPInstanceUID))}.dcm"
+        if not path.exists():
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            write_atomic(path, buf.getvalue())
+        outputs.append(
+            WrittenOutput(
+                kind,
+                str(ds.SOPInstanceUID),
+                str(ds.SeriesInstanceUID),
+                str(ds.SOPClassUID),
+                path,
+                predecessor if kind == "sr" else None,
+            )
+        )
+    timer.add("store", tick)
+    return outputs
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def _skip(skipped: list[dict[str, str]], source: SourceImage, exc: DicomIOError) -> None:
+    code = getattr(exc, "code", "undecodable")
+    skipped.append({"uid_hash": uid_hash(source.sop_instance_uid), "reason": f"{code}: {exc}"})
+    log.warning("image %s not processed: %s", uid_hash(source.sop_instance_uid), code)
+
+
+def _measure(mask: np.ndarray, box: CropBox) -> tuple[float | None, float | None, float | None]:
+    """(area mm², long axis mm, short axis mm); all None without a calibrated box or lesion.
+
+    Measured with the box's own region calibration: each pane of a dual view has its own.
+    """
+    spacing = box.mm_per_pixel
+    if spacing is None or not mask.any():
+        return None, None, None
+    return mask_measurements(mask, spacing[1], spacing[0])
+
+
+def _finding(info: ImageInfo, best: BestLesion) -> LesionFinding:
+    """The SR finding of one crop box's largest lesion (one per pane of a dual view)."""
+    area_mm2, long_mm, short_mm = _measure(best.mask, best.box)
+    return LesionFinding(
+        source_sop_instance_uid=info.sop_instance_uid,
+        frame_number=best.frame_number if info.number_of_frames > 1 else None,
+        area_mm2=area_mm2,
+        long_axis_mm=long_mm,
+        short_axis_mm=short_mm,
+        area_px=best.area_px,
+        description=_description(best.image, best.mask, best.box),
+    )
+
+
+def _describe(image: np.ndarray, mask: np.ndarray, box: CropBox) -> LesionDescriptors | None:
+    """BI-RADS descriptors of a box's lesion, with the box's calibration; None: no lesion."""
+    spacing = box.mm_per_pixel  # (y, x) mm, or None without a calibrated region
+    dy, dx = spacing if spacing is not None else (None, None)
+    try:
+        found = describe_lesion(image, mask, dx, dy)
+    except ValueError as exc:  # not describable: the SR and dashboard go without
+        log.warning("lesion not described: %s", exc)
+        return None
+    return None if found.message else found
+
+
+def _description(image: np.ndarray, mask: np.ndarray, box: CropBox) -> LesionDescription | None:
+    """:func:`_describe` as the SR's LesionDescription."""
+    found = _describe(image, mask, box)
+    if found is None:
+        return None
+    return LesionDescription(
+        shape=found.shape,
+        orientation=found.orientation,
+        margin=found.margin,
+        margin_detail=found.margin_detail,
+        echo_pattern=found.echo_pattern,
+        posterior=found.posterior,
+        depth_mm=found.depth_mm,
+    )
+
+
+def _row(state: _Collector, item: FrameResult, pred: BoxPrediction, explain: bool) -> FrameRow:
+    area_mm2, long_mm, short_mm = _measure(pred.mask, pred.box)
+    return FrameRow(
+        image=0,  # numbered once the image is known to be kept
+        series_uid_hash=uid_hash(state.source.series_instance_uid),
+        sop_instance_uid=state.source.sop_instance_uid,
+        frame=item.frame_number,
+        predicted_class=pred.predicted_class,
+        probabilities={k: round(float(v), 4) for k, v in pred.probabilities.items()},
+        lesion_area_px=int(np.count_nonzero(pred.mask)),
+        lesion_area_mm2=None if area_mm2 is None else round(area_mm2, 1),
+        long_axis_mm=None if long_mm is None else round(long_mm, 1),
+        short_axis_mm=None if short_mm is None else round(short_mm, 1),
+        mask_png="",
+        cam_png=None if not explain else "",
+        descriptors=_row_descriptors(item, pred),
+    )
+
+
+def _row_descriptors(item: FrameResult, pred: BoxPrediction) -> dict[str, Any] | None:
+    """The dashboard's descriptors of one box of one frame (None: no lesion)."""
+    b = pred.box
+    found = _describe(item.pixels[b.y0 : b.y1, b.x0 : b.x1], pred.mask, b)
+    return None if found is None else found.as_dict()
+
+
+def _renumber(rows: Sequence[FrameRow], image: int) -> Iterator[FrameRow]:
+    """Rows with their 1-based image number and preview names (`<image-1>_<frame>_*.png`)."""
+    from dataclasses import replace
+
+    for row in rows:
+        name = f"{image - 1:03d}_{row.frame:04d}"
+        yield replace(
+            row,
+            image=image,
+            mask_png=f"{name}_mask.png",
+            cam_png=None if row.cam_png is None else f"{name}_cam.png",
+        )
+
+
+def _referenced_sources(seg: Dataset) -> set[str]:
+    """Source SOP Instance UIDs a SEG derives frames from."""
+    found = set()
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        for derivation in item.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                found.add(str(source.ReferencedSOPInstanceUID))
+    return found
+
+
+def finding_to_json(finding: LesionFinding) -> dict[str, Any]:
+    """A finding as JSON (every field; a nested dataclass such as a description as a dict)."""
+    out: dict[str, Any] = {}
+    for f in fields(finding):
+        value = getattr(finding, f.name)
+        if hasattr(value, "__dataclass_fields__"):
+            value = {g.name: _jsonable(getattr(value, g.name)) for g in fields(value)}
+        out[f.name] = _jsonable(value)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def finding_from_json(data: Mapping[str, Any]) -> LesionFinding:
+    """The finding :func:`finding_to_json` wrote (fields this version does not know ignored)."""
+    known = {f.name: f for f in fields(LesionFinding)}
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in known:
+            continue
+        if isinstance(value, dict):
+            value = _nested_from_json(name, value)
+        values[name] = value
+    return LesionFinding(**values)
+
+
+def _nested_from_json(name: str, value: dict[str, Any]) -> Any:
+    # A nested dataclass field of LesionFinding (e.g. a BI-RADS description): its class is
+    # the one dicom_io.sr defines for it.
+    import dicom_io.sr as sr_module
+
+    for candidate in vars(sr_module).values():
+        if isinstance(candidate, type) and hasattr(candidate, "__dataclass_fields__"):
+            names = {f.name for f in fields(candidate)}
+            if set(value) <= names and candidate is not LesionFinding and value:
+                return candidate(
+                    **{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+                )
+    raise ValueError(f"cannot restore the finding's {name!r}")
+
+
+def prior_from_summary(summary: Mapping[str, Any], seg_path: Path | None) -> PriorImage:
+    """The :class:`PriorImage` of an image recorded by an earlier job (``ImageResult.summary``)."""
+    return PriorImage(
+        probabilities={k: float(v) for k, v in summary["probabilities"].items()},
+        findings=tuple(finding_from_json(f) for f in summary.get("findings", [])),
+        seg_path=seg_path,
+    )

@@ -16,7 +16,15 @@ from service.config import Settings
 from service.errors import JobError
 from service.logs import _QUOTED, REDACTED, log_context
 from service.metrics import observe_stages
-from service.pipeline import SourceImage, StudyResult, process_study
+from service.pipeline import (
+    PriorImage,
+    PriorReport,
+    SourceImage,
+    StudyResult,
+    prior_from_summary,
+    process_study,
+)
+from storage.analyses import analysed_before, latest_report, record_analysed
 from storage.db import session_scope
 from storage.files import DataDir
 from storage.instances import note_conflicts, processable_instances
@@ -36,8 +44,13 @@ class ModelProvider:
     """Loads the model once per process, on first use, and serialises access to it."""
 
     def __init__(
-        self, weights: Path | None, device: str, torch_threads: int | None, model: Any = None,
-        precision: str = "auto", compile_mode: str = "off",
+        self,
+        weights: Path | None,
+        device: str,
+        torch_threads: int | None,
+        model: Any = None,
+        precision: str = "auto",
+        compile_mode: str = "off",
     ) -> None:
         self._weights = weights
         self._precision = precision
@@ -72,15 +85,25 @@ class ModelProvider:
                         torch.set_num_threads(self._torch_threads)
                     from inference.model import Model
 
-                    model = Model.load(self._weights, device=self._device,
-                                       precision=self._precision, compile=self._compile)
+                    model = Model.load(
+                        self._weights,
+                        device=self._device,
+                        precision=self._precision,
+                        compile=self._compile,
+                    )
                     # Compile before the first job (tens of seconds), not inside it; a compile
                     # failure leaves the model running eager, and says so.
                     warm_up_s = model.warm_up()
                     self._model = model
                     self._error = None
-                    log.info("model loaded: %s (%s, %s, %s, warm-up %.1f s)", model.version,
-                             model.status, model.precision, model.compile_state, warm_up_s)
+                    log.info(
+                        "model loaded: %s (%s, %s, %s, warm-up %.1f s)",
+                        model.version,
+                        model.status,
+                        model.precision,
+                        model.compile_state,
+                        warm_up_s,
+                    )
                 except Exception as exc:
                     self._error = f"{type(exc).__name__}: {exc}"
                     raise JobError(
@@ -117,7 +140,7 @@ def work_once(
         job = claim_next_job(session, worker_id, settings.worker.lease_seconds)
         if job is None:
             return None
-        job_id, attempts = job.id, job.attempts
+        job_id, attempts, study_id = job.id, job.attempts, job.study_id
         study = session.get(Study, job.study_id)
         study_uid = study.study_instance_uid if study else ""
         sources = [
@@ -136,8 +159,14 @@ def work_once(
         started = time.perf_counter()
         try:
             model = _LockedModel(models.get(), models.predict_lock)
+            prior, predecessor = _history(engine, job_id, study_id, sources, model.version)
             result = process_study(
-                sources, model, data_dir.outputs / str(job_id), explain=settings.worker.explain
+                sources,
+                model,
+                data_dir.outputs / str(job_id),
+                explain=settings.worker.explain,
+                prior=prior,
+                predecessor=predecessor,
             )
         except JobError as exc:
             _fail(engine, job_id, worker_id, exc, attempts, settings.worker.max_attempts)
@@ -166,6 +195,40 @@ def work_once(
             len(result.outputs),
         )
     return job_id
+
+
+def _history(
+    engine: Engine, job_id: int, study_id: int, sources: list[SourceImage], model_version: str
+) -> tuple[dict[str, PriorImage], PriorReport | None]:
+    """What earlier jobs of the study did with this model version: the images they analysed
+    (not analysed again) and their latest SR (the new SR's predecessor)."""
+    with session_scope(engine) as session:
+        rows = analysed_before(
+            session, [s.sop_instance_uid for s in sources], model_version, job_id
+        )
+        prior = {
+            row.sop_instance_uid: prior_from_summary(
+                row.summary, Path(row.seg_output.path) if row.seg_output else None
+            )
+            for row in rows
+        }
+        latest, count = latest_report(session, study_id, model_version, job_id)
+        predecessor = None
+        if latest is not None:
+            study = session.get(Study, study_id)
+            predecessor = PriorReport(
+                sop_instance_uid=latest.sop_instance_uid,
+                series_instance_uid=latest.series_instance_uid,
+                study_instance_uid=study.study_instance_uid if study else "",
+                sop_class_uid=latest.sop_class_uid,
+                instance_number=count,
+                output_id=latest.id,
+            )
+    if prior:
+        log.info(
+            "%d image(s) already analysed by this model version: not analysed again", len(prior)
+        )
+    return prior, predecessor
 
 
 def crash_message(exc: BaseException) -> str:
@@ -213,8 +276,9 @@ def _finish(
         job = _still_ours(session, job_id, worker_id)
         if job is None:
             return
+        recorded = {}
         for output in result.outputs:
-            add_output(
+            recorded[output.sop_instance_uid] = add_output(
                 session,
                 job,
                 kind=output.kind,
@@ -223,6 +287,19 @@ def _finish(
                 sop_class_uid=output.sop_class_uid,
                 path=str(output.path),
                 destinations=destinations,
+                model_version=model_version,
+                predecessor_id=output.predecessor.output_id if output.predecessor else None,
+            )
+        for image in result.analysed:
+            seg = recorded.get(image.seg_sop_instance_uid or "")
+            record_analysed(
+                session,
+                job,
+                sop_instance_uid=image.sop_instance_uid,
+                series_instance_uid=image.series_instance_uid,
+                model_version=model_version,
+                seg_output_id=seg.id if seg is not None else None,
+                summary=image.summary,
             )
         job.model_version = model_version
         job.model_status = model_status

@@ -171,7 +171,11 @@ class Job(Base):
 
 
 class Output(Base):
-    """A DICOM object we created (SEG or SR); its UID is deterministic, so a re-run reuses it."""
+    """A DICOM object we created (SEG or SR).
+
+    Its UID derives from what it holds (model version and source images), so a re-run of
+    the same job reuses it and a changed SR is a new instance naming its predecessor.
+    """
 
     __tablename__ = "outputs"
 
@@ -183,9 +187,41 @@ class Output(Base):
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The model version that made it (None: rows from before 0004).
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    # An SR: the earlier SR of the study it replaces (its Predecessor Documents Sequence).
+    predecessor_id: Mapped[int | None] = mapped_column(ForeignKey("outputs.id"))
 
     job: Mapped[Job] = relationship(back_populates="outputs")
     outbox: Mapped[list[OutboxItem]] = relationship(back_populates="output")
+    predecessor: Mapped[Output | None] = relationship(remote_side="Output.id")
+
+
+class AnalysedImage(Base):
+    """One source instance analysed by one model version: what a later job of the study reuses.
+
+    A late image makes a new job; the images this model version already analysed are not
+    analysed (or segmented, or sent) again: their frames stay in the SEG named here and their
+    summary (best class probabilities, findings) goes into the study's new SR.
+    """
+
+    __tablename__ = "analysed_images"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "model_version", name="uq_analysed_images_sop_model"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(128))
+    # The SEG holding its lesion frames; None when the model found no lesion on it.
+    seg_output_id: Mapped[int | None] = mapped_column(ForeignKey("outputs.id"))
+    # {"probabilities": {...}, "frames": n, "findings": [LesionFinding fields, ...]}
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    seg_output: Mapped[Output | None] = relationship()
 
 
 class OutboxItem(Base):

@@ -48,8 +48,13 @@ def add_output(
     path: str,
     destinations: Sequence[str],
     now: datetime | None = None,
+    model_version: str | None = None,
+    predecessor_id: int | None = None,
 ) -> Output:
-    """Record an output of `job` and queue it for every destination (idempotent per job+UID)."""
+    """Record an output of `job` and queue it for every destination (idempotent per job+UID).
+
+    `model_version` is the model that made it; `predecessor_id` the output (an earlier SR)
+    this one replaces."""
     now = now or utcnow()
     output = session.scalar(
         select(Output).where(Output.job_id == job.id, Output.sop_instance_uid == sop_instance_uid)
@@ -63,6 +68,8 @@ def add_output(
             sop_class_uid=sop_class_uid,
             path=path,
             created_at=now,
+            model_version=model_version,
+            predecessor_id=predecessor_id,
         )
         session.add(output)
         session.flush()

@@ -25,8 +25,8 @@ import pytest
 from dicom_io import codes
 from dicom_io.measure import mask_measurements
 from dicom_io.read import iter_frames, read_info
+from dicom_io.regions import analysis_boxes
 from dicom_io.types import ImageInfo
-from service.pipeline import tissue_boxes
 from tests.dciodvfy import dciodvfy_available, run_dciodvfy
 
 
@@ -41,7 +41,7 @@ class ExpectedSource:
 
 def expected_source(path: Path, level: float) -> ExpectedSource:
     info = read_info(path)
-    boxes = tissue_boxes(info)
+    boxes = [((b.y0, b.y1, b.x0, b.x1), b.region) for b in analysis_boxes(info.regions, info.shape)]
     out = ExpectedSource(info)
     best: dict[int, tuple[int, np.ndarray]] = {}
     for numbers, pixels in iter_frames(path):

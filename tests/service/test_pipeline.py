@@ -13,10 +13,12 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom import dcmread
 
 from service.errors import JobError
 from service.pipeline import SourceImage, algorithm_info, process_study
+from service.previews import render_preview
 from tests.dciodvfy import run_dciodvfy
 from tests.factories import make_us_image
 from tests.realfiles import deid_ultrasound
@@ -39,9 +41,11 @@ class ThresholdModel:
     def __init__(self, level: float = 0.6) -> None:
         self.level = level
         self.calls: list[int] = []
+        self.cam_calls = 0
 
     def predict(self, images: Sequence[np.ndarray], with_cam: bool = False) -> list[_Prediction]:
         self.calls.append(len(images))
+        self.cam_calls += int(with_cam)
         out = []
         for image in images:
             mask = image > self.level
@@ -92,9 +96,33 @@ def test_process_study_single_image_seg_holds_model_mask_and_sr_measures_it(tmp_
     assert row["lesion_area_px"] == int(mask.sum())
     assert row["lesion_area_mm2"] == pytest.approx(mask.sum() * 0.1 * 0.1, rel=0.01)
     assert result.predicted_class == "malignant"
-    assert (tmp_path / "out" / "preview" / row["mask_png"]).exists()
-    assert (tmp_path / "out" / "preview" / row["cam_png"]).exists()
-    assert set(result.stage_seconds) == {"decode", "inference", "build", "store"}
+    # No preview is made per image; the dashboard renders one on demand from source + SEG.
+    assert not (tmp_path / "out" / "preview").exists()
+    preview = render_preview(
+        tmp_path / "out" / "preview",
+        row["mask_png"],
+        source=path,
+        sop_instance_uid=str(source.SOPInstanceUID),
+        frame_number=row["frame"],
+        seg_paths=[seg_path],
+    )
+    assert preview is not None
+    overlay = np.asarray(Image.open(preview).convert("RGB"))
+    tinted = (overlay[..., 0] > overlay[..., 2] + 20) & mask  # the mask's pixels, tinted
+    assert tinted.sum() > 0.9 * mask.sum()
+    assert row["cam_png"] is not None
+    assert model.cam_calls == 0  # no Grad-CAM in the job
+    cam = render_preview(
+        tmp_path / "out" / "preview",
+        row["cam_png"],
+        source=path,
+        sop_instance_uid=str(source.SOPInstanceUID),
+        frame_number=row["frame"],
+        seg_paths=[seg_path],
+        model=model,
+    )
+    assert cam is not None and cam.is_file() and model.cam_calls == 1
+    assert set(result.stage_seconds) == {"decode", "inference", "collect", "build", "store"}
 
 
 def _region_box(ds: object, shape: tuple[int, ...]) -> np.ndarray:

@@ -229,3 +229,153 @@ def test_work_once_crash_quoting_a_value_error_and_log_without_it(
     logged = "\n".join(r.getMessage() + str(r.exc_text or "") for r in caplog.records)
     assert "job crashed: ValueError" in logged and "predict" in logged
     assert _PLANTED not in logged
+
+
+# --- late images and re-runs: versioned outputs ------------------------------------------
+
+_STUDY = "1.2.826.0.1.3680043.10.77"
+_SERIES = "1.2.826.0.1.3680043.10.77.1"
+
+
+def _receive_into_study(engine: Engine, data_dir: DataDir, tmp_path: Path, sop: str) -> int:
+    """Store one image of the shared study as the SCP would; queue and return its new job."""
+    from pydicom import dcmread
+
+    src = make_us_image(
+        tmp_path / f"{sop}.dcm",
+        study_instance_uid=_STUDY,
+        series_instance_uid=_SERIES,
+        sop_instance_uid=sop,
+    )
+    ds = dcmread(src, stop_before_pixels=True)
+    path = data_dir.incoming_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(src.read_bytes())
+    with session_scope(engine) as s:
+        record_instance(
+            s,
+            ReceivedInstance(
+                study_instance_uid=_STUDY,
+                series_instance_uid=_SERIES,
+                sop_instance_uid=sop,
+                sop_class_uid=ds.SOPClassUID,
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                path=str(path),
+                size_bytes=path.stat().st_size,
+            ),
+        )
+        job_id = s.scalars(select(Job.id).where(Job.state == JobState.WAITING)).one()
+        process_now(s, job_id)
+    return job_id
+
+
+def _outputs_of(engine: Engine, job_id: int) -> dict[str, list[Output]]:
+    with session_scope(engine) as s:
+        rows = s.scalars(select(Output).where(Output.job_id == job_id).order_by(Output.id))
+        out: dict[str, list[Output]] = {}
+        for row in rows:
+            s.expunge(row)
+            out.setdefault(row.kind, []).append(row)
+        return out
+
+
+def _seg_sources(path: str) -> set[str]:
+    from pydicom import dcmread
+
+    seg = dcmread(path)
+    return {
+        str(src.ReferencedSOPInstanceUID)
+        for item in seg.PerFrameFunctionalGroupsSequence
+        for derivation in item.DerivationImageSequence
+        for src in derivation.SourceImageSequence
+    }
+
+
+def test_work_once_late_image_gets_own_seg_and_new_sr_naming_predecessor(
+    engine: Engine, data_dir: DataDir, tmp_path: Path
+) -> None:
+    from pydicom import dcmread
+
+    from storage.models import AnalysedImage
+    from tests.dciodvfy import run_dciodvfy
+
+    first_sop, late_sop = f"{_SERIES}.1", f"{_SERIES}.2"
+    model = ThresholdModel()
+    models = ModelProvider(None, "cpu", None, model=model)
+    job1 = _receive_into_study(engine, data_dir, tmp_path, first_sop)
+    work_once(_settings(), engine, data_dir, models, "host:0")
+    calls_first = sum(model.calls)
+    job2 = _receive_into_study(engine, data_dir, tmp_path, late_sop)
+    assert job2 != job1
+    work_once(_settings(), engine, data_dir, models, "host:0")
+
+    assert sum(model.calls) - calls_first == calls_first  # only the late image analysed
+    one, two = _outputs_of(engine, job1), _outputs_of(engine, job2)
+    assert len(one["seg"]) == len(two["seg"]) == 1
+    assert _seg_sources(one["seg"][0].path) == {first_sop}
+    assert _seg_sources(two["seg"][0].path) == {late_sop}  # no second SEG of the first image
+    (sr1,), (sr2,) = one["sr"], two["sr"]
+    assert sr1.sop_instance_uid != sr2.sop_instance_uid
+    assert sr2.predecessor_id == sr1.id and sr2.model_version == ThresholdModel.version
+    report = dcmread(sr2.path)
+    (predecessor,) = report.PredecessorDocumentsSequence
+    assert predecessor.StudyInstanceUID == _STUDY
+    assert predecessor.ReferencedSeriesSequence[0].SeriesInstanceUID == sr1.series_instance_uid
+    item = predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert item.ReferencedSOPInstanceUID == sr1.sop_instance_uid
+    assert report.InstanceNumber == 2 and report.SeriesInstanceUID == sr1.series_instance_uid
+    # The new SR reports both images: the first one's finding read from its own SEG.
+    groups = [
+        str(g.ReferencedSOPInstanceUID)
+        for g in _walk(report)
+        if "ReferencedSOPInstanceUID" in g and "ReferencedSOPClassUID" in g
+    ]
+    assert {one["seg"][0].sop_instance_uid, two["seg"][0].sop_instance_uid} <= set(groups)
+    assert {first_sop, late_sop} <= set(groups)
+    errors, _ = run_dciodvfy(Path(sr2.path))
+    assert errors == []
+    with session_scope(engine) as s:
+        analysed = {(a.sop_instance_uid, a.job_id) for a in s.scalars(select(AnalysedImage))}
+    assert analysed == {(first_sop, job1), (late_sop, job2)}
+
+
+def _walk(ds: Any) -> list[Any]:
+    found = [ds]
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                found.extend(_walk(item))
+    return found
+
+
+def test_work_once_job_run_again_same_uids_files_untouched(
+    engine: Engine, data_dir: DataDir, tmp_path: Path
+) -> None:
+    """A job run again (crash after writing, a retry): same UIDs, the written files kept."""
+    models = ModelProvider(None, "cpu", None, model=ThresholdModel())
+    _receive_into_study(engine, data_dir, tmp_path, f"{_SERIES}.1")
+    work_once(_settings(), engine, data_dir, models, "host:0")
+    job2 = _receive_into_study(engine, data_dir, tmp_path, f"{_SERIES}.2")
+    work_once(_settings(), engine, data_dir, models, "host:0")
+    before = _outputs_of(engine, job2)
+    files = {o.sop_instance_uid: Path(o.path).read_bytes() for v in before.values() for o in v}
+    stamps = {
+        uid: Path(o.path).stat().st_mtime_ns
+        for v in before.values()
+        for o in v
+        for uid in [o.sop_instance_uid]
+    }
+    with session_scope(engine) as s:
+        job = s.get(Job, job2)
+        assert job is not None
+        job.state, job.claimed_by = JobState.QUEUED, None
+    work_once(_settings(), engine, data_dir, models, "host:0")
+    after = _outputs_of(engine, job2)
+    assert {k: [o.sop_instance_uid for o in v] for k, v in after.items()} == {
+        k: [o.sop_instance_uid for o in v] for k, v in before.items()
+    }
+    for outputs in after.values():
+        for o in outputs:
+            assert Path(o.path).read_bytes() == files[o.sop_instance_uid]
+            assert Path(o.path).stat().st_mtime_ns == stamps[o.sop_instance_uid]
+    assert after["sr"][0].predecessor_id is not None  # still names job 1's SR, not itself

@@ -19,10 +19,11 @@ from service.web.auth import CsrfDep, OperatorDep, ViewerDep, audit
 from service.web.deps import DataDirDep, SessionDep
 from service.web.jobs import count_by_state, do_process_now, do_retry, get_job, list_jobs
 from service.web.not_processed import list_not_processed
+from service.web.preview_source import make_preview, renderable_previews
 from service.web.routes.instances import check_upload_csrf, read_upload, store_upload
 from service.web.schemas import is_preview_name, job_detail, job_public
 from storage.audit import AuditAction
-from storage.models import JobState, utcnow
+from storage.models import Job, JobState, utcnow
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
@@ -124,9 +125,9 @@ def job_page(
     now = utcnow()
     job = job_detail(get_job(session, job_id), now)
     audit(session, request, AuditAction.VIEW_JOB, f"job:{job_id}")
-    # A preview the pipeline did not (or not yet) write shows a placeholder, not a broken image.
-    preview_dir = data_dir.outputs / str(job.id) / "preview"
-    available = {p.name for p in preview_dir.glob("*.png")} if preview_dir.is_dir() else set()
+    # Previews are made on demand; one that cannot be (no source on disk) shows a placeholder.
+    row = session.get(Job, job.id)
+    available = renderable_previews(session, data_dir, row) if row is not None else set()
     for result in job.results:
         if result.mask_png not in available:
             result.mask_url = None
@@ -235,12 +236,13 @@ def preview(
     data_dir: DataDirDep,
     _: ViewerDep,
 ) -> FileResponse:
-    """`<data_dir>/outputs/<job>/preview/<name>`; `name` must be a preview file name, so nothing
-    else on disk can be reached."""
+    """`<data_dir>/outputs/<job>/preview/<name>`, made on first request; `name` must be a
+    preview file name of the job's results, so nothing else on disk can be reached."""
     if not is_preview_name(name):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "not a preview name")
-    path = data_dir.outputs / str(int(job_id)) / "preview" / name
-    if not path.is_file():
+    # Rendered on first request from the stored source and SEG, then cached.
+    path = make_preview(session, data_dir, int(job_id), name, request.app.state.runtime)
+    if path is None or not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, "preview not found")
     audit(session, request, AuditAction.VIEW_IMAGE, f"job:{job_id}", detail=name)
     return FileResponse(
