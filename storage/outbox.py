@@ -88,24 +88,49 @@ def add_output(
 def claim_due(
     session: Session, limit: int = 50, claim_seconds: float = 120.0, now: datetime | None = None
 ) -> list[OutboxItem]:
-    """Take up to `limit` pending rows whose time has come; each is ours for `claim_seconds`."""
+    """Take up to `limit` pending rows whose time has come; each is ours for `claim_seconds`.
+
+    PostgreSQL: the due rows are locked ``FOR UPDATE SKIP LOCKED`` and pushed forward in the
+    same transaction, so concurrent exporters take disjoint rows without waiting on each
+    other. SQLite (one writer at a time): a compare-and-set on ``next_try_at`` per row.
+    """
     now = now or utcnow()
-    rows = session.execute(
+    due = (
         select(OutboxItem.id, OutboxItem.next_try_at)
         .where(OutboxItem.state == OutboxState.PENDING, OutboxItem.next_try_at <= now)
         .order_by(OutboxItem.next_try_at, OutboxItem.id)
         .limit(limit)
-    ).all()
+    )
+    until = now + timedelta(seconds=claim_seconds)
+    if session.get_bind().dialect.name == "postgresql":
+        locked = due.with_only_columns(OutboxItem.id).with_for_update(skip_locked=True)
+        ids = list(session.scalars(locked))
+        if not ids:
+            return []
+        session.execute(
+            update(OutboxItem)
+            .where(OutboxItem.id.in_(ids))
+            .values(next_try_at=until)
+            .execution_options(synchronize_session=False)
+        )
+        items = session.scalars(
+            select(OutboxItem)
+            .where(OutboxItem.id.in_(ids))
+            .order_by(OutboxItem.id)
+            .execution_options(populate_existing=True)
+        ).all()
+        return sorted(items, key=lambda item: ids.index(item.id))
+    rows = session.execute(due).all()
     claimed: list[OutboxItem] = []
-    for row_id, due in rows:
+    for row_id, due_at in rows:
         result = session.execute(
             update(OutboxItem)
             .where(
                 OutboxItem.id == row_id,
                 OutboxItem.state == OutboxState.PENDING,
-                OutboxItem.next_try_at == due,
+                OutboxItem.next_try_at == due_at,
             )
-            .values(next_try_at=now + timedelta(seconds=claim_seconds))
+            .values(next_try_at=until)
         )
         if result.rowcount == 1:  # type: ignore[attr-defined]
             item = session.get(OutboxItem, row_id, populate_existing=True)

@@ -89,24 +89,49 @@ def process_now(session: Session, job_id: int, now: datetime | None = None) -> b
 def claim_next_job(
     session: Session, worker_id: str, lease_seconds: float, now: datetime | None = None
 ) -> Job | None:
-    """Atomically take the oldest queued job, or None. Safe with many workers and processes."""
+    """Atomically take the oldest queued job, or None. Safe with many workers and processes.
+
+    PostgreSQL: one ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``,
+    so concurrent workers each lock a different row and never wait on one another (nor on a
+    queued job whose study is taking in a late instance: :func:`ensure_waiting_job` holds its
+    row lock until that instance is committed). SQLite has one writer at a time: a
+    compare-and-set UPDATE per candidate is enough there.
+    """
     now = now or utcnow()
+    claim = {
+        "state": JobState.RUNNING,
+        "running_at": now,
+        "claimed_by": worker_id,
+        "lease_until": now + timedelta(seconds=lease_seconds),
+        "attempts": Job.attempts + 1,
+        "error": None,
+        "error_code": None,
+    }
+    if session.get_bind().dialect.name == "postgresql":
+        oldest = (
+            select(Job.id)
+            .where(Job.state == JobState.QUEUED)
+            .order_by(Job.queued_at, Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        claimed_id = session.scalar(
+            update(Job)
+            .where(Job.id == oldest, Job.state == JobState.QUEUED)
+            .values(**claim)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed_id is None:
+            return None
+        return session.get(Job, claimed_id, populate_existing=True)
     candidates = session.scalars(
         select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.queued_at, Job.id).limit(5)
     ).all()
     for job_id in candidates:
         result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == JobState.QUEUED)
-            .values(
-                state=JobState.RUNNING,
-                running_at=now,
-                claimed_by=worker_id,
-                lease_until=now + timedelta(seconds=lease_seconds),
-                attempts=Job.attempts + 1,
-                error=None,
-                error_code=None,
-            )
+            update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED).values(**claim)
         )
         if result.rowcount == 1:  # type: ignore[attr-defined]
             session.flush()
@@ -131,13 +156,17 @@ def requeue_expired(session: Session, now: datetime | None = None) -> list[int]:
     ids = list(
         session.scalars(select(Job.id).where(Job.state == JobState.RUNNING, Job.lease_until < now))
     )
+    requeued = []
     for job_id in ids:
-        session.execute(
+        # The lease is checked again: a heartbeat may have renewed it since the SELECT.
+        result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == JobState.RUNNING)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_until < now)
             .values(state=JobState.QUEUED, queued_at=now, claimed_by=None, lease_until=None)
         )
-    return ids
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            requeued.append(job_id)
+    return requeued
 
 
 def requeue_orphans(session: Session, node_prefix: str, now: datetime | None = None) -> list[int]:

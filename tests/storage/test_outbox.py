@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import Engine, select
+import pytest
+from sqlalchemy import Engine, select, text
 
 from storage.db import session_scope
 from storage.instances import ReceivedInstance, record_instance
@@ -134,3 +135,21 @@ def test_record_attempt_exhausted_job_failed_then_manual_retry_pending(any_engin
 
 def test_retry_policy_delay_doubles_and_caps() -> None:
     assert [POLICY.delay(n) for n in (1, 2, 3, 4, 5)] == [5, 10, 20, 40, 60]
+
+
+@pytest.mark.parametrize("any_db_url", ["postgres"], indirect=True)
+def test_claim_due_postgres_rows_locked_by_another_exporter_skipped(any_engine: Engine) -> None:
+    _exporting_job(any_engine, ["pacs", "archive"])
+    with session_scope(any_engine) as other:
+        # Another exporter is inside its claim transaction, holding two of the four rows.
+        held = other.scalars(
+            select(OutboxItem.id).order_by(OutboxItem.id).limit(2).with_for_update()
+        ).all()
+        with session_scope(any_engine) as s:
+            s.execute(text("SET LOCAL lock_timeout = '3s'"))  # a waiting claim fails, not hangs
+            mine = [item.id for item in claim_due(s)]
+    with session_scope(any_engine) as s:
+        again = claim_due(s)
+    assert len(held) == 2 and len(mine) == 2
+    assert not set(held) & set(mine)
+    assert [item.id for item in again] == list(held)

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
-from sqlalchemy import Engine, func, select
+import pytest
+from sqlalchemy import Engine, func, select, text
 
 from storage.db import session_scope
 from storage.instances import ReceivedInstance, record_instance
@@ -12,6 +14,7 @@ from storage.queue import (
     claim_next_job,
     process_now,
     queue_stable_studies,
+    renew_lease,
     requeue_expired,
     requeue_orphans,
     retry_job,
@@ -153,3 +156,58 @@ def test_retry_job_failed_job_requeued_with_attempts_reset(any_engine: Engine) -
         assert retry_job(s, job_id) is True
         job = s.get(Job, job_id)
         assert job is not None and job.state == JobState.QUEUED and job.attempts == 0
+
+
+def _queued_jobs(engine: Engine, count: int, prefix: str) -> list[int]:
+    with session_scope(engine) as s:
+        for n in range(count):
+            record_instance(s, _received(f"{prefix}.{n}", study=f"{prefix}.9.{n}"))
+        ids = list(s.scalars(select(Job.id).order_by(Job.id)))
+        for job_id in ids:
+            process_now(s, job_id)
+    return ids
+
+
+@pytest.mark.parametrize("any_db_url", ["postgres"], indirect=True)
+def test_claim_next_job_postgres_locked_row_skipped_without_waiting(any_engine: Engine) -> None:
+    first, second = _queued_jobs(any_engine, 2, "6")
+    # Another transaction holds the oldest queued job's row (as a store taking in a late
+    # instance does in ensure_waiting_job).
+    with session_scope(any_engine) as holder:
+        holder.scalar(select(Job).where(Job.id == first).with_for_update())
+        started = time.monotonic()
+        with session_scope(any_engine) as s:
+            s.execute(text("SET LOCAL lock_timeout = '3s'"))  # a waiting claim fails, not hangs
+            job = claim_next_job(s, "w1", 60)
+            claimed = job.id if job is not None else None
+        waited = time.monotonic() - started
+    assert claimed == second
+    assert waited < 1.0
+
+
+@pytest.mark.parametrize("any_db_url", ["postgres"], indirect=True)
+def test_requeue_expired_lease_renewed_meanwhile_not_requeued(any_engine: Engine) -> None:
+    (job_id,) = _queued_jobs(any_engine, 1, "7")
+    with session_scope(any_engine) as s:
+        claim_next_job(s, "w1", lease_seconds=1)
+    late = utcnow() + timedelta(seconds=5)
+    requeued: list[list[int]] = []
+    with session_scope(any_engine) as heartbeat:
+        # The worker's heartbeat renews the lease; before it commits, a reaper sees the old,
+        # expired lease and tries to re-queue the job.
+        assert renew_lease(heartbeat, job_id, "w1", lease_seconds=60)
+
+        def reap() -> None:
+            with session_scope(any_engine) as s:
+                requeued.append(requeue_expired(s, now=late))
+
+        reaper = threading.Thread(target=reap)
+        reaper.start()
+        time.sleep(0.5)
+    reaper.join(10)
+    with session_scope(any_engine) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        state, claimed_by = job.state, job.claimed_by
+    assert requeued == [[]]
+    assert (state, claimed_by) == (JobState.RUNNING, "w1")
