@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -461,6 +461,7 @@ class _Collector:
     best: dict[int, BestLesion] = field(default_factory=dict)  # box index -> largest lesion
     deciding: dict[str, float] | None = None
     rows: list[FrameRow] = field(default_factory=list)
+    row_boxes: list[int] = field(default_factory=list)  # each row's box index
 
 
 def collect(
@@ -499,25 +500,38 @@ def collect(
                     np.array(item.pixels[pred.box.slices], dtype=np.float32),
                 )
             if item.frame_number <= preview_frames:
-                state.rows.append(_row(state, item, pred, explain))
+                # A single frame's rows are described below, once, with its findings.
+                multi = state.info.number_of_frames > 1
+                state.rows.append(_row(state, item, pred, explain, describe=multi))
+                state.row_boxes.append(index)
         timer.add("collect", tick)
+    tick = time.perf_counter()
     results = []
     for index, state in enumerate(states):
         if index in failed or state.deciding is None:
             continue
+        best = sorted(state.best.items())
+        # BI-RADS descriptors: once per largest lesion of a box (the SR's findings); a
+        # single-frame image's rows show the same lesion, so they reuse them.
+        described = {k: _describe(lesion.image, lesion.mask, lesion.box) for k, lesion in best}
+        rows = state.rows
+        if state.info.number_of_frames == 1:
+            rows = [
+                replace(row, descriptors=_descriptors_dict(described.get(k)))
+                for row, k in zip(state.rows, state.row_boxes, strict=True)
+            ]
         results.append(
             ImageResult(
                 source=state.source,
                 info=state.info,
                 lesion_frames=state.lesion_frames,
-                findings=tuple(
-                    _finding(state.info, best) for _, best in sorted(state.best.items())
-                ),
-                best_lesions=tuple(best for _, best in sorted(state.best.items())),
+                findings=tuple(_finding(state.info, lesion, described[k]) for k, lesion in best),
+                best_lesions=tuple(lesion for _, lesion in best),
                 probabilities=state.deciding,
-                rows=tuple(_renumber(state.rows, len(results) + 1)),
+                rows=tuple(_renumber(rows, len(results) + 1)),
             )
         )
+    timer.add("describe", tick)
     return results
 
 
@@ -633,8 +647,9 @@ def _measure(mask: np.ndarray, box: CropBox) -> tuple[float | None, float | None
     return mask_measurements(mask, spacing[1], spacing[0])
 
 
-def _finding(info: ImageInfo, best: BestLesion) -> LesionFinding:
-    """The SR finding of one crop box's largest lesion (one per pane of a dual view)."""
+def _finding(info: ImageInfo, best: BestLesion, found: LesionDescriptors | None) -> LesionFinding:
+    """The SR finding of one crop box's largest lesion (one per pane of a dual view), with
+    its descriptors `found` (:func:`_describe`)."""
     area_mm2, long_mm, short_mm = _measure(best.mask, best.box)
     return LesionFinding(
         source_sop_instance_uid=info.sop_instance_uid,
@@ -643,7 +658,7 @@ def _finding(info: ImageInfo, best: BestLesion) -> LesionFinding:
         long_axis_mm=long_mm,
         short_axis_mm=short_mm,
         area_px=best.area_px,
-        description=_description(best.image, best.mask, best.box),
+        description=_as_description(found),
     )
 
 
@@ -659,9 +674,13 @@ def _describe(image: np.ndarray, mask: np.ndarray, box: CropBox) -> LesionDescri
     return None if found.message else found
 
 
-def _description(image: np.ndarray, mask: np.ndarray, box: CropBox) -> LesionDescription | None:
-    """:func:`_describe` as the SR's LesionDescription."""
-    found = _describe(image, mask, box)
+def _descriptors_dict(found: LesionDescriptors | None) -> dict[str, Any] | None:
+    """The dashboard row's descriptors (None: no lesion, or not describable)."""
+    return None if found is None else found.as_dict()
+
+
+def _as_description(found: LesionDescriptors | None) -> LesionDescription | None:
+    """:func:`_describe`'s result as the SR's LesionDescription."""
     if found is None:
         return None
     return LesionDescription(
@@ -675,7 +694,9 @@ def _description(image: np.ndarray, mask: np.ndarray, box: CropBox) -> LesionDes
     )
 
 
-def _row(state: _Collector, item: FrameResult, pred: BoxPrediction, explain: bool) -> FrameRow:
+def _row(
+    state: _Collector, item: FrameResult, pred: BoxPrediction, explain: bool, describe: bool
+) -> FrameRow:
     area_mm2, long_mm, short_mm = _measure(pred.mask, pred.box)
     return FrameRow(
         image=0,  # numbered once the image is known to be kept
@@ -690,7 +711,7 @@ def _row(state: _Collector, item: FrameResult, pred: BoxPrediction, explain: boo
         short_axis_mm=None if short_mm is None else round(short_mm, 1),
         mask_png="",
         cam_png=None if not explain else "",
-        descriptors=_row_descriptors(item, pred),
+        descriptors=_row_descriptors(item, pred) if describe else None,
     )
 
 
@@ -703,8 +724,6 @@ def _row_descriptors(item: FrameResult, pred: BoxPrediction) -> dict[str, Any] |
 
 def _renumber(rows: Sequence[FrameRow], image: int) -> Iterator[FrameRow]:
     """Rows with their 1-based image number and preview names (`<image-1>_<frame>_*.png`)."""
-    from dataclasses import replace
-
     for row in rows:
         name = f"{image - 1:03d}_{row.frame:04d}"
         yield replace(

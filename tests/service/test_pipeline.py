@@ -122,7 +122,14 @@ def test_process_study_single_image_seg_holds_model_mask_and_sr_measures_it(tmp_
         model=model,
     )
     assert cam is not None and cam.is_file() and model.cam_calls == 1
-    assert set(result.stage_seconds) == {"decode", "inference", "collect", "build", "store"}
+    assert set(result.stage_seconds) == {
+        "decode",
+        "inference",
+        "collect",
+        "describe",
+        "build",
+        "store",
+    }
 
 
 def _region_box(ds: object, shape: tuple[int, ...]) -> np.ndarray:
