@@ -48,6 +48,43 @@ def serve(config: ConfigOption = None) -> None:
     run_serve(_settings(config))
 
 
+# The parts of `serve` as processes of their own (deploy/README.md): several workers on
+# PostgreSQL, sharing the data directory with the listener.
+@app.command()
+def listener(config: ConfigOption = None) -> None:
+    """Run the DICOM listener and study-stability loop only, until SIGTERM or Ctrl-C."""
+    from service.runtime import run_role
+
+    run_role(_settings(config), "listener")
+
+
+app.command("scp", hidden=True, help="Same as `listener`.")(listener)
+
+
+@app.command()
+def worker(config: ConfigOption = None) -> None:
+    """Run inference workers only (worker.count threads); SIGTERM finishes the job in hand."""
+    from service.runtime import run_role
+
+    run_role(_settings(config), "worker")
+
+
+@app.command()
+def exporter(config: ConfigOption = None) -> None:
+    """Run the outbox exporter only (one per installation), until SIGTERM or Ctrl-C."""
+    from service.runtime import run_role
+
+    run_role(_settings(config), "exporter")
+
+
+@app.command()
+def web(config: ConfigOption = None) -> None:
+    """Run the dashboard and API only, until SIGTERM or Ctrl-C."""
+    from service.runtime import run_role
+
+    run_role(_settings(config), "web")
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Apply database migrations up to the newest."""
