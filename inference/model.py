@@ -42,8 +42,11 @@ DEFAULT_POSTPROCESS: dict[str, float | bool] = {
     "empty_if_normal": True,
     "flip_tta": True,
 }
-PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
-BATCH_SIZE = 8  # images per network call in predict (and the larger compiled batch)
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+BATCH_SIZE = 8  # images per network call in predict on CPU (and the larger compiled batch)
+# On a GPU a call costs about the same for 1 or 32 images of 192 px: larger batches, fewer calls.
+CUDA_BATCH_SIZE = 32
+_AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @functools.cache
@@ -60,17 +63,50 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """``float32`` or ``bfloat16`` for ``precision`` on ``device``.
+def resolve_device(device: str | None) -> str:
+    """``cuda`` or ``cpu`` for ``device`` (``None``/``"auto"``: CUDA when torch sees a GPU).
 
-    ``auto`` is bfloat16 on a CPU with native support (2-3x faster, see MODEL_CARD.md for the
-    measured effect on the metrics) and float32 elsewhere (on CUDA it was not measured).
+    Chosen once, when the model is loaded at start-up; an explicit ``cuda`` without a GPU
+    fails there, not in the first job.
+    """
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``float32``, ``bfloat16`` or ``float16`` for ``precision`` on ``device``.
+
+    ``auto``: on a CPU, bfloat16 where it is native (2-3x faster, see MODEL_CARD.md for the
+    measured effect on the metrics), else float32; on CUDA, mixed precision (autocast) in
+    bfloat16 where the GPU supports it (Ampere and later), else float16. float16 runs only on
+    CUDA (a CPU emulates it, slower than float32).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    on_cuda = torch.device(device).type == "cuda"
+    if precision == "float16" and not on_cuda:
+        raise ValueError("precision float16 needs a CUDA device")
     if precision != "auto":
         return precision
-    return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
+    if on_cuda:
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype autocast runs the network in for a resolved ``precision``; None: float32."""
+    return _AUTOCAST_DTYPES.get(precision)
+
+
+def default_batch_size(device: str) -> int:
+    """Images per network call: :data:`CUDA_BATCH_SIZE` on a GPU, :data:`BATCH_SIZE` on CPU."""
+    return CUDA_BATCH_SIZE if torch.device(device).type == "cuda" else BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -220,9 +256,10 @@ class Model:
         weights : Path, optional
             ``model.pt`` (with ``model.json`` beside it). Default: the bundled weights.
         device : str, optional
-            ``"cuda"``/``"cpu"``; default CUDA when available.
+            ``"cuda"``/``"cpu"``; default (or ``"auto"``) CUDA when available
+            (:func:`resolve_device`).
         precision : str
-            ``auto``, ``float32`` or ``bfloat16`` (see :func:`resolve_precision`).
+            ``auto``, ``float32``, ``bfloat16`` or ``float16`` (see :func:`resolve_precision`).
         fold_bn : bool
             Fold BatchNorms into convolutions (:func:`inference.networks.fold_batch_norm`);
             off only to measure what folding changes.
@@ -236,7 +273,7 @@ class Model:
         path = Path(weights) if weights is not None else WEIGHTS_DIR / "model.pt"
         if path.is_dir():
             path = path / "model.pt"
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dev = resolve_device(device)
         prec = resolve_precision(precision, dev)
         use_compile = resolve_compile(compile, dev)
         key = (str(path.resolve()), dev, prec, fold_bn, use_compile)
@@ -258,9 +295,11 @@ class Model:
             fold_batch_norm(net)
         if dev == "cpu":  # oneDNN's fast path on CPU (1.3-1.6x in float32, measured)
             net.to(memory_format=torch.channels_last)
+        else:  # fixed input shapes: let cuDNN pick its fastest convolution once per shape
+            torch.backends.cudnn.benchmark = True
         version = f"{meta['name']} {meta['trained_at'][:10]} {_sha256(path)[:8]}"
-        compiled = (CompiledForward(net, torch.bfloat16 if prec == "bfloat16" else torch.float32,
-                                    dev, full_batch=BATCH_SIZE)
+        compiled = (CompiledForward(net, autocast_dtype(prec) or torch.float32,
+                                    dev, full_batch=default_batch_size(dev))
                     if use_compile else None)
         model = cls(net=net, meta=meta, version=version, status=str(meta["status"]),
                     device=dev, weights_path=path, precision=prec, compiled=compiled)
@@ -278,8 +317,13 @@ class Model:
         with self._lock:
             return self.compiled.warm_up(self.image_size)
 
+    @property
+    def batch_size(self) -> int:
+        """Images per network call (:func:`default_batch_size` of the device)."""
+        return default_batch_size(self.device)
+
     def predict(self, images: Sequence[np.ndarray], with_cam: bool = False,
-                batch_size: int = BATCH_SIZE) -> list[Prediction]:
+                batch_size: int | None = None) -> list[Prediction]:
         """Segment and classify grayscale images.
 
         Parameters
@@ -288,6 +332,8 @@ class Model:
             Any sizes, already cropped to the ultrasound region.
         with_cam : bool
             Also compute the Grad-CAM of the predicted class (slower: one backward pass).
+        batch_size : int, optional
+            Images per network call; default :attr:`batch_size`.
 
         Returns
         -------
@@ -300,9 +346,10 @@ class Model:
                 raise ValueError(f"images[{i}] must be (H, W) with H, W >= 2, got {arr.shape}")
             prepared.append(np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0))
         results: list[Prediction] = []
+        step = batch_size or self.batch_size
         with self._lock:
-            for start in range(0, len(prepared), batch_size):
-                results.extend(self._predict_batch(prepared[start : start + batch_size], with_cam))
+            for start in range(0, len(prepared), step):
+                results.extend(self._predict_batch(prepared[start : start + step], with_cam))
         return results
 
     def _predict_batch(self, images: list[np.ndarray], with_cam: bool) -> list[Prediction]:
@@ -317,9 +364,10 @@ class Model:
             with torch.no_grad():
                 seg_prob, logits = forward_tta(self.compiled, x, bool(pp["flip_tta"]))
         else:
+            amp = autocast_dtype(self.precision)
             with torch.no_grad(), torch.autocast(device_type=torch.device(self.device).type,
-                                                 dtype=torch.bfloat16,
-                                                 enabled=self.precision == "bfloat16"):
+                                                 dtype=amp or torch.bfloat16,
+                                                 enabled=amp is not None):
                 seg_prob, logits = forward_tta(self.net, x, bool(pp["flip_tta"]))
         probs = torch.softmax(logits.double() / self.temperature, dim=1).cpu().numpy()
         seg_prob = seg_prob.float().cpu()

@@ -156,8 +156,9 @@ def test_member_checkpoint_of_a_single_network_bundle(tmp_path: Path) -> None:
         member_checkpoint(pt, 2)
 
 
-def test_resolve_precision() -> None:
-    assert resolve_precision("auto", "cuda") == "float32"
+def test_resolve_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", "cuda") == "float16"  # mixed precision on a GPU
     assert resolve_precision("auto", "cpu") == ("bfloat16" if cpu_has_native_bf16() else "float32")
     assert resolve_precision("bfloat16", "cpu") == "bfloat16"
     with pytest.raises(ValueError, match="precision"):

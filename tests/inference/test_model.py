@@ -8,10 +8,21 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from inference.data import discover, read_grayscale, read_mask, split_samples
 from inference.metrics import dice_iou
-from inference.model import CLASSES, WEIGHTS_DIR, Model, Prediction, postprocess_mask
+from inference.model import (
+    CLASSES,
+    WEIGHTS_DIR,
+    Model,
+    Prediction,
+    autocast_dtype,
+    default_batch_size,
+    postprocess_mask,
+    resolve_device,
+    resolve_precision,
+)
 from tests.requirements import SHARED_DIR, require_or_skip
 
 from .conftest import datasets_dir
@@ -144,3 +155,55 @@ def test_grad_cam_equals_plain_monai_grad_cam(model: Model) -> None:
                 for i, c in enumerate(cls.tolist())]
         want.append(torch.cat([torch.as_tensor(m) for m in maps])[:, 0].detach().numpy())
     np.testing.assert_allclose(got, np.mean(want, axis=0), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("gpu", "bf16", "device", "precision", "expected"),
+    [
+        (True, True, None, "auto", ("cuda", "bfloat16", 32)),
+        (True, False, "auto", "auto", ("cuda", "float16", 32)),
+        (True, True, "cuda", "float32", ("cuda", "float32", 32)),
+        (True, True, "cpu", "float32", ("cpu", "float32", 8)),
+        (False, False, None, "float32", ("cpu", "float32", 8)),
+    ],
+)
+def test_device_selection_gpu_present_or_not_picks_device_amp_and_batch(
+    monkeypatch: pytest.MonkeyPatch,
+    gpu: bool,
+    bf16: bool,
+    device: str | None,
+    precision: str,
+    expected: tuple[str, str, int],
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    assert (dev, prec, default_batch_size(dev)) == expected
+    amp = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}[prec]
+    assert autocast_dtype(prec) is amp
+
+
+def test_device_selection_cuda_without_gpu_or_float16_on_cpu_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="float16 needs a CUDA device"):
+        resolve_precision("float16", "cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("mps")
+
+
+def test_model_load_without_gpu_cpu_path_unchanged() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: auto picks it")
+    auto = Model.load(precision="float32")
+    assert (auto.device, auto.batch_size, autocast_dtype(auto.precision)) == ("cpu", 8, None)
+    images = [np.random.default_rng(n).random((90, 120), dtype=np.float32) for n in range(10)]
+    default = auto.predict(images)
+    by_eight = [p for i in (0, 8) for p in auto.predict(images[i : i + 8])]
+    for a, b in zip(default, by_eight, strict=True):
+        assert np.array_equal(a.mask, b.mask)
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
