@@ -16,7 +16,9 @@ Each Python receiver runs in its own process (this script with ``--receiver``), 
 sender does not share its interpreter. The sender is pynetdicom streaming the files as they
 are on disk (tests/robustness/helpers.send_files), in this process. Rounds alternate the
 receivers so background load falls on all alike; the median and best of the rounds are
-printed with WeCare/bare. Prints measured figures only, with the load average before/after.
+printed with WeCare/bare, and each receiver's CPU time per file (user + system, all its
+threads, from /proc): on a loaded machine files/s swings with the load, CPU per file much
+less. Prints measured figures only, with the load average before/after.
 """
 
 from __future__ import annotations
@@ -107,8 +109,8 @@ def _listening(port: int) -> bool:
 
 
 @contextmanager
-def _process(argv: list[str], port: int, what: str) -> Iterator[int]:
-    """Start a receiver process and wait until it listens on `port`."""
+def _process(argv: list[str], port: int, what: str) -> Iterator[tuple[int, int]]:
+    """Start a receiver process, wait until it listens on `port`; yield (port, pid)."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def up() -> bool:
@@ -118,14 +120,14 @@ def _process(argv: list[str], port: int, what: str) -> Iterator[int]:
 
     try:
         wait_for(up, 60, what=what)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
 
 
 def _receiver(kind: str, out_dir: Path, max_pdu: int) -> Any:
-    """The receiver `kind` as a context manager yielding its port."""
+    """The receiver `kind` as a context manager yielding (port, pid)."""
     port = free_port()
     if kind == "storescp":
         out_dir.mkdir(parents=True)
@@ -138,7 +140,7 @@ def _receiver(kind: str, out_dir: Path, max_pdu: int) -> Any:
 
 
 @contextmanager
-def _serve_cli(tmp: Path, max_pdu: int) -> Iterator[int]:
+def _serve_cli(tmp: Path, max_pdu: int) -> Iterator[tuple[int, int]]:
     tmp.mkdir(parents=True)
     with wecare(
         tmp,
@@ -148,18 +150,29 @@ def _serve_cli(tmp: Path, max_pdu: int) -> Iterator[int]:
         worker={"count": 0},
         study={"stable_seconds": 3600},
     ) as service:
-        yield service.dicom_port
+        yield service.dicom_port, service.proc.pid
 
 
-def _rate(port: int, files: list[Path], uids: list[tuple[str, str, str]], called: str) -> float:
-    """Instances per second over one association (association set-up included)."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rate(
+    receiver: tuple[int, int], files: list[Path], uids: list[tuple[str, str, str]], called: str
+) -> tuple[float, float]:
+    """(instances per second, receiver CPU ms per instance) over one association."""
+    port, pid = receiver
+    cpu = _cpu_seconds(pid)
     started = time.perf_counter()
     log = send_files(port, files, uids=uids, called=called, timeout=60)
     seconds = time.perf_counter() - started
+    cpu = _cpu_seconds(pid) - cpu
     ok = len(log.succeeded)
     if ok != len(files):
         raise SystemExit(f"{called}: only {ok} of {len(files)} stored ({log.error})")
-    return ok / seconds
+    return ok / seconds, cpu * 1000 / ok
 
 
 def main() -> None:
@@ -189,11 +202,14 @@ def main() -> None:
         uids = [file_uids(p) for p in files]
         size_mb = sum(p.stat().st_size for p in files) / 1e6
         rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+        cpu_ms: dict[str, list[float]] = {kind: [] for kind in kinds}
         with ExitStack() as stack:
             ports = {k: stack.enter_context(_receiver(k, tmp / k, args.max_pdu)) for k in kinds}
             for _ in range(args.rounds):  # each round re-sends: SOP UIDs made new per round
                 for kind in kinds:
-                    rates[kind].append(_rate(ports[kind], files, uids, CALLED[kind]))
+                    rate, cpu = _rate(ports[kind], files, uids, CALLED[kind])
+                    rates[kind].append(rate)
+                    cpu_ms[kind].append(cpu)
                 files, uids = _fresh_uids(tmp, files, uids)
     median = {k: statistics.median(v) for k, v in rates.items()}
     best = {k: max(v) for k, v in rates.items()}
@@ -208,6 +224,9 @@ def main() -> None:
                 "files_per_s": {k: [round(x, 1) for x in v] for k, v in rates.items()},
                 "median_files_per_s": {k: round(v, 1) for k, v in median.items()},
                 "best_files_per_s": {k: round(v, 1) for k, v in best.items()},
+                "receiver_cpu_ms_per_file_median": {
+                    k: round(statistics.median(v), 2) for k, v in cpu_ms.items()
+                },
                 "wecare_over_bare_median": round(median["wecare"] / median["bare"], 3),
                 "wecare_over_bare_best": round(best["wecare"] / best["bare"], 3),
                 **(

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -63,10 +64,15 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+_FACTORIES: WeakKeyDictionary[Engine, sessionmaker[Session]] = WeakKeyDictionary()
+
+
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
-    factory = sessionmaker(bind=engine, expire_on_commit=False)
+    factory = _FACTORIES.get(engine)
+    if factory is None:  # one per engine: building it costs more than a store's query
+        factory = _FACTORIES[engine] = sessionmaker(bind=engine, expire_on_commit=False)
     session = factory()
     try:
         yield session

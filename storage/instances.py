@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from storage.audit import AuditAction
@@ -91,12 +91,19 @@ class KnownCopies:
     original: Instance | None  # the UID's original row, whatever its bytes
 
 
+_ANY_ROW_OF_UID = select(Instance.id).where(Instance.sop_instance_uid == bindparam("sop")).limit(1)
+
+
 def known_copies(session: Session, sop_instance_uid: str, sha256: str | None) -> KnownCopies:
     """Find the row holding these bytes and the UID's original.
 
     Rows recorded before content hashes were kept (NULL) are hashed from their file now and
     the hash saved, so they are compared like any other. Bytes unknown (`sha256` None: a
-    caller without the data or its file) cannot conflict: the original counts as the same."""
+    caller without the data or its file) cannot conflict: the original counts as the same.
+    A UID never seen (the usual case) costs one indexed Core query, no ORM loading."""
+    first = session.connection().execute(_ANY_ROW_OF_UID, {"sop": sop_instance_uid}).first()
+    if first is None:
+        return KnownCopies(None, None)
     rows = session.scalars(
         select(Instance).where(Instance.sop_instance_uid == sop_instance_uid).order_by(Instance.id)
     ).all()
@@ -236,9 +243,15 @@ def record_instance(
     """
     now = now or utcnow()
     sha256 = received.content_sha256 or file_sha256(received.path)
-    study = session.scalar(
-        select(Study).where(Study.study_instance_uid == received.study_instance_uid)
-    )
+    # Writes first: on SQLite the checks below then run under the write lock. A known study
+    # is touched and loaded by one UPDATE ... RETURNING (a SELECT and a flush cost twice).
+    study = session.scalars(
+        update(Study)
+        .where(Study.study_instance_uid == received.study_instance_uid)
+        .values(last_received_at=now)
+        .returning(Study),
+        execution_options={"synchronize_session": "fetch"},
+    ).one_or_none()
     if study is None:
         study = Study(
             study_instance_uid=received.study_instance_uid,
@@ -248,10 +261,9 @@ def record_instance(
             last_received_at=now,
         )
         session.add(study)
+        session.flush()
     elif study.patient_name is None and received.patient_name:
         study.patient_name = received.patient_name
-    study.last_received_at = now
-    session.flush()  # writes first: on SQLite the checks below then run under the write lock
     known = known_copies(session, received.sop_instance_uid, sha256)
     if known.same is not None:
         known.same.times_received += 1
