@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -218,3 +219,37 @@ def test_workers_three_processes_one_killed_mid_job_every_study_once(
     assert {job_id for job_id, kind in kinds if kind == "sr"} == set(jobs)
     # The work was shared: both survivors analysed studies.
     assert finished_by["w1"] and finished_by["w2"]
+
+
+def test_web_and_exporter_processes_alone_serve_and_stop_on_sigterm(
+    tmp_path: Path, database_url: str
+) -> None:
+    config, _, web_port = write_config(
+        tmp_path,
+        {},
+        storage={"database_url": database_url},
+        log={"to_file": False, "json_format": True},
+    )
+    logs = {name: tmp_path / f"{name}.log" for name in ("web", "exporter")}
+    with ExitStack() as stack:
+        procs = {n: stack.enter_context(_process(n, config, logs[n])) for n in logs}
+
+        def health() -> dict[str, object] | None:
+            for name, proc in procs.items():
+                assert proc.poll() is None, logs[name].read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health", timeout=5) as r:
+                    return dict(json.loads(r.read()))
+            except OSError:
+                return None
+
+        body = wait_for(health, 60, what="the web process")
+        wait_for(lambda: "running as exporter" in logs["exporter"].read_text(), 30, what="exporter")
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        codes = {name: proc.wait(30) for name, proc in procs.items()}
+    # Alone, the web app reports no model or listener of its own; the database is up.
+    assert body["status"] == "ok" and body["database"] == "ok"
+    assert codes == {"web": 0, "exporter": 0}
+    for path in logs.values():
+        assert '"stopped"' in path.read_text()
