@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from service.config import Settings
 from service.errors import JobError
@@ -140,6 +140,8 @@ def work_once(
         job = claim_next_job(session, worker_id, settings.worker.lease_seconds)
         if job is None:
             return None
+        if _study_busy(session, job):
+            return None
         job_id, attempts, study_id = job.id, job.attempts, job.study_id
         study = session.get(Study, job.study_id)
         study_uid = study.study_instance_uid if study else ""
@@ -195,6 +197,26 @@ def work_once(
             len(result.outputs),
         )
     return job_id
+
+
+def _study_busy(session: Any, job: Job) -> bool:
+    """Another job of the same study is running: give this one back to the queue.
+
+    A late image's job must see what the running job analyses (storage/analyses), or it
+    would analyse and segment those images a second time; it waits its turn instead, at the
+    back of the queue, without the attempt counting.
+    """
+    running = session.scalar(
+        select(Job.id).where(
+            Job.study_id == job.study_id, Job.state == JobState.RUNNING, Job.id != job.id
+        )
+    )
+    if running is None:
+        return False
+    set_state(session, job, JobState.QUEUED)
+    job.attempts -= 1
+    log.info("job %d waits: job %d of the same study is running", job.id, running)
+    return True
 
 
 def _history(

@@ -379,3 +379,31 @@ def test_work_once_job_run_again_same_uids_files_untouched(
             assert Path(o.path).read_bytes() == files[o.sop_instance_uid]
             assert Path(o.path).stat().st_mtime_ns == stamps[o.sop_instance_uid]
     assert after["sr"][0].predecessor_id is not None  # still names job 1's SR, not itself
+
+
+def test_work_once_study_with_running_job_late_job_waits_its_turn(
+    engine: Engine, data_dir: DataDir, tmp_path: Path
+) -> None:
+    """Two workers: the late image's job is not run beside the study's running job (it would
+    not see that job's analyses and segment its images again); it runs once that one ended."""
+    model = ThresholdModel()
+    models = ModelProvider(None, "cpu", None, model=model)
+    job1 = _receive_into_study(engine, data_dir, tmp_path, f"{_SERIES}.1")
+    with session_scope(engine) as s:
+        job = s.get(Job, job1)
+        assert job is not None
+        job.state, job.claimed_by = JobState.RUNNING, "other-host:0"  # another worker has it
+    job2 = _receive_into_study(engine, data_dir, tmp_path, f"{_SERIES}.2")
+    assert work_once(_settings(), engine, data_dir, models, "host:0") is None
+    with session_scope(engine) as s:
+        job = s.get(Job, job2)
+        assert job is not None
+        assert (job.state, job.attempts, job.claimed_by) == (JobState.QUEUED, 0, None)
+    assert model.calls == []
+    with session_scope(engine) as s:
+        job = s.get(Job, job1)
+        assert job is not None
+        job.state, job.claimed_by = JobState.DONE, None
+    assert work_once(_settings(), engine, data_dir, models, "host:0") == job2
+    with session_scope(engine) as s:
+        assert s.get(Job, job2).state == JobState.EXPORTING  # type: ignore[union-attr]
