@@ -11,13 +11,18 @@ run on every lesion (``shipped`` in the result).
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import cohen_kappa_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from inference.data import read_grayscale, read_mask
 from inference.descriptors import (
@@ -37,7 +42,16 @@ from inference.descriptors import (
 if TYPE_CHECKING:
     from inference.model import Model
 
-__all__ = ["DESCRIPTORS", "evaluate_descriptors", "render_markdown", "tune"]
+__all__ = [
+    "DESCRIPTORS",
+    "HEAD_C_GRID",
+    "HEAD_FEATURES",
+    "evaluate_descriptors",
+    "fit_logistic_head",
+    "head_held_out",
+    "render_markdown",
+    "tune",
+]
 
 _Rule = Callable[[LesionFeatures, Thresholds], str]
 
@@ -262,6 +276,95 @@ def _agreement(
     }
 
 
+#: Inputs of the learned head per descriptor: features the rules already compute.
+HEAD_FEATURES: dict[str, tuple[str, ...]] = {
+    "margin": (
+        "edge_gradient",
+        "solidity",
+        "ellipse_iou",
+        "protrusion",
+        "roughness",
+        "spikes",
+        "corner",
+        "weak_margin",
+        "axis_ratio",
+    ),
+    "echo_pattern": ("echo_ratio", "cv_in", "dark_share", "bright_share", "mean_in", "mean_around"),
+}
+#: Inverse L2 strengths tried by the inner CV (pre-registered in docs/experiments/descriptors.md).
+HEAD_C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def _matrix(feats: Sequence[LesionFeatures], names: Sequence[str]) -> np.ndarray:
+    return np.array([[getattr(f, n) for n in names] for f in feats], dtype=np.float64)
+
+
+def fit_logistic_head(
+    x: np.ndarray, y: Sequence[str], seed: int = 0, inner_folds: int = 4
+) -> tuple[Pipeline, float]:
+    """L2 logistic regression on standardised `x`, C chosen by an inner stratified CV on these
+    rows only (mean accuracy, ties to the smaller C: the stronger penalty), refitted on all.
+
+    Returns the fitted pipeline and the chosen C.
+    """
+    labels = np.asarray(y, dtype=object)
+    smallest = min(int(np.sum(labels == v)) for v in set(labels))
+    splits = max(2, min(inner_folds, smallest))
+    inner = StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed)
+
+    def make(c: float) -> Pipeline:
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+
+    best_c, best_score = HEAD_C_GRID[0], -1.0
+    with warnings.catch_warnings():
+        # A class rarer than the inner folds cannot be in each fold: expected on 126 lesions.
+        warnings.simplefilter("ignore", UserWarning)
+        for c in HEAD_C_GRID:
+            scores = []
+            for tr, te in inner.split(x, labels):
+                model = make(c).fit(x[tr], labels[tr])
+                scores.append(float(np.mean(model.predict(x[te]) == labels[te])))
+            score = float(np.mean(scores))
+            if score > best_score + 1e-12:
+                best_c, best_score = c, score
+    return make(best_c).fit(x, labels), best_c
+
+
+def head_held_out(
+    name: str,
+    reference: Sequence[LesionFeatures],
+    truth: Sequence[str],
+    fold_of: np.ndarray,
+    others: Sequence[Sequence[LesionFeatures | None]] = (),
+    seed: int = 0,
+) -> tuple[list[str], list[list[str | None]], list[float]]:
+    """Held-out predictions of the logistic head for descriptor `name` on the given outer folds.
+
+    Each outer fold's head (and its C) is fitted on the other folds' `reference` features
+    only; the held-out fold is predicted from `reference` and from each of `others` (e.g. the
+    model's masks, None where no mask). Returns (reference predictions, predictions per other
+    source, C per fold).
+    """
+    names = HEAD_FEATURES[name]
+    x = _matrix(reference, names)
+    y = np.asarray(truth, dtype=object)
+    pred: list[str] = [""] * len(y)
+    other_pred: list[list[str | None]] = [[None] * len(y) for _ in others]
+    chosen: list[float] = []
+    for k in sorted(set(fold_of.tolist())):
+        train, test = np.nonzero(fold_of != k)[0], np.nonzero(fold_of == k)[0]
+        model, c = fit_logistic_head(x[train], y[train], seed=seed)
+        chosen.append(c)
+        for j, p in zip(test, model.predict(x[test]), strict=True):
+            pred[j] = str(p)
+        for out, feats in zip(other_pred, others, strict=True):
+            for j in test:
+                f = feats[j]
+                if f is not None:
+                    out[j] = str(model.predict(_matrix([f], names))[0])
+    return pred, other_pred, chosen
+
+
 def _features(
     cases: Sequence[Case], masks: Sequence[np.ndarray] | None
 ) -> list[LesionFeatures | None]:
@@ -291,6 +394,7 @@ def evaluate_descriptors(
     folds: int = 5,
     seed: int = 0,
     bootstrap: int = 1000,
+    head: str | None = None,
 ) -> dict[str, Any]:
     """Agreement of the descriptors with the radiologist of a BrEaST-Lesions_USG folder.
 
@@ -306,6 +410,10 @@ def evaluate_descriptors(
         the held-out fold is described with them, from either mask source.
     bootstrap: int
         Resamples of the lesions for the 95 % intervals.
+    head: str, optional
+        ``"logistic"``: also score the learned head (:func:`head_held_out`) of each
+        descriptor in :data:`HEAD_FEATURES` on the same outer folds, as ``head_agreement``
+        (same layout as ``agreement``) and ``head_c`` (C chosen per fold).
 
     Returns
     -------
@@ -330,6 +438,10 @@ def evaluate_descriptors(
     fold_thresholds: dict[str, list[dict[str, float]]] = {}
     shipped = PRIOR
     shipped_in_sample: dict[str, float] = {}
+    if head not in (None, "logistic"):
+        raise ValueError(f"unknown head {head!r} (known: 'logistic')")
+    head_agreement: dict[str, dict[str, Any]] = {s: {} for s in sources}
+    head_c: dict[str, list[float]] = {}
     for name, spec in DESCRIPTORS.items():
         truth = [cases[i].truth[name] for i in usable]
         fold_of = _folds(truth, folds, seed)
@@ -347,6 +459,21 @@ def evaluate_descriptors(
             agreement[source][name] = _agreement(
                 truth, held_out[source], spec.labels, bootstrap, seed
             )
+        if head is not None and name in HEAD_FEATURES:
+            others = [s for s in sources if s != "radiologist_mask"]
+            ref_pred, other_pred, head_c[name] = head_held_out(
+                name,
+                [reference[i] for i in usable],  # type: ignore[misc]
+                truth,
+                fold_of,
+                [[sources[s][i] for i in usable] for s in others],
+                seed=seed,
+            )
+            head_agreement["radiologist_mask"][name] = _agreement(
+                truth, ref_pred, spec.labels, bootstrap, seed
+            )
+            for source, pred in zip(others, other_pred, strict=True):
+                head_agreement[source][name] = _agreement(truth, pred, spec.labels, bootstrap, seed)
         everyone = [reference[i] for i in usable]
         tuned = tune(name, everyone, truth)
         shipped = shipped.replace(**{key: getattr(tuned, key) for key in spec.grids})
@@ -370,6 +497,7 @@ def evaluate_descriptors(
         "shipped_in_sample": shipped_in_sample,
         "fold_thresholds": fold_thresholds,
         "sizes": sizes,
+        **({"head": head, "head_agreement": head_agreement, "head_c": head_c} if head else {}),
     }
 
 
