@@ -31,6 +31,7 @@ from inference.descriptors import (
     POSTERIOR_FEATURES,
     SHAPES,
     LesionFeatures,
+    LogisticHead,
     Thresholds,
     echo_pattern_rule,
     lesion_features,
@@ -48,6 +49,7 @@ __all__ = [
     "HEAD_FEATURES",
     "evaluate_descriptors",
     "fit_logistic_head",
+    "head_from_pipeline",
     "head_held_out",
     "render_markdown",
     "tune",
@@ -330,6 +332,22 @@ def fit_logistic_head(
     return make(best_c).fit(x, labels), best_c
 
 
+def head_from_pipeline(name: str, model: Pipeline, c: float) -> LogisticHead:
+    """The fitted scaler + logistic regression as a :class:`LogisticHead` (what ships)."""
+    scaler: StandardScaler = model.steps[0][1]
+    logistic: LogisticRegression = model.steps[-1][1]
+    return LogisticHead(
+        descriptor=name,
+        features=HEAD_FEATURES[name],
+        classes=tuple(str(v) for v in logistic.classes_),
+        mean=tuple(float(v) for v in scaler.mean_),
+        scale=tuple(float(v) for v in scaler.scale_),
+        coef=tuple(tuple(float(v) for v in row) for row in logistic.coef_),
+        intercept=tuple(float(v) for v in logistic.intercept_),
+        c=float(c),
+    )
+
+
 def head_held_out(
     name: str,
     reference: Sequence[LesionFeatures],
@@ -354,14 +372,15 @@ def head_held_out(
     for k in sorted(set(fold_of.tolist())):
         train, test = np.nonzero(fold_of != k)[0], np.nonzero(fold_of == k)[0]
         model, c = fit_logistic_head(x[train], y[train], seed=seed)
+        head = head_from_pipeline(name, model, c)  # predict as describe_lesion would
         chosen.append(c)
-        for j, p in zip(test, model.predict(x[test]), strict=True):
-            pred[j] = str(p)
+        for j in test:
+            pred[j] = head.predict(reference[j])
         for out, feats in zip(other_pred, others, strict=True):
             for j in test:
                 f = feats[j]
                 if f is not None:
-                    out[j] = str(model.predict(_matrix([f], names))[0])
+                    out[j] = head.predict(f)
     return pred, other_pred, chosen
 
 
@@ -413,7 +432,8 @@ def evaluate_descriptors(
     head: str, optional
         ``"logistic"``: also score the learned head (:func:`head_held_out`) of each
         descriptor in :data:`HEAD_FEATURES` on the same outer folds, as ``head_agreement``
-        (same layout as ``agreement``) and ``head_c`` (C chosen per fold).
+        (same layout as ``agreement``), ``head_c`` (C chosen per fold) and ``head_fitted``
+        (the head fitted on every lesion, :meth:`LogisticHead.as_dict`: what would ship).
 
     Returns
     -------
@@ -442,6 +462,7 @@ def evaluate_descriptors(
         raise ValueError(f"unknown head {head!r} (known: 'logistic')")
     head_agreement: dict[str, dict[str, Any]] = {s: {} for s in sources}
     head_c: dict[str, list[float]] = {}
+    head_fitted: dict[str, dict[str, Any]] = {}
     for name, spec in DESCRIPTORS.items():
         truth = [cases[i].truth[name] for i in usable]
         fold_of = _folds(truth, folds, seed)
@@ -472,6 +493,9 @@ def evaluate_descriptors(
             head_agreement["radiologist_mask"][name] = _agreement(
                 truth, ref_pred, spec.labels, bootstrap, seed
             )
+            everyone_x = _matrix([reference[i] for i in usable], HEAD_FEATURES[name])  # type: ignore[misc]
+            model_all, c_all = fit_logistic_head(everyone_x, truth, seed=seed)
+            head_fitted[name] = head_from_pipeline(name, model_all, c_all).as_dict()
             for source, pred in zip(others, other_pred, strict=True):
                 head_agreement[source][name] = _agreement(truth, pred, spec.labels, bootstrap, seed)
         everyone = [reference[i] for i in usable]
@@ -497,7 +521,16 @@ def evaluate_descriptors(
         "shipped_in_sample": shipped_in_sample,
         "fold_thresholds": fold_thresholds,
         "sizes": sizes,
-        **({"head": head, "head_agreement": head_agreement, "head_c": head_c} if head else {}),
+        **(
+            {
+                "head": head,
+                "head_agreement": head_agreement,
+                "head_c": head_c,
+                "head_fitted": head_fitted,
+            }
+            if head
+            else {}
+        ),
     }
 
 
@@ -561,6 +594,26 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f" | {_fmt_ci(a['kappa'], a['kappa_ci'])} | {a['majority_accuracy']:.2f} "
                 f"({a['majority_label']}) | {a['no_prediction']} |"
             )
+    if result.get("head_agreement"):
+        lines += [
+            "",
+            f"**Learned head ({result['head']}) against the rule, same outer folds**",
+            "",
+            "| descriptor | mask | rule accuracy | head accuracy | rule kappa | head kappa "
+            "| C per fold |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for source, table in result["head_agreement"].items():
+            for name, h in table.items():
+                a = result["agreement"][source][name]
+                lines.append(
+                    f"| {name} | {source.replace('_', ' ')} "
+                    f"| {_fmt_ci(a['accuracy'], a['accuracy_ci'])} "
+                    f"| {_fmt_ci(h['accuracy'], h['accuracy_ci'])} "
+                    f"| {_fmt_ci(a['kappa'], a['kappa_ci'])} "
+                    f"| {_fmt_ci(h['kappa'], h['kappa_ci'])} "
+                    f"| {', '.join(f'{c:g}' for c in result['head_c'][name])} |"
+                )
     for source, table in result["agreement"].items():
         for name in DESCRIPTORS:
             confusion = table[name]["confusion"]

@@ -15,13 +15,19 @@ images (``inference/descriptor_eval.py``):
    BrEaST-Lesions_USG development half, see docs/experiments/descriptors.md for how, and
    for their cross-validated agreement with the radiologist).
 
-:func:`describe_lesion` runs both.
+:func:`describe_lesion` runs both; where a learned head beat the rule on held-out folds
+(pre-registered test, docs/experiments/descriptors.md) the head decides instead: margin
+(:class:`LogisticHead`, ``inference/weights/margin_head.json``).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +43,7 @@ __all__ = [
     "SHAPES",
     "LesionDescriptors",
     "LesionFeatures",
+    "LogisticHead",
     "Thresholds",
     "describe_lesion",
     "echo_pattern_rule",
@@ -46,6 +53,7 @@ __all__ = [
     "orientation_rule",
     "posterior_rule",
     "shape_rule",
+    "shipped_heads",
 ]
 
 SHAPES = ("oval", "round", "irregular")
@@ -531,6 +539,11 @@ def margin_detail_rule(f: LesionFeatures, t: Thresholds = DEFAULT_THRESHOLDS) ->
     of the mean radius without spikes. Empty for a circumscribed margin."""
     if margin_rule(f, t) == "circumscribed":
         return ()
+    return _margin_details(f, t)
+
+
+def _margin_details(f: LesionFeatures, t: Thresholds) -> tuple[str, ...]:
+    """The detail words of :func:`margin_rule`, for whatever decided "not circumscribed"."""
     details = []
     if f.weak_margin > 0:
         details.append("indistinct")
@@ -578,15 +591,20 @@ def posterior_rule(f: LesionFeatures, t: Thresholds = DEFAULT_THRESHOLDS) -> str
 
 
 def descriptors_from_features(
-    f: LesionFeatures, thresholds: Thresholds = DEFAULT_THRESHOLDS, calibrated: bool = True
+    f: LesionFeatures,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    calibrated: bool = True,
+    heads: Mapping[str, LogisticHead] | None = None,
 ) -> LesionDescriptors:
-    """Apply every rule; sizes only when `calibrated` (lengths in mm)."""
-    margin = margin_rule(f, thresholds)
+    """Apply every rule, or a descriptor's head where `heads` has one (None: the shipped
+    heads, :func:`shipped_heads`; ``{}``: rules only); sizes only when `calibrated`."""
+    heads = shipped_heads() if heads is None else heads
+    margin = heads["margin"].predict(f) if "margin" in heads else margin_rule(f, thresholds)
     return LesionDescriptors(
         shape=shape_rule(f, thresholds),
         orientation=orientation_rule(f, thresholds),
         margin=margin,
-        margin_detail=margin_detail_rule(f, thresholds),
+        margin_detail=_margin_details(f, thresholds) if margin == "not circumscribed" else (),
         echo_pattern=echo_pattern_rule(f, thresholds),
         posterior=posterior_rule(f, thresholds),
         long_axis_mm=f.long_axis if calibrated else None,
@@ -596,14 +614,107 @@ def descriptors_from_features(
     )
 
 
+@dataclass(frozen=True)
+class LogisticHead:
+    """A fitted logistic regression over named :class:`LesionFeatures` (numpy only at run time).
+
+    Fitted by ``inference/descriptor_eval.py`` (L2, C by inner CV); shipped for a descriptor
+    only where it beat the rule on held-out folds (docs/experiments/descriptors.md).
+    ``coef``/``intercept`` as scikit-learn gives them: one row for two classes (positive =
+    ``classes[1]``), one row per class otherwise.
+    """
+
+    descriptor: str
+    features: tuple[str, ...]
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[tuple[float, ...], ...]
+    intercept: tuple[float, ...]
+    c: float
+
+    def __post_init__(self) -> None:
+        known = {f.name for f in fields(LesionFeatures)}
+        n = len(self.features)
+        if set(self.features) - known:
+            raise ValueError(f"LogisticHead: unknown features {sorted(set(self.features) - known)}")
+        rows = 1 if len(self.classes) == 2 else len(self.classes)
+        if len(self.classes) < 2 or len(self.coef) != rows or len(self.intercept) != rows:
+            raise ValueError("LogisticHead: coef/intercept rows do not match the classes")
+        if len(self.mean) != n or len(self.scale) != n or any(len(r) != n for r in self.coef):
+            raise ValueError("LogisticHead: mean/scale/coef lengths do not match the features")
+        if any(not (math.isfinite(v) and v > 0) for v in self.scale):
+            raise ValueError("LogisticHead: scale must be finite and > 0")
+
+    def decision(self, f: LesionFeatures) -> np.ndarray:
+        """Linear scores of `f` (one for two classes, one per class otherwise)."""
+        x = np.array([getattr(f, n) for n in self.features], dtype=np.float64)
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        return np.asarray(self.coef) @ z + np.asarray(self.intercept)
+
+    def predict(self, f: LesionFeatures) -> str:
+        """The class of `f`: positive class where the score > 0 (two classes), else argmax."""
+        score = self.decision(f)
+        if len(self.classes) == 2:
+            return self.classes[1] if float(score[0]) > 0 else self.classes[0]
+        return self.classes[int(np.argmax(score))]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (lists), the layout of ``inference/weights/*_head.json``."""
+        return {k: (list(map(list, v)) if k == "coef" else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LogisticHead:
+        """From :meth:`as_dict`'s layout (lists become tuples; bad shapes raise)."""
+
+        def floats(values: Sequence[Any]) -> tuple[float, ...]:
+            return tuple(float(v) for v in values)
+
+        return cls(
+            descriptor=str(data["descriptor"]),
+            features=tuple(str(v) for v in data["features"]),
+            classes=tuple(str(v) for v in data["classes"]),
+            mean=floats(data["mean"]),
+            scale=floats(data["scale"]),
+            coef=tuple(floats(row) for row in data["coef"]),
+            intercept=floats(data["intercept"]),
+            c=float(data["c"]),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> LogisticHead:
+        """Read a head saved as JSON."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: Descriptors decided by a shipped head, and its file in :data:`WEIGHTS_DIR`.
+SHIPPED_HEAD_FILES = {"margin": "margin_head.json"}
+
+
+@cache
+def shipped_heads() -> Mapping[str, LogisticHead]:
+    """The heads that replace a rule (read once): descriptor name -> head."""
+    heads = {
+        name: LogisticHead.load(WEIGHTS_DIR / file) for name, file in SHIPPED_HEAD_FILES.items()
+    }
+    for name, head in heads.items():
+        if head.descriptor != name or set(head.classes) != set(MARGINS):
+            raise ValueError(f"{SHIPPED_HEAD_FILES[name]}: not a {name} head over {MARGINS}")
+    return heads
+
+
 def describe_lesion(
     image: np.ndarray,
     mask: np.ndarray,
     mm_per_pixel_x: float | None = None,
     mm_per_pixel_y: float | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    heads: Mapping[str, LogisticHead] | None = None,
 ) -> LesionDescriptors:
-    """BI-RADS descriptors of the lesion in `mask` on `image` (see :func:`lesion_features`).
+    """BI-RADS descriptors of the lesion in `mask` on `image` (see :func:`lesion_features`;
+    margin by the shipped head unless `heads` says otherwise, see
+    :func:`descriptors_from_features`).
 
     An empty or tiny mask gives all-None descriptors with a message rather than an error
     (a frame without a lesion is normal input); shapes that differ raise ``ValueError``.
@@ -619,4 +730,4 @@ def describe_lesion(
         )
     calibrated = mm_per_pixel_x is not None and mm_per_pixel_y is not None
     features = lesion_features(img, m, mm_per_pixel_x, mm_per_pixel_y)
-    return descriptors_from_features(features, thresholds, calibrated)
+    return descriptors_from_features(features, thresholds, calibrated, heads)

@@ -496,6 +496,10 @@ def evaluate_descriptors(
     folds: Annotated[int, typer.Option(help="Cross-validation folds")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the folds and the bootstrap")] = 0,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for 95% intervals")] = 1000,
+    head: Annotated[
+        str | None,
+        typer.Option(help="Also score a learned head on the same folds: 'logistic'"),
+    ] = None,
 ) -> None:
     """Agreement of the BI-RADS descriptors with the radiologist (docs/experiments/descriptors.md)."""
     from inference.descriptor_eval import evaluate_descriptors as run_evaluation
@@ -504,12 +508,15 @@ def evaluate_descriptors(
     if not (data_dir / "manifest.csv").is_file():
         typer.echo(f"wecare: {data_dir}/manifest.csv not found", err=True)
         raise typer.Exit(2)
+    if head not in (None, "logistic"):
+        typer.echo(f"wecare: unknown --head {head!r} (known: logistic)", err=True)
+        raise typer.Exit(2)
     model = None
     if with_model:
         from inference.model import Model
 
         model = Model.load(weights, device="cpu")
-    result = run_evaluation(data_dir, model, folds=folds, seed=seed, bootstrap=bootstrap)
+    result = run_evaluation(data_dir, model, folds=folds, seed=seed, bootstrap=bootstrap, head=head)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from dataclasses import fields
 
 import numpy as np
 import pytest
 
 from inference.descriptors import (
     LesionDescriptors,
+    LesionFeatures,
+    LogisticHead,
     Thresholds,
     describe_lesion,
     lesion_features,
     margin_rule,
     shape_rule,
+    shipped_heads,
 )
 from tests.inference.conftest import datasets_dir
 
@@ -171,6 +176,91 @@ def test_thresholds_replace_unknown_name_raises() -> None:
         Thresholds().replace(roundness=1.0)
 
 
+def _random_features(n: int, seed: int) -> tuple[list[LesionFeatures], list[str]]:
+    """Features drawn at random; margin "circumscribed" where a sharp edge and a convex outline
+    outweigh corners (noisy, as a radiologist's calls are)."""
+    rng = np.random.default_rng(seed)
+    names = [f.name for f in fields(LesionFeatures)]
+    feats, labels = [], []
+    for _ in range(n):
+        values = dict(zip(names, rng.uniform(0.0, 1.0, len(names)), strict=True))
+        score = 3 * values["edge_gradient"] + 2 * values["solidity"] - 2 * values["corner"] - 1.5
+        labels.append("circumscribed" if score + rng.normal(0, 0.3) > 0 else "not circumscribed")
+        feats.append(LesionFeatures(**values))
+    return feats, labels
+
+
+def test_logistic_head_json_round_trip_predicts_like_sklearn(tmp_path) -> None:
+    from inference.descriptor_eval import (
+        HEAD_C_GRID,
+        HEAD_FEATURES,
+        _matrix,
+        fit_logistic_head,
+        head_from_pipeline,
+    )
+
+    feats, labels = _random_features(80, seed=1)
+    x = _matrix(feats, HEAD_FEATURES["margin"])
+    model, c = fit_logistic_head(x, labels, seed=0)
+    head = head_from_pipeline("margin", model, c)
+    path = tmp_path / "head.json"
+    path.write_text(json.dumps(head.as_dict()))
+    loaded = LogisticHead.load(path)
+    assert loaded == head
+    assert c in HEAD_C_GRID
+    assert [loaded.predict(f) for f in feats] == [str(v) for v in model.predict(x)]
+
+
+def test_logistic_head_mismatched_shapes_raise() -> None:
+    good = shipped_heads()["margin"].as_dict()
+    with pytest.raises(ValueError, match="features"):
+        LogisticHead.from_dict({**good, "features": ["no_such_feature", *good["features"][1:]]})
+    with pytest.raises(ValueError, match="lengths"):
+        LogisticHead.from_dict({**good, "mean": good["mean"][:-1]})
+    with pytest.raises(ValueError, match="rows"):
+        LogisticHead.from_dict({**good, "coef": [good["coef"][0], good["coef"][0]]})
+
+
+def test_head_held_out_labels_of_held_out_fold_do_not_change_its_predictions() -> None:
+    from inference.descriptor_eval import _folds, head_held_out
+
+    feats, labels = _random_features(100, seed=2)
+    folds = _folds(labels, 5, seed=0)
+    pred, _, chosen = head_held_out("margin", feats, labels, folds)
+    flipped = [
+        ({"circumscribed": "not circumscribed"}.get(y, "circumscribed") if k == 0 else y)
+        for y, k in zip(labels, folds, strict=True)
+    ]
+    pred_flipped, _, _ = head_held_out("margin", feats, flipped, folds)
+    in_fold = folds == 0
+    assert len(chosen) == 5
+    assert [p for p, k in zip(pred, in_fold, strict=True) if k] == [
+        p for p, k in zip(pred_flipped, in_fold, strict=True) if k
+    ]
+    # The label is learnable: held-out accuracy well above the majority.
+    accuracy = np.mean(np.asarray(pred) == np.asarray(labels))
+    majority = max(labels.count(v) for v in set(labels)) / len(labels)
+    assert accuracy > majority + 0.1
+
+
+def test_describe_lesion_margin_comes_from_shipped_head() -> None:
+    star = _star()
+    image = _lesion_image(star, 0.15)
+    features = lesion_features(image, star, 0.1, 0.1)
+    head = shipped_heads()["margin"]
+    assert head.descriptor == "margin"
+    result = describe_lesion(image, star, 0.1, 0.1)
+    assert result.margin == head.predict(features)
+    # A head that always says circumscribed decides the margin (and clears the details).
+    always = LogisticHead.from_dict(
+        {**head.as_dict(), "coef": [[0.0] * len(head.features)], "intercept": [-5.0]}
+    )
+    forced = describe_lesion(image, star, 0.1, 0.1, heads={"margin": always})
+    assert forced.margin == "circumscribed"
+    assert forced.margin_detail == ()
+    assert describe_lesion(image, star, 0.1, 0.1, heads={}).margin == margin_rule(features)
+
+
 @pytest.mark.dataset
 def test_descriptors_breast_set_radiologist_masks_beat_majority() -> None:
     root = datasets_dir()
@@ -180,13 +270,18 @@ def test_descriptors_breast_set_radiologist_masks_beat_majority() -> None:
         pytest.skip("shared datasets not found (set WECARE_DATASETS)")
     from inference.descriptor_eval import evaluate_descriptors
 
-    result = evaluate_descriptors(root / "breast", None, folds=5, bootstrap=20)
+    result = evaluate_descriptors(root / "breast", None, folds=5, bootstrap=20, head="logistic")
     agreement = result["agreement"]["radiologist_mask"]
     assert result["described"] >= 120
     # Held-out (cross-validated) accuracy: shape and posterior features reach their targets.
     assert agreement["shape"]["accuracy"] >= 0.70
     assert agreement["posterior"]["accuracy"] >= 0.60
     assert agreement["margin"]["accuracy"] > agreement["margin"]["majority_accuracy"]
+    # The shipped margin head, held out on the same folds, reaches the margin target.
+    head = result["head_agreement"]["radiologist_mask"]
+    assert head["margin"]["accuracy"] >= 0.75
+    assert head["margin"]["kappa"] >= agreement["margin"]["kappa"]
+    assert set(result["head_fitted"]["margin"]["classes"]) == {"circumscribed", "not circumscribed"}
     # Long axes in mm from pixel_size_mm are lesion-sized (a few mm to a few cm).
     sizes = result["sizes"]["radiologist_long_axis_mm"]
     assert 3.0 < sizes["p5"] < sizes["median"] < sizes["p95"] < 80.0
