@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from service.config import Settings
+from service.config import Destination, Settings, StowRsDestination
 from service.senders import SendResult, send
 from storage import audit
 from storage.audit import AuditAction
@@ -26,6 +26,13 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         max_seconds=settings.export.max_backoff_seconds,
         max_attempts=settings.export.max_attempts,
     )
+
+
+def destination_label(destination: Destination) -> str:
+    """'PACS (10.0.0.5:104)' or 'web (https://pacs/dicom-web)': errors say where IT must look."""
+    if isinstance(destination, StowRsDestination):
+        return f"{destination.name} ({destination.url})"
+    return f"{destination.name} ({destination.host}:{destination.port})"
 
 
 def export_once(settings: Settings, engine: Engine) -> int:
@@ -68,6 +75,7 @@ def export_once(settings: Settings, engine: Engine) -> int:
                     status=result.status,
                     error=result.error,
                     policy=policy,
+                    where=destination_label(destination) if destination else name,
                 )
                 # The audit trail says what left WeCare, to whom, in the same transaction.
                 outcome = "delivered" if result.delivered else f"not delivered ({result.error})"

@@ -165,8 +165,12 @@ def record_attempt(
     error: str | None,
     policy: RetryPolicy,
     now: datetime | None = None,
+    where: str | None = None,
 ) -> None:
-    """Record one send; only the peer's Success (or Warning) marks it sent; settle the job."""
+    """Record one send; only the peer's Success (or Warning) marks it sent; settle the job.
+
+    `where` (the destination's name and address) prefixes a failure's error, so the job list
+    tells IT which PACS to look at."""
     now = now or utcnow()
     success = delivered and status is not None
     session.add(
@@ -183,6 +187,8 @@ def record_attempt(
     else:
         if error is None and status is not None:
             error = f"peer answered status 0x{status:04X}"
+        if where and error is not None:
+            error = f"{where}: {error}"
         item.last_error = error
         if item.attempts >= policy.max_attempts:
             item.state = OutboxState.FAILED
@@ -210,7 +216,12 @@ def settle_job(session: Session, job_id: int, now: datetime | None = None) -> No
             .join(Output)
             .where(Output.job_id == job_id, OutboxItem.state == OutboxState.FAILED)
         ).all()
-        detail = "; ".join(f"{i.destination}: {i.last_error}" for i in failed)
+        detail = "; ".join(
+            i.last_error
+            if i.last_error and i.last_error.startswith(i.destination)
+            else f"{i.destination}: {i.last_error}"
+            for i in failed
+        )
         set_state(
             session,
             job,

@@ -6,6 +6,7 @@ Routes own the transaction (SessionDep); nothing here commits.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from fastapi import HTTPException, status
@@ -31,6 +32,53 @@ def list_jobs(
         query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
     ).all()
     return jobs, session.scalar(count_query) or 0
+
+
+@dataclass
+class Delivery:
+    """One destination's share of a job's outputs: how many sent, pending, failed, and why not."""
+
+    destination: str
+    sent: int = 0
+    pending: int = 0
+    failed: int = 0
+    last_error: str | None = None
+
+    @property
+    def state(self) -> str:
+        """failed when any output failed for good, pending while any waits, else sent."""
+        if self.failed:
+            return OutboxState.FAILED
+        return OutboxState.PENDING if self.pending else OutboxState.SENT
+
+
+def deliveries(session: Session, job_ids: Sequence[int]) -> dict[int, list[Delivery]]:
+    """Per job, one Delivery per destination (by name), from the outbox in one query.
+
+    The job list shows these: a job stuck exporting has no job error yet, but its pending
+    rows carry the last failure (which names the destination and its address)."""
+    found: dict[int, dict[str, Delivery]] = {}
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(Output.job_id, OutboxItem.destination, OutboxItem.state, OutboxItem.last_error)
+        .join(Output, OutboxItem.output_id == Output.id)
+        .where(Output.job_id.in_(job_ids))
+        .order_by(OutboxItem.id)
+    )
+    for job_id, destination, state, last_error in rows:
+        d = found.setdefault(job_id, {}).setdefault(destination, Delivery(destination))
+        if state == OutboxState.SENT:
+            d.sent += 1
+        elif state == OutboxState.FAILED:
+            d.failed += 1
+        else:
+            d.pending += 1
+        if last_error and state != OutboxState.SENT:
+            d.last_error = last_error
+    return {
+        job_id: sorted(ds.values(), key=lambda d: d.destination) for job_id, ds in found.items()
+    }
 
 
 def count_by_state(session: Session) -> dict[str, int]:

@@ -17,7 +17,14 @@ from starlette.concurrency import run_in_threadpool
 from service.ingest import StoreOutcome
 from service.web.auth import CsrfDep, OperatorDep, ViewerDep, audit
 from service.web.deps import DataDirDep, SessionDep
-from service.web.jobs import count_by_state, do_process_now, do_retry, get_job, list_jobs
+from service.web.jobs import (
+    count_by_state,
+    deliveries,
+    do_process_now,
+    do_retry,
+    get_job,
+    list_jobs,
+)
 from service.web.not_processed import list_not_processed
 from service.web.preview_source import make_preview, renderable_previews
 from service.web.routes.instances import check_upload_csrf, read_upload, store_upload
@@ -70,12 +77,20 @@ def index(
     state: Annotated[JobState | None, Query()] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     notice: str | None = None,
+    refresh: Annotated[
+        int | None, Query(ge=0, le=3600, description="Reload every N s; 0 stops it")
+    ] = None,
 ) -> Response:
+    """The job list; it polls itself (meta refresh, no script: the CSP allows none) every
+    REFRESH_SECONDS unless `?refresh=` says otherwise (`refresh=0`: off)."""
     jobs, count = list_jobs(session, state, PAGE_SIZE, offset)
     now = utcnow()
-    refresh_query = urlencode({k: v for k, v in (("state", state), ("offset", offset)) if v})
+    every = REFRESH_SECONDS if refresh is None else refresh
+    kept = (("state", state), ("offset", offset), ("refresh", refresh))
+    refresh_query = urlencode({k: v for k, v in kept if v is not None and (v or k == "refresh")})
     context: dict[str, Any] = {
         "jobs": [job_public(j, now) for j in jobs],
+        "deliveries": deliveries(session, [j.id for j in jobs]),
         "count": count,
         "counts": count_by_state(session),
         "state": state.value if state else None,
@@ -83,9 +98,11 @@ def index(
         "offset": offset,
         "page_size": PAGE_SIZE,
         "notice": _notice(notice),
-        "refresh": REFRESH_SECONDS,
+        "refresh": every or None,
         "refresh_url": "/" + (f"?{refresh_query}" if refresh_query else ""),
         "here": "/" + (f"?{refresh_query}" if refresh_query else ""),
+        "live_off_url": "/?"
+        + urlencode({k: v for k, v in (*kept[:2], ("refresh", 0)) if v or k == "refresh"}),
         "final_status": FINAL_MODEL_STATUS,
         "now": now,
     }

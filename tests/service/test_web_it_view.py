@@ -1,0 +1,104 @@
+"""The IT view: delivery column and destination-naming errors on the job list, /health's
+destination checks, the overview page, and the API docs served from vendored files."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from service.config import Settings
+from service.exporter import export_once
+from service.web.app import create_app
+from storage.db import session_scope
+from storage.files import DataDir
+from storage.models import JobState, OutboxItem, OutboxState
+from tests.integration.peers import free_port
+from tests.service.test_web import FakeModels, FakeRuntime, add_job, bearer, make_token
+
+
+def _settings(data_dir: DataDir, db_url: str, destinations: list[dict[str, object]]) -> Settings:
+    return Settings(
+        storage={"data_dir": data_dir.root, "min_free_mb": 0, "database_url": db_url},
+        destinations=destinations,
+        export={"timeout_seconds": 2, "max_attempts": 3, "base_backoff_seconds": 60},
+    )
+
+
+def _client(settings: Settings, engine: Engine, data_dir: DataDir) -> TestClient:
+    runtime = FakeRuntime(
+        settings=settings, engine=engine, data_dir=data_dir, models=FakeModels(loaded=True)
+    )
+    app: FastAPI = create_app(settings, runtime)
+    return TestClient(app, headers=bearer(make_token(engine)))
+
+
+@pytest.fixture()
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused at once)."""
+    return free_port()
+
+
+@pytest.fixture()
+def client_closed_pacs(
+    data_dir: DataDir, db_url: str, engine: Engine, closed_port: int
+) -> Iterator[TestClient]:
+    destinations = [{"name": "PACS", "ae_title": "PACS", "host": "127.0.0.1", "port": closed_port}]
+    with _client(_settings(data_dir, db_url, destinations), engine, data_dir) as c:
+        yield c
+
+
+def test_exporter_unreachable_destination_error_names_destination_host_and_port(
+    data_dir: DataDir, db_url: str, engine: Engine, closed_port: int, client_closed_pacs: TestClient
+) -> None:
+    job_id = add_job(engine, state=JobState.EXPORTING, outbox=[("PACS", OutboxState.PENDING)])
+    with session_scope(engine) as s:  # make the rows due now
+        for item in s.query(OutboxItem).all():
+            item.next_try_at = item.created_at
+    settings = client_closed_pacs.app.state.settings  # type: ignore[attr-defined]
+    assert export_once(settings, engine) == 2
+    with session_scope(engine) as s:
+        errors = [i.last_error for i in s.query(OutboxItem).all()]
+    assert all(e and e.startswith(f"PACS (127.0.0.1:{closed_port}): ") for e in errors), errors
+
+    page = client_closed_pacs.get("/", headers={"accept": "text/html"}).text
+    row = page[page.index(f'id="job-{job_id}"') :]
+    row = row[: row.index("</tr>")]
+    assert f"PACS (127.0.0.1:{closed_port})" in row  # the error column is no longer empty
+    assert re.search(r'class="badge s-pending">pending</span> PACS', row)
+    assert "0/2/0" in row  # sent / pending / failed
+
+
+def test_dashboard_index_delivery_column_shows_each_destination_state(
+    client_closed_pacs: TestClient, engine: Engine
+) -> None:
+    sent = add_job(engine, state=JobState.DONE, outbox=[("PACS", OutboxState.SENT)])
+    mixed = add_job(
+        engine,
+        state=JobState.FAILED,
+        study_uid="1.2.3.4.5",
+        outbox=[("PACS", OutboxState.SENT), ("ARCHIVE", OutboxState.FAILED)],
+        error="export failed (ARCHIVE: peer answered status 0xA700)",
+        error_code="export_failed",
+    )
+    page = client_closed_pacs.get("/", headers={"accept": "text/html"}).text
+    rows = {n: page[page.index(f'id="job-{n}"') :].split("</tr>")[0] for n in (sent, mixed)}
+    assert re.search(r"s-sent\">sent</span> PACS\s*<span[^>]*>2/0/0", rows[sent])
+    assert re.search(r"s-failed\">failed</span> ARCHIVE\s*<span[^>]*>0/0/2", rows[mixed])
+    assert re.search(r"s-sent\">sent</span> PACS", rows[mixed])
+    assert "export failed (ARCHIVE" in rows[mixed]
+
+
+def test_dashboard_index_live_refresh_default_and_off_by_query(
+    client_closed_pacs: TestClient,
+) -> None:
+    live = client_closed_pacs.get("/", headers={"accept": "text/html"}).text
+    assert re.search(r'<meta http-equiv="refresh" content="5; url=/">', live)
+    off = client_closed_pacs.get("/?refresh=0", headers={"accept": "text/html"}).text
+    assert 'http-equiv="refresh"' not in off and "Not updating" in off
+    slow = client_closed_pacs.get("/?refresh=30&state=done", headers={"accept": "text/html"})
+    assert re.search(r'content="30; url=/\?state=done&amp;refresh=30"', slow.text)
