@@ -275,6 +275,7 @@ def main() -> None:
         "of the service costs apart from that stage",
     )
     p.add_argument("--skip-cine", action="store_true")
+    p.add_argument("--skip-study", action="store_true")
     args = p.parse_args()
 
     import torch
@@ -299,19 +300,21 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="wecare-bench-") as tmp:
         root = Path(tmp)
-        cases = [
-            (
-                f"study {args.images} x {args.rows}x{args.columns} {args.syntax}",
-                _make_study(
-                    root / "study",
-                    args.images,
-                    args.rows,
-                    args.columns,
-                    args.syntax,
-                    args.png_dir,
-                ),
+        cases = []
+        if not args.skip_study:
+            cases.append(
+                (
+                    f"study {args.images} x {args.rows}x{args.columns} {args.syntax}",
+                    _make_study(
+                        root / "study",
+                        args.images,
+                        args.rows,
+                        args.columns,
+                        args.syntax,
+                        args.png_dir,
+                    ),
+                )
             )
-        ]
         if not args.skip_cine:
             cases.append(
                 (
