@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from service.config import Settings
+from service.config import DicomDestination, Settings
 from service.exporter import export_once
 from service.web.app import create_app
+from service.web.destination_health import DestinationHealth
 from storage.db import session_scope
 from storage.files import DataDir
 from storage.models import JobState, OutboxItem, OutboxState
-from tests.integration.peers import free_port
+from tests.integration.peers import free_port, storescp, wait_for
 from tests.service.test_web import FakeModels, FakeRuntime, add_job, bearer, make_token
 
 
@@ -102,3 +104,51 @@ def test_dashboard_index_live_refresh_default_and_off_by_query(
     assert 'http-equiv="refresh"' not in off and "Not updating" in off
     slow = client_closed_pacs.get("/?refresh=30&state=done", headers={"accept": "text/html"})
     assert re.search(r'content="30; url=/\?state=done&amp;refresh=30"', slow.text)
+
+
+# ---- /health checks each destination ----------------------------------------------------------
+
+
+def test_health_destination_port_closed_is_degraded_naming_destination(
+    client_closed_pacs: TestClient, closed_port: int
+) -> None:
+    response = TestClient(client_closed_pacs.app).get("/health")  # anonymous, as a balancer
+    body = response.json()
+    assert response.status_code == 200  # still serving: the outbox keeps what it cannot send
+    assert body["status"] == "degraded"
+    assert body["database"] == "ok" and body["listener"] == "up"  # the old fields stay
+    [dest] = body["destinations"]
+    assert dest["name"] == "PACS" and dest["reachable"] is False
+    assert any(f"PACS (127.0.0.1:{closed_port}) unreachable" in r for r in body["reasons"])
+
+
+def test_health_destination_checks_are_cached_between_probes(
+    client_closed_pacs: TestClient,
+) -> None:
+    for _ in range(5):
+        assert client_closed_pacs.get("/health").json()["status"] == "degraded"
+    cache = client_closed_pacs.app.state.destination_health  # type: ignore[attr-defined]
+    assert cache.checks_run == 1
+
+
+def test_health_destination_storescp_listening_is_ok(
+    data_dir: DataDir, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    with storescp(tmp_path / "in") as (aet, port):
+        destinations = [{"name": "PACS", "ae_title": aet, "host": "127.0.0.1", "port": port}]
+        with _client(_settings(data_dir, db_url, destinations), engine, data_dir) as c:
+            body = c.get("/health").json()
+    assert body["status"] == "ok", body["reasons"]
+    assert body["reasons"] == []
+    assert body["destinations"][0]["reachable"] is True
+    assert body["destinations"][0]["address"] == f"PACS (127.0.0.1:{port})"
+
+
+def test_health_stale_result_refreshes_in_background(closed_port: int) -> None:
+    destination = DicomDestination(name="PACS", ae_title="PACS", host="127.0.0.1", port=closed_port)
+    cache = DestinationHealth([destination], "WECARE", ttl_seconds=0.0, timeout_seconds=1)
+    first = cache.results()
+    assert cache.checks_run == 1 and first[0].ok is False
+    again = cache.results()  # stale: answered from the cache, refresh started behind
+    assert again == first
+    wait_for(lambda: cache.checks_run == 2, 10, 0.05, "the background refresh")
