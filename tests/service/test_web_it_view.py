@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,10 @@ from service.config import DicomDestination, Settings
 from service.exporter import export_once
 from service.web.app import create_app
 from service.web.destination_health import DestinationHealth
+from service.web.overview import percentile
 from storage.db import session_scope
 from storage.files import DataDir
-from storage.models import JobState, OutboxItem, OutboxState
+from storage.models import Job, JobState, OutboxItem, OutboxState, utcnow
 from tests.integration.peers import free_port, storescp, wait_for
 from tests.service.test_web import FakeModels, FakeRuntime, add_job, bearer, make_token
 
@@ -152,3 +154,57 @@ def test_health_stale_result_refreshes_in_background(closed_port: int) -> None:
     again = cache.results()  # stale: answered from the cache, refresh started behind
     assert again == first
     wait_for(lambda: cache.checks_run == 2, 10, 0.05, "the background refresh")
+
+
+# ---- /overview --------------------------------------------------------------------------------
+
+
+def _finish_jobs(engine: Engine, stage_runs: list[float]) -> None:
+    """Done jobs finished in the last hours, one per inference time, plus one failed."""
+    now = utcnow()
+    for n, inference in enumerate(stage_runs):
+        job_id = add_job(engine, state=JobState.DONE, study_uid=f"1.2.3.{n + 1}")
+        with session_scope(engine) as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.finished_at = now - timedelta(hours=n % 3)
+            job.stage_seconds = {"decode": 0.5, "inference": inference}
+            job.predicted_class = ("normal", "benign", "malignant")[n % 3]
+    failed = add_job(
+        engine, state=JobState.FAILED, study_uid="1.2.3.99", error="x", error_code="decode_failed"
+    )
+    with session_scope(engine) as s:
+        job = s.get(Job, failed)
+        assert job is not None
+        job.finished_at = now
+
+
+def test_overview_page_plots_throughput_latency_classes_failures_as_svg(
+    client_closed_pacs: TestClient, engine: Engine
+) -> None:
+    runs = [float(v) for v in range(1, 21)]  # inference 1..20 s
+    _finish_jobs(engine, runs)
+    response = client_closed_pacs.get("/overview", headers={"accept": "text/html"})
+    assert response.status_code == 200
+    assert "script-src 'none'" in response.headers["content-security-policy"]
+    page = response.text
+    assert "<script" not in page
+    for plot in ("plot-throughput", "plot-latency", "plot-classes", "plot-failures"):
+        section = page[page.index(f'id="{plot}"') :].split("</figure>")[0]
+        assert "<svg" in section and "<rect" in section, plot
+    latency = page[page.index('id="latency"') :].split("</table>")[0]
+    # p50 and p95 of 1..20 s by linear interpolation: 10.5 s and 19.05 s
+    p50, p95 = percentile(runs, 50), percentile(runs, 95)
+    assert (p50, round(p95, 2)) == (10.5, 19.05)
+    assert re.search(
+        rf"inference</td><td class=\"num\">20</td><td class=\"num\">{p50:.0f} s", latency
+    )
+    assert "decode_failed" in page  # the failure plot names the error code
+    done_titles = re.findall(r"<title>\d\d:00 · done: (\d+)</title>", page)
+    assert sum(int(t) for t in done_titles) == len(runs)
+
+
+def test_overview_page_needs_a_user(client_closed_pacs: TestClient) -> None:
+    anonymous = TestClient(client_closed_pacs.app)
+    response = anonymous.get("/overview", headers={"accept": "text/html"}, follow_redirects=False)
+    assert response.status_code in (303, 401)

@@ -26,6 +26,7 @@ from service.web.jobs import (
     list_jobs,
 )
 from service.web.not_processed import list_not_processed
+from service.web.overview import build_overview
 from service.web.preview_source import make_preview, renderable_previews
 from service.web.routes.instances import check_upload_csrf, read_upload, store_upload
 from service.web.schemas import is_preview_name, job_detail, job_public
@@ -108,6 +109,20 @@ def index(
     }
     return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
         request, "index.html", context
+    )
+
+
+@router.get("/overview", summary="Throughput, stage latency, class mix and failures")
+def overview_page(
+    request: Request,
+    session: SessionDep,
+    _: ViewerDep,
+) -> Response:
+    """Plots for IT and the lead radiologist, drawn on the server as SVG (no script)."""
+    now = utcnow()
+    context: dict[str, Any] = {"overview": build_overview(session, now), "now": now}
+    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
+        request, "overview.html", context
     )
 
 
