@@ -20,6 +20,7 @@ import anyio
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
@@ -31,12 +32,14 @@ from service.config import Settings
 from service.errors import JobError
 from service.web.auth import LoginThrottle, authenticate_requests, bootstrap, make_signer
 from service.web.deps import RuntimeView
-from service.web.routes import admin, auth, health, instances, jobs, metrics, pages
+from service.web.routes import admin, auth, docs, health, instances, jobs, metrics, pages
 from storage.db import make_engine
 from storage.errors import DiskFullError, InvalidUIDError, StorageError
 from storage.files import DataDir
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+#: Vendored front-end files (scripts/vendor_frontend.py) and the docs page's start-up script.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 DESCRIPTION = """\
 WeCare receives breast-ultrasound studies from the PACS over DICOM, segments and classifies
@@ -84,6 +87,8 @@ def create_app(settings: Settings, runtime: RuntimeView | None = None) -> FastAP
         description=DESCRIPTION,
         version="0.1.0",
         openapi_tags=TAGS,
+        docs_url=None,  # routes.docs serves /docs and /redoc from vendored files, not a CDN
+        redoc_url=None,
     )
     engine = getattr(runtime, "engine", None)
     if engine is None:
@@ -118,6 +123,8 @@ def create_app(settings: Settings, runtime: RuntimeView | None = None) -> FastAP
     app.include_router(auth.router)
     app.include_router(pages.router)
     app.include_router(admin.pages)
+    app.include_router(docs.router)
+    app.mount(docs.STATIC_URL, StaticFiles(directory=STATIC_DIR), name="static")
     _add_error_handlers(app)
     return app
 
@@ -203,12 +210,13 @@ CSP = (
     "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
-#: Swagger UI (/docs) and ReDoc load their script and style from a CDN and run inline script.
+#: Swagger UI (/docs) and ReDoc (/redoc): scripts only from this site (vendored files, the
+#: start-up a static file, nothing inline), nothing from any other host; the UIs inject
+#: styles and ReDoc runs its search in a blob: worker.
 CSP_API_DOCS = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com; "
-    "worker-src blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 
 

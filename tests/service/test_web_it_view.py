@@ -4,6 +4,8 @@ destination checks, the overview page, and the API docs served from vendored fil
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +23,7 @@ from service.web.overview import percentile
 from storage.db import session_scope
 from storage.files import DataDir
 from storage.models import Job, JobState, OutboxItem, OutboxState, utcnow
+from tests.integration.peers import REPO_ROOT as REPO
 from tests.integration.peers import free_port, storescp, wait_for
 from tests.service.test_web import FakeModels, FakeRuntime, add_job, bearer, make_token
 
@@ -208,3 +211,52 @@ def test_overview_page_needs_a_user(client_closed_pacs: TestClient) -> None:
     anonymous = TestClient(client_closed_pacs.app)
     response = anonymous.get("/overview", headers={"accept": "text/html"}, follow_redirects=False)
     assert response.status_code in (303, 401)
+
+
+# ---- /docs and /redoc from vendored files ------------------------------------------------------
+
+
+def test_api_docs_pages_load_only_vendored_files_under_strict_csp(
+    client_closed_pacs: TestClient,
+) -> None:
+    for path, needed in (
+        (
+            "/docs",
+            ["/static/vendor/swagger-ui-dist/swagger-ui-bundle.js", "/static/docs/swagger-init.js"],
+        ),
+        ("/redoc", ["/static/vendor/redoc/redoc.standalone.js"]),
+    ):
+        response = client_closed_pacs.get(path)
+        assert response.status_code == 200, path
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self';" in csp and "unsafe-inline" not in csp.split("style-src")[0]
+        assert "http" not in csp  # no CDN host allowed
+        sources = re.findall(r'(?:src|href)="([^"]+)"', response.text)
+        assert sources and all(s.startswith("/static/") for s in sources), sources
+        assert re.search(r"<script>(?!</script>)", response.text) is None  # nothing inline
+        for url in needed:
+            assert url in sources
+            asset = client_closed_pacs.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 100, url
+    # every other page keeps script-src 'none'
+    assert "script-src 'none'" in client_closed_pacs.get("/").headers["content-security-policy"]
+
+
+def test_api_docs_anonymous_is_refused(client_closed_pacs: TestClient) -> None:
+    anonymous = TestClient(client_closed_pacs.app)
+    for path in ("/docs", "/redoc", "/static/docs/swagger-init.js"):
+        response = anonymous.get(path, follow_redirects=False)
+        assert response.status_code in (303, 401), path
+
+
+def test_vendor_frontend_files_match_pins_and_manifest() -> None:
+    """The committed vendored files are what scripts/vendor_frontend.py pins (sha256)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "vendor_frontend.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "up to date" in result.stdout
