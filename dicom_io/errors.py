@@ -19,6 +19,8 @@ __all__ = [
 #: Stable codes of :class:`UnsupportedObjectError` and what they mean.
 SKIP_REASONS: dict[str, str] = {
     "not_ultrasound": "SOP class (or Secondary Capture modality) is not ultrasound",
+    "not_breast": "the header names another body part, modality or SOP class (routing rules)",
+    "no_body_part": "nothing in the header names a body part (routing.unlabelled = skip)",
     "derived_object": "a SEG, SR, presentation state or other non-image object",
     "our_own_object": "an object WeCare created (Manufacturer or UID root)",
     "no_pixel_data": "the instance has no Pixel Data",

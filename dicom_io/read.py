@@ -26,6 +26,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from dicom_io.deflate import MAX_INFLATED_BYTES, check_inflated_size
 from dicom_io.errors import DicomIOError, UnsupportedObjectError, uid_hash
 from dicom_io.regions import tissue_regions
+from dicom_io.routing import RoutingRules, route
 from dicom_io.types import Frames, ImageInfo, UltrasoundRegion
 from dicom_io.uids import WECARE_MANUFACTURER, is_our_uid
 
@@ -155,12 +156,13 @@ def is_our_object(ds: Dataset) -> bool:
     return str(ds.get("SOPClassUID", "")).startswith(_DERIVED_PREFIXES)
 
 
-def skip_code(ds: Dataset) -> str | None:
+def skip_code(ds: Dataset, rules: RoutingRules | None = None) -> str | None:
     """Return why ``ds`` is not processed as a stable code of ``errors.SKIP_REASONS``.
 
     None when it is processed. Only attributes are inspected (works on a header read
     with ``stop_before_pixels``, so ``no_pixel_data`` is reported only when the element
-    list is complete).
+    list is complete). With ``rules``, a processable image out of their scope (not breast,
+    see :func:`dicom_io.routing.route`) gets ``not_breast`` or ``no_body_part``.
     """
     sop_class_uid = str(ds.get("SOPClassUID", ""))
     manufacturer = str(ds.get("Manufacturer", "") or "").strip()
@@ -180,6 +182,10 @@ def skip_code(ds: Dataset) -> str | None:
         return "missing_uid"
     if "Rows" not in ds or "Columns" not in ds:
         return "no_pixel_data"
+    if rules is not None:
+        decision = route(ds, rules)
+        if decision is not None:
+            return decision[0]
     return None
 
 
@@ -212,7 +218,7 @@ def _safe_code_string(value: object, limit: int = 16) -> str:
     return "".join(c for c in text if c in _CODE_STRING_CHARACTERS).strip() or "none"
 
 
-def skip_reason(ds: Dataset) -> str | None:
+def skip_reason(ds: Dataset, rules: RoutingRules | None = None) -> str | None:
     """Return why ``ds`` is stored but not processed, as text for people, or None.
 
     The text starts with the stable code of :func:`skip_code` and a colon (so callers can
@@ -221,10 +227,14 @@ def skip_reason(ds: Dataset) -> str | None:
     or secondary capture image; stored, not analysed"``. It names only the SOP class,
     Modality code or transfer syntax, never patient, study or institution data.
     """
-    code = skip_code(ds)
+    code = skip_code(ds, rules)
     if code is None:
         return None
     what = _sop_class_name(ds)
+    if code in ("not_breast", "no_body_part") and rules is not None:
+        decision = route(ds, rules)
+        if decision is not None:
+            return f"{code}: {what}: {decision[1]}; stored, not analysed"
     if code == "our_own_object":
         text = f"{what} created by WeCare (our own result); never analysed again"
     elif code == "derived_object":

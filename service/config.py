@@ -30,6 +30,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from dicom_io.routing import (
+    DEFAULT_BREAST_KEYWORDS,
+    DEFAULT_DESCRIPTION_FIELDS,
+    DEFAULT_OTHER_KEYWORDS,
+    RoutingRules,
+)
+
 _AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 
 
@@ -282,6 +289,59 @@ class StowRsDestination(_Section):
         return self
 
 
+class RoutingSettings(_Section):
+    """Which stored images are analysed (dicom_io.routing): breast ultrasound only by default.
+
+    Every image is stored; one out of scope is listed on "Not processed" with the reason and
+    makes no job. Keywords match descriptions as whole words, or as a word's start when 4+
+    letters long; Body Part Examined and keywords are compared case-insensitively.
+    """
+
+    enabled: bool = Field(True, description="Apply these rules; false analyses every US image")
+    modalities: list[str] = Field(
+        default_factory=lambda: list(RoutingRules().modalities),
+        description="Modality values analysed (an absent Modality is left to the other rules)",
+    )
+    sop_classes: list[str] = Field(
+        default_factory=list,
+        description="SOP Class UIDs analysed; empty: every supported ultrasound/SC class",
+    )
+    breast_body_parts: list[str] = Field(
+        default_factory=lambda: list(RoutingRules().breast_body_parts),
+        description="Body Part Examined values meaning breast; any other value is skipped",
+    )
+    breast_keywords: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BREAST_KEYWORDS),
+        description="Words in Study/Series/Procedure Description or Protocol Name meaning breast",
+    )
+    other_keywords: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_OTHER_KEYWORDS),
+        description="Words naming another body part (cardiac, obstetric, ...): skipped",
+    )
+    description_fields: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DESCRIPTION_FIELDS),
+        description="DICOM keywords of the free-text attributes searched for keywords",
+    )
+    unlabelled: Literal["analyse", "skip"] = Field(
+        "skip",
+        description="When neither Body Part Examined nor a keyword says anything: 'skip' "
+        "(safe: no breast result on an echo) or 'analyse' (scanners that never label)",
+    )
+
+    def rules(self) -> RoutingRules:
+        """These settings as the plain rules dicom_io applies."""
+        return RoutingRules(
+            enabled=self.enabled,
+            modalities=tuple(self.modalities),
+            sop_classes=tuple(self.sop_classes),
+            breast_body_parts=tuple(self.breast_body_parts),
+            breast_keywords=tuple(self.breast_keywords),
+            other_keywords=tuple(self.other_keywords),
+            description_fields=tuple(self.description_fields),
+            unlabelled=self.unlabelled,
+        )
+
+
 DESTINATION_KINDS = ("dicom", "stow-rs")
 
 
@@ -317,6 +377,7 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     auth: AuthSettings = AuthSettings()
     log: LogSettings = LogSettings()
+    routing: RoutingSettings = RoutingSettings()
     destinations: list[Destination] = Field(default_factory=list)
 
     @field_validator("destinations")

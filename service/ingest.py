@@ -10,7 +10,7 @@ is stored beside the first file, never over it, as a conflicting copy (storage.i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from io import BytesIO
 from pathlib import Path
@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from dicom_io.deflate import MAX_INFLATED_BYTES, InflateLimitError, check_inflated_size
 from dicom_io.errors import UnsupportedObjectError
 from dicom_io.read import skip_reason
+from dicom_io.routing import RoutingRules
 from service.logs import log_context, uid_hash
 from service.metrics import counts_ingest
 from storage.db import session_scope
@@ -56,6 +57,8 @@ class StoreContext:
     engine: Engine
     #: A deflated data set inflating beyond this is refused (dicom.max_inflated_mb).
     max_inflated_bytes: int = MAX_INFLATED_BYTES
+    #: Which images are analysed (config ``routing``); the others are stored, not analysed.
+    routing: RoutingRules = field(default_factory=RoutingRules)
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,7 @@ def store_encoded(
                 calling_ae_title=calling_ae_title,
                 accession_number=str(header.get("AccessionNumber", "")) or None,
                 patient_name=str(header.get("PatientName", ""))[:324] or None,
-                skip_reason=skip_reason(header),
+                skip_reason=skip_reason(header, ctx.routing),
                 content_sha256=content_sha256(encoded),
             )
         except Exception as exc:  # noqa: BLE001 - every failure must become a status

@@ -176,7 +176,12 @@ def start_background(
             log.warning("re-queued %d job(s) left running by an earlier process", len(orphans))
     if scp:
         runtime.scp_server = start_scp(
-            StoreContext(runtime.data_dir, runtime.engine, s.dicom.max_inflated_mb * 1024 * 1024),
+            StoreContext(
+                runtime.data_dir,
+                runtime.engine,
+                s.dicom.max_inflated_mb * 1024 * 1024,
+                s.routing.rules(),
+            ),
             ae_title=s.dicom.ae_title,
             host=s.dicom.host,
             port=s.dicom.port,

@@ -29,6 +29,9 @@ pytestmark = pytest.mark.integration
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 STAMPS = ("created_at", "queued_at", "running_at", "exporting_at", "finished_at")
+#: These tests carry real (kidney, unlabelled) ultrasound files through the whole chain: the
+#: breast-only routing (tests/service/test_routing_scp.py) would store them, not analyse them.
+NO_ROUTING = {"enabled": False}
 
 
 def _referenced_sops(ds: object) -> set[str]:
@@ -67,7 +70,12 @@ def test_orthanc_autoforward_study_gets_seg_and_sr_back(tmp_path: Path) -> None:
     source_ds = dcmread(source, stop_before_pixels=True)
     wecare_port = free_port()
     with orthanc(tmp_path / "o", {"wecare": ("WECARE", wecare_port)}, autoforward=True) as pacs:
-        with wecare(tmp_path / "w", {"pacs": ("ORTHANC", pacs.dicom_port)}, wecare_port) as service:
+        with wecare(
+            tmp_path / "w",
+            {"pacs": ("ORTHANC", pacs.dicom_port)},
+            wecare_port,
+            routing=NO_ROUTING,
+        ) as service:
             t0 = time.monotonic()
             pacs.upload(source)
 
@@ -113,7 +121,7 @@ def test_dcmtk_storescu_to_wecare_to_storescp(tmp_path: Path) -> None:
     received = tmp_path / "storescp-in"
     with (
         storescp(received) as (aet, port),
-        wecare(tmp_path / "w", {"peer": (aet, port)}) as service,
+        wecare(tmp_path / "w", {"peer": (aet, port)}, routing=NO_ROUTING) as service,
     ):
         result = storescu(service.dicom_port, [pydicom_data_file("US1_UNCR.dcm")], extra=())
         assert result.returncode == 0, result.stderr
@@ -133,6 +141,7 @@ def test_destination_down_then_up_delivered_on_retry_never_sent_early(tmp_path: 
         tmp_path / "w",
         {"late": ("LATE", dest_port)},
         export={"base_backoff_seconds": 1, "max_backoff_seconds": 2, "max_attempts": 50},
+        routing=NO_ROUTING,
     ) as service:
         result = storescu(service.dicom_port, [pydicom_data_file("US1_UNCR.dcm")], extra=())
         assert result.returncode == 0, result.stderr

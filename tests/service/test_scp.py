@@ -12,6 +12,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from sqlalchemy import Engine, func, select
 
+from dicom_io.routing import RoutingRules
 from service.ingest import StoreContext, StoreStatus
 from service.scp import start_scp
 from storage.db import session_scope
@@ -23,7 +24,9 @@ from tests.realfiles import deid_ultrasound, pydicom_data_file
 
 @pytest.fixture()
 def scp(data_dir: DataDir, engine: Engine) -> Iterator[tuple[int, StoreContext]]:
-    ctx = StoreContext(data_dir, engine)
+    # The listener's transport with real (non-breast) files: routing is off here, it has its
+    # own tests (tests/service/test_routing_scp.py).
+    ctx = StoreContext(data_dir, engine, routing=RoutingRules(enabled=False))
     port = free_port()
     server = start_scp(ctx, ae_title="WECARE", host="127.0.0.1", port=port)
     yield port, ctx

@@ -117,7 +117,9 @@ async def read_upload(request: Request) -> tuple[bytes, dict[str, Any]]:
 def store_upload(request: Request, data: bytes) -> StoreOutcome:
     """Store through the listener's path (calling AE title None) and audit the outcome."""
     state = request.app.state
-    ctx = StoreContext(state.data_dir, state.engine, state.settings.dicom.max_inflated_mb * _MIB)
+    settings = state.settings
+    inflated = settings.dicom.max_inflated_mb * _MIB
+    ctx = StoreContext(state.data_dir, state.engine, inflated, settings.routing.rules())
     outcome = store_encoded(ctx, data, calling_ae_title=None)
     target = f"sop:{uid_hash(outcome.sop_instance_uid)}" if outcome.sop_instance_uid else None
     with session_scope(state.engine) as session:
