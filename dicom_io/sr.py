@@ -308,6 +308,19 @@ def _lesion_group(
     )
 
 
+#: Concept name of the caution's TEXT item (PS3.16 DCM 121106).
+_COMMENT = Code("121106", "DCM", "Comment")
+
+
+def _plain_text(text: object) -> bool:
+    """A caution fit for a UT value and any log: 1-1024 printable ASCII characters."""
+    return (
+        isinstance(text, str)
+        and 0 < len(text.strip()) <= 1024
+        and all(" " <= c <= "~" for c in text)
+    )
+
+
 def build_sr(
     sources: Sequence[Dataset],
     segs: Sequence[Dataset],
@@ -319,6 +332,7 @@ def build_sr(
     uid_source: str | None = None,
     predecessors: Sequence[Dataset] = (),
     instance_number: int = 1,
+    caution: str | None = None,
 ) -> Dataset:
     """Build the TID 1500 Measurement Report of one study.
 
@@ -347,6 +361,11 @@ def build_sr(
         Study Instance UIDs): Predecessor Documents Sequence (0040,A360), PS3.3 C.17.2.
     instance_number: int
         Instance Number: 1 for the first report of the study, then one more per version.
+    caution: str, optional
+        A plain-text warning a reader must see beside the class, e.g.
+        :data:`dicom_io.routing.DEVICE_CAUTION` for a scanner the model was not validated
+        on: a TEXT item "Comment" (DCM 121106) in the study classification group. Printable
+        ASCII, at most 1024 characters (UT allows more; a caution is a sentence).
 
     Returns
     -------
@@ -376,6 +395,8 @@ def build_sr(
         raise ValueError("instance_number must be >= 1")
     if uid_source is not None and (not isinstance(uid_source, str) or not uid_source):
         raise ValueError("uid_source must be a non-empty str or None")
+    if caution is not None and not _plain_text(caution):
+        raise ValueError("caution must be non-empty printable ASCII of at most 1024 characters")
     studies = {str(ds.StudyInstanceUID) for ds in [*sources, *segs]}
     if len(studies) != 1:
         raise ValueError("sources and segs must belong to one study")
@@ -446,6 +467,14 @@ def build_sr(
             ],
         )
     )
+    if caution is not None:
+        groups[0][0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=_concept(_COMMENT),
+                value=caution,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     for index, finding in enumerate(findings):
         if not isinstance(finding, LesionFinding):
             raise TypeError(f"findings[{index}] must be a LesionFinding")
