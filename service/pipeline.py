@@ -41,6 +41,7 @@ from dicom_io.errors import DicomIOError
 from dicom_io.measure import mask_measurements
 from dicom_io.read import FRAME_BATCH, iter_frames, read_header, read_info
 from dicom_io.regions import CropBox, analysis_boxes
+from dicom_io.routing import device_caution
 from dicom_io.seg import AlgorithmInfo, SourceMasks, build_segs
 from dicom_io.sr import LesionDescription, LesionFinding, StudyClassification, build_sr
 from dicom_io.types import ImageInfo
@@ -592,6 +593,10 @@ def build(
         uid_source=content_key(study_uid, [s.sop_instance_uid for s in reported]),
         predecessors=[predecessor.as_reference()] if predecessor else [],
         instance_number=predecessor.instance_number + 1 if predecessor else 1,
+        # A scanner the model was not validated on (model.json validated_devices): cautioned.
+        caution=device_caution(
+            headers.values(), (getattr(model, "meta", None) or {}).get("validated_devices")
+        ),
     )
     return [*segs, sr], seg_of
 
