@@ -64,15 +64,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def _nice_max(value: float) -> float:
-    """A round axis top at or above `value` (1, 2, 2.5, 5 × 10^n)."""
-    if value <= 0:
-        return 1.0
-    exp = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        if value <= step * exp:
-            return step * exp
-    return 10 * exp
+def _nice_step(top: float, ticks: int = 4) -> float:
+    """A round tick step (1, 2, 5 × 10^n) so that about `ticks` steps cover `top`."""
+    raw = max(top, 1e-9) / ticks
+    exp = 10 ** math.floor(math.log10(raw))
+    for step in (1, 2, 5, 10):
+        if raw <= step * exp:
+            return float(step * exp)
+    return float(10 * exp)
 
 
 def _fmt(v: float) -> str:
@@ -92,14 +91,17 @@ def grouped_bars(
     if not groups or top <= 0:
         return plot
     plot.empty = False
-    ymax = _nice_max(top)
+    step = _nice_step(top)
+    steps = math.ceil(top / step - 1e-9)
+    ymax = step * steps
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = inner_w / len(groups)
-    bar_w = slot * 0.8 / len(series)
+    bar_w = min(slot * 0.8 / len(series), 48.0)
+    pad = (slot - bar_w * len(series)) / 2
     for i, group in enumerate(groups):
         for j, (name, colour, values) in enumerate(series):
             h = inner_h * values[i] / ymax
-            x = LEFT + i * slot + slot * 0.1 + j * bar_w
+            x = LEFT + i * slot + pad + j * bar_w
             suffix = f" {unit}" if unit else ""
             plot.bars.append(
                 Bar(
@@ -113,9 +115,8 @@ def grouped_bars(
             )
         if i % label_every == 0:
             plot.x_labels.append(Tick(round(LEFT + (i + 0.5) * slot, 1), group))
-    for k in range(5):
-        value = ymax * k / 4
-        plot.y_ticks.append(Tick(round(TOP + inner_h - inner_h * k / 4, 1), _fmt(value)))
+    for k in range(steps + 1):
+        plot.y_ticks.append(Tick(round(TOP + inner_h - inner_h * k / steps, 1), _fmt(step * k)))
     return plot
 
 
@@ -179,6 +180,7 @@ def build_overview(session: Session, now: datetime) -> Overview:
         names,
         [("jobs", "#1f4e79", [float(mix[c]) for c in names])],
     )
+    classes.legend = []  # one series, coloured per class: the x labels say it
     classes.bars = [
         Bar(b.x, b.y, b.w, b.h, colours.get(names[i], "#1f4e79"), b.title)
         for i, b in enumerate(classes.bars)
@@ -203,5 +205,6 @@ def build_overview(session: Session, now: datetime) -> Overview:
         [name for name, _ in top_failures],
         [("count", "#b91c1c", [float(n) for _, n in top_failures])],
     )
+    failures.legend = []
     total = session.scalar(select(func.count(Job.id))) or 0
     return Overview(throughput, latency, classes, failures, table, dict(mix), top_failures, total)
