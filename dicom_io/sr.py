@@ -49,6 +49,7 @@ __all__ = [
     "LesionFinding",
     "StudyClassification",
     "build_sr",
+    "sr_caution",
 ]
 
 CLASSES = ("normal", "benign", "malignant")
@@ -319,6 +320,27 @@ def _plain_text(text: object) -> bool:
         and 0 < len(text.strip()) <= 1024
         and all(" " <= c <= "~" for c in text)
     )
+
+
+def sr_caution(sr: Dataset) -> str | None:
+    """The caution :func:`build_sr` wrote into ``sr`` (its classification group's Comment).
+
+    For the dashboard, which shows what the SR says. None when the report carries none.
+    """
+    stack = list(sr.get("ContentSequence", []))
+    while stack:
+        item = stack.pop()
+        name = item.get("ConceptNameCodeSequence")
+        if (
+            item.get("ValueType") == "TEXT"
+            and name
+            and str(name[0].CodeValue) == _COMMENT.value
+            and str(name[0].CodingSchemeDesignator) == _COMMENT.scheme_designator
+        ):
+            text = str(item.get("TextValue", ""))
+            return text if _plain_text(text) else None
+        stack.extend(item.get("ContentSequence", []))
+    return None
 
 
 def build_sr(

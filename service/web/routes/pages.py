@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.ingest import StoreOutcome
 from service.web.auth import CsrfDep, OperatorDep, ViewerDep, audit
+from service.web.caution import job_caution
 from service.web.deps import DataDirDep, SessionDep
 from service.web.jobs import (
     count_by_state,
@@ -173,6 +174,7 @@ def job_page(
         "refresh_url": f"/jobs/{job.id}",
         "here": f"/jobs/{job.id}",
         "final_status": FINAL_MODEL_STATUS,
+        "device_caution": job_caution(session, job.id),
         "classes": sorted((job.probabilities or {}).items(), key=lambda kv: -kv[1]),
         "now": now,
     }
