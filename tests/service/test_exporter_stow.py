@@ -110,7 +110,8 @@ def test_export_once_stow_rs_wrong_password_retried_then_failed_with_reason(
 ) -> None:
     job_id, made = _exporting_job(engine, tmp_path)
     settings = _settings(pacs, "wrong-pw")
-    reason = "HTTP 401 (credentials refused): not stored"
+    # the error names the destination and its URL, so IT knows which server refused us
+    reason = f"web-pacs ({pacs.dicomweb_url}): HTTP 401 (credentials refused): not stored"
     assert export_once(settings, engine) == 2
     with session_scope(engine) as s:
         rows = s.scalars(select(OutboxItem)).all()
@@ -127,5 +128,5 @@ def test_export_once_stow_rs_wrong_password_retried_then_failed_with_reason(
         ] * 2
         job = s.get(Job, job_id)
         assert job is not None and job.state == JobState.FAILED
-        assert job.error_code == "export_failed" and f"web-pacs: {reason}" in (job.error or "")
+        assert job.error_code == "export_failed" and f"({reason};" in (job.error or "")
     assert not set(made) & set(_held(pacs))
