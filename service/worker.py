@@ -119,6 +119,8 @@ class _LockedModel:
         self._model, self._lock = model, lock
         self.version: str = model.version
         self.status: str = model.status
+        # model.json: the pipeline reads validated_devices from it (the SR's device caution).
+        self.meta: dict[str, Any] = getattr(model, "meta", None) or {}
 
     def predict(self, images: Any, with_cam: bool = False) -> list[Any]:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from dicom_io.routing import DEVICE_CAUTION
 from dicom_io.sr import sr_caution
 from service.pipeline import process_study
 from service.web.app import create_app
+from service.worker import _LockedModel
 from storage.db import session_scope
 from storage.files import DataDir
 from storage.models import JobState, Output
@@ -82,3 +84,9 @@ def test_job_page_shows_caution_of_its_sr(
         other = client.get(f"/jobs/{plain}", headers=HTML).text
     assert 'id="device-caution"' in page and DEVICE_CAUTION in page
     assert 'id="device-caution"' not in other
+
+
+def test_process_study_worker_locked_model_keeps_device_list(tmp_path: Path) -> None:
+    # The worker wraps the shared model (one predict at a time): the list must come through.
+    model = _LockedModel(ModelWithDevices(GE_ONLY), threading.Lock())
+    assert sr_caution(dcmread(_sr(tmp_path, model))) == DEVICE_CAUTION  # type: ignore[arg-type]
