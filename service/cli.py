@@ -254,11 +254,15 @@ def infer(
         str, typer.Option(help="auto, float32 or bfloat16 (auto: bfloat16 on CPUs with it)")
     ] = "auto",
     explain: Annotated[bool, typer.Option(help="Also write Grad-CAM maps")] = True,
+    any_body_part: Annotated[
+        bool, typer.Option(help="Analyse DICOM images the routing rules call not breast")
+    ] = False,
 ) -> None:
     """Run the models on files without a PACS; print one JSON line per image.
 
     DICOM input gives SEG and SR files in OUT; PNG/JPEG input gives mask and overlay PNGs.
     """
+    from dicom_io.routing import RoutingRules
     from service.infer import run_infer
 
     code = run_infer(
@@ -269,6 +273,7 @@ def infer(
         precision=precision,
         explain=explain,
         echo=typer.echo,
+        routing=RoutingRules(enabled=False) if any_body_part else None,
     )
     raise typer.Exit(code)
 

@@ -11,7 +11,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dicom_io.errors import DicomIOError
-from dicom_io.read import read_header
+from dicom_io.read import read_header, skip_reason
+from dicom_io.routing import RoutingRules
 from service.errors import JobError
 from service.pipeline import SourceImage, process_study
 from service.previews import cam_overlay, mask_overlay, save_png
@@ -34,8 +35,13 @@ def run_infer(
     precision: str = "auto",
     explain: bool = True,
     echo: Callable[[str], None] = print,
+    routing: RoutingRules | None = None,
 ) -> int:
-    """Process `files` into `out`; print one JSON line per image. Returns an exit code."""
+    """Process `files` into `out`; print one JSON line per image. Returns an exit code.
+
+    DICOM files out of scope (`routing`, default breast only as the service; our own objects,
+    non-ultrasound) get a `not_analysed` line with the reason, never a class."""
+    rules = RoutingRules() if routing is None else routing
     from inference.model import Model
 
     out.mkdir(parents=True, exist_ok=True)
@@ -49,6 +55,10 @@ def run_infer(
             continue
         try:
             ds = read_header(path)  # deflate bombs refused before inflating
+            reason = skip_reason(ds, rules)
+            if reason is not None:
+                echo(json.dumps({"file": path.name, "not_analysed": reason}))
+                continue
             source = SourceImage(str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), path)
             studies[str(ds.StudyInstanceUID)].append(source)
             names[source.sop_instance_uid] = path.name
