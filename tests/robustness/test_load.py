@@ -31,6 +31,9 @@ def test_fifty_concurrent_associations_all_stored_and_processed(tmp_path: Path) 
         {},
         port,
         auth={"enabled": False},
+        # 50 associations from one address: past the per-address default of 16 (a peer over
+        # it gets A-ASSOCIATE-RJ transient and retries later); here all must get in at once.
+        dicom={"max_connections_per_address": ASSOCIATIONS},
         # Longer than an association takes under this load: one job per study (a shorter
         # window queues a study while its association is still sending, and the late images
         # start a second job, by design).
