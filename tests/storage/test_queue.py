@@ -124,11 +124,12 @@ def test_requeue_expired_lease_returns_job_to_queue(any_engine: Engine) -> None:
         job_id = s.scalars(select(Job.id)).one()
         process_now(s, job_id)
     with session_scope(any_engine) as s:
-        job = claim_next_job(s, "host:0", lease_seconds=1)
+        # A lease long enough that a loaded machine cannot outlive it between two statements.
+        job = claim_next_job(s, "host:0", lease_seconds=60)
         assert job is not None and job.attempts == 1
     with session_scope(any_engine) as s:
         assert requeue_expired(s, now=utcnow()) == []
-        assert requeue_expired(s, now=utcnow() + timedelta(seconds=5)) == [job_id]
+        assert requeue_expired(s, now=utcnow() + timedelta(seconds=61)) == [job_id]
     with session_scope(any_engine) as s:
         job = s.get(Job, job_id)
         assert job is not None and job.state == JobState.QUEUED and job.claimed_by is None
