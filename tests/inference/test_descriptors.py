@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import fields
 
 import numpy as np
@@ -22,6 +21,7 @@ from inference.descriptors import (
     shipped_heads,
 )
 from tests.inference.conftest import datasets_dir
+from tests.requirements import SHARED_DIR, require_or_skip
 
 H, W = 240, 320
 
@@ -264,10 +264,12 @@ def test_describe_lesion_margin_comes_from_shipped_head() -> None:
 @pytest.mark.dataset
 def test_descriptors_breast_set_radiologist_masks_beat_majority() -> None:
     root = datasets_dir()
-    if root is None or not (root / "breast" / "manifest.csv").is_file():
-        if os.environ.get("CI"):
-            pytest.fail("shared datasets not found in CI (set WECARE_DATASETS)")
-        pytest.skip("shared datasets not found (set WECARE_DATASETS)")
+    require_or_skip(
+        root is not None and (root / "breast" / "manifest.csv").is_file(),
+        "shared datasets not found (set WECARE_DATASETS)",
+        shared=SHARED_DIR / "datasets",
+    )
+    assert root is not None
     from inference.descriptor_eval import evaluate_descriptors
 
     result = evaluate_descriptors(root / "breast", None, folds=5, bootstrap=20, head="logistic")
