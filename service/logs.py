@@ -65,6 +65,11 @@ _QUOTED = re.compile(r"b?'(?:[^'\\\n]|\\.)*'" + r'|b?"(?:[^"\\\n]|\\.)*"')
 REDACTED = "'<redacted>'"
 
 
+def redact_quoted(text: str) -> str:
+    """`text` with every quoted literal replaced: library messages quote the values they got."""
+    return _QUOTED.sub(REDACTED, text)
+
+
 class _RedactForeignValues(logging.Filter):
     """Replace quoted text in third-party records: it may be a patient's name, ID or date."""
 
@@ -72,7 +77,7 @@ class _RedactForeignValues(logging.Filter):
         if record.name.split(".")[0] in OWN_LOGGERS:
             return True
         message = record.getMessage()
-        redacted = _QUOTED.sub(REDACTED, message)
+        redacted = redact_quoted(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True

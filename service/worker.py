@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select
 
 from service.config import Settings
 from service.errors import JobError
-from service.logs import _QUOTED, REDACTED, log_context
+from service.logs import log_context, redact_quoted
 from service.metrics import observe_stages
 from service.pipeline import (
     PriorImage,
@@ -262,7 +262,7 @@ def crash_message(exc: BaseException) -> str:
     PatientSexValues``), which may be patient data: neither ``job.error`` nor the log may
     carry them (the log gets the stack without messages).
     """
-    return f"{type(exc).__name__}: {_QUOTED.sub(REDACTED, str(exc))}"
+    return f"{type(exc).__name__}: {redact_quoted(str(exc))}"
 
 
 def _heartbeat(
