@@ -139,7 +139,7 @@ def _read_password(from_stdin: bool) -> str:
 @user_app.command("add")
 def user_add(
     name: Annotated[str, typer.Argument(help="User name (letters, digits, . _ @ -)")],
-    role: Annotated[str, typer.Option(help="viewer, operator or admin")] = "viewer",
+    role: Annotated[str, typer.Option(help="viewer, radiologist, operator or admin")] = "viewer",
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from stdin's first line")
     ] = False,

@@ -267,6 +267,7 @@ class Role(StrEnum):
     """Dashboard and API roles, each including the ones before it."""
 
     VIEWER = "viewer"  # sees jobs and images
+    RADIOLOGIST = "radiologist"  # + accept, correct or reject a mask and send the result
     OPERATOR = "operator"  # + retry, process now, upload
     ADMIN = "admin"  # + users, tokens, audit trail, configuration
 

@@ -3,7 +3,7 @@
 Deny by default: `authenticate_requests` (middleware) resolves every request to a `Principal`
 before any route runs; only /login, /health (auth.anonymous_health) and /metrics
 (auth.anonymous_metrics) are answered without one. Routes then state the role they need with
-`ViewerDep`, `OperatorDep` or `AdminDep`, and HTML forms add `CsrfDep`.
+`ViewerDep`, `RadiologistDep`, `OperatorDep` or `AdminDep`, and HTML forms add `CsrfDep`.
 
 - Browser: `POST /login` opens a server-side session (storage.users.open_session); the cookie
   holds its random id, signed with auth.session_secret (HttpOnly, SameSite=Lax, Secure over
@@ -285,6 +285,7 @@ async def check_csrf(request: Request) -> None:
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 ViewerDep = Annotated[Principal, Depends(require(Role.VIEWER))]
+RadiologistDep = Annotated[Principal, Depends(require(Role.RADIOLOGIST))]
 OperatorDep = Annotated[Principal, Depends(require(Role.OPERATOR))]
 AdminDep = Annotated[Principal, Depends(require(Role.ADMIN))]
 CsrfDep = Depends(check_csrf)
