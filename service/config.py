@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -206,6 +207,24 @@ class WebSettings(_Section):
     request_body_timeout_seconds: float = Field(
         60, gt=0, description="A request body must arrive within this long, else 408"
     )
+    time_zone: str = Field(
+        "UTC",
+        description="IANA time zone the radiologist workspace shows times in, e.g. Europe/Paris",
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_time_zone(cls, value: str) -> str:
+        # Checked at start-up: a typo must not turn every time on the page into UTC silently.
+        name = value.strip()
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"web.time_zone {name!r} is not an IANA time zone name (e.g. 'Europe/Paris', "
+                "'America/New_York' or 'UTC')"
+            ) from None
+        return name
 
     @field_validator("trusted_proxies")
     @classmethod
