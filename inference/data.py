@@ -1,5 +1,9 @@
 """Dataset discovery for the BUSI and BUS-BRA layouts, the leak-free split, and the array cache.
 
+BUS-UCLM (``uclm/``, Siemens) and BrEaST (``breast/``, Poland) come in the BUSI layout; a
+sample's ``source`` is its folder's name for those, so every figure can be given per source and
+a vendor can be held out.
+
 Both public datasets hold near-duplicate images (BUSI) or two images per patient (BUS-BRA), so
 the train/validation split is made over *groups* (BUSI ``group`` column, BUS-BRA patient
 ``Case``), never over images.
@@ -22,6 +26,14 @@ from inference.transforms import resize_image, resize_mask
 
 CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
 
+#: Sources known by folder name. A BUSI-layout folder with another name (e.g. a
+#: ``wecare export-corrections`` folder) counts as ``busi`` unless its manifest has a
+#: ``source`` column.
+SOURCES: tuple[str, ...] = ("busi", "busbra", "uclm", "breast", "corrections")
+
+#: Scanner of a source whose manifest does not name one per image.
+SOURCE_SCANNER: dict[str, str] = {"uclm": "Siemens ACUSON S2000"}
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -36,7 +48,7 @@ class Sample:
     label : int
         Index into ``CLASSES``.
     source : str
-        ``"busi"`` or ``"busbra"``: the layout the sample came from.
+        One of :data:`SOURCES`: the dataset the sample came from.
     group : str
         Images with the same group must land on the same side of a split.
     scanner : str
@@ -55,8 +67,8 @@ class Sample:
     def __post_init__(self) -> None:
         if not 0 <= self.label < len(CLASSES):
             raise ValueError(f"label must be in 0..{len(CLASSES) - 1}, got {self.label}")
-        if self.source not in ("busi", "busbra"):
-            raise ValueError(f"source must be busi or busbra, got {self.source!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
 
 
 def detect_layout(data_dir: Path) -> str:
@@ -88,16 +100,19 @@ def discover(data_dir: Path) -> list[Sample]:
     layout = detect_layout(data_dir)
     samples: list[Sample] = []
     if layout == "busi":
+        folder_source = data_dir.name.lower() if data_dir.name.lower() in SOURCES else "busi"
         with open(data_dir / "manifest.csv", newline="") as f:
             for row in csv.DictReader(f):
+                source = (row.get("source") or "").strip().lower() or folder_source
                 samples.append(
                     Sample(
                         image=str(data_dir / row["image"]),
                         mask=str(data_dir / row["mask"]),
                         label=CLASSES.index(row["label"].strip().lower()),
-                        source="busi",
-                        group=f"busi:{row['group']}",
-                        scanner=(row.get("scanner") or "").strip(),
+                        source=source,
+                        group=f"{source}:{row['group']}",
+                        scanner=((row.get("scanner") or "").strip()
+                                 or SOURCE_SCANNER.get(source, "")),
                     )
                 )
     else:

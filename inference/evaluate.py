@@ -110,8 +110,8 @@ def evaluate(
 
 SCANNER_KEYS: tuple[str, ...] = (
     "n_images", "n_lesion_images", "n_normal_images", "dice_mean", "iou_mean", "accuracy",
-    "accuracy_benign_malignant", "auc_benign_malignant", "normal_false_positive_rate", "ece",
-    "ci95",
+    "accuracy_benign_malignant", "auc_benign_malignant", "normal_false_positive_rate",
+    "lesion_missed_rate", "ece", "ci95",
 )
 
 
@@ -153,7 +153,7 @@ def render_table(metrics: dict) -> str:
         f"{'metric':<28}{'value':>8}   95% CI",
     ]
     for key in ("dice_mean", "iou_mean", "accuracy", "accuracy_benign_malignant",
-                "auc_benign_malignant", "normal_false_positive_rate", "ece"):
+                "auc_benign_malignant", "normal_false_positive_rate", "lesion_missed_rate", "ece"):
         lo_hi = ci.get(key)
         interval = f"[{_fmt(lo_hi[0])}, {_fmt(lo_hi[1])}]" if lo_hi else ""
         lines.append(f"{key:<28}{_fmt(metrics.get(key)):>8}   {interval}")

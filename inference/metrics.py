@@ -76,6 +76,10 @@ def _point_metrics(
         "normal_false_positive_rate": (
             float(pred_nonempty[normal].mean()) if normal.any() else float("nan")
         ),
+        # Lesion images given no lesion at all (no SEG goes out): the error that hides a cancer.
+        "lesion_missed_rate": (
+            float((~pred_nonempty[has_lesion]).mean()) if has_lesion.any() else float("nan")
+        ),
     }
 
 
@@ -113,7 +117,8 @@ def compute_metrics(
         ``accuracy_benign_malignant`` (argmax between those two on lesion images),
         ``per_class`` precision/recall/f1/support, ``confusion_matrix`` (rows true, columns
         predicted, order ``CLASSES``), ``auc_benign_malignant``, ``normal_false_positive_rate``
-        (normal images with any predicted lesion pixel), ``ece`` (top-label, 15 bins) and ``ci95``.
+        (normal images with any predicted lesion pixel), ``lesion_missed_rate`` (lesion images with
+        an empty predicted mask), ``ece`` (top-label, 15 bins) and ``ci95``.
     """
     labels = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(y_prob, dtype=np.float64)

@@ -51,6 +51,7 @@ from inference.transforms import (
     paste_lesions,
     train_augmentation,
 )
+from inference.vendor_aug import vendor_batch
 
 SEG_LOSSES: tuple[str, ...] = ("dice", "dicebce", "focal", "tversky")
 # Bump when selection_score or the validation masks change: a resumed run then forgets its
@@ -92,6 +93,12 @@ class TrainConfig:
     image that a lesion of a lesion image of the same dataset is pasted into it and its label
     becomes the donor's class (:func:`inference.transforms.paste_into_normals`, after the
     other pastes; its own random stream); 0: off, as every network bundled up to 2026-12-04.
+    ``vendor_prob`` is the chance per training image of :func:`inference.vendor_aug.
+    vendor_appearance` (tone curve, depth gain, speckle, blur/sharpen, resampling, burnt-in
+    calipers; its own random stream); 0: off, as every network bundled up to 2026-12-05.
+    ``balance_sources`` draws each epoch with replacement so that every source (BUSI, BUS-BRA,
+    UCLM, BrEaST) gives the same share of images, instead of BUS-BRA's 1 367 drowning the
+    128 BrEaST images; it overrides ``busi_share``.
     """
 
     data_dirs: list[Path]
@@ -127,6 +134,8 @@ class TrainConfig:
     detect_weight: float = 0.0
     fade_prob: float = 0.0
     paste_normal_prob: float = 0.0
+    vendor_prob: float = 0.0
+    balance_sources: bool = False
 
     def __post_init__(self) -> None:
         self.data_dirs = [Path(d) for d in self.data_dirs]
@@ -175,6 +184,8 @@ class TrainConfig:
         if self.paste_prob > 0 and self.teacher is not None:
             raise ValueError("paste_prob needs teacher unset: a pasted lesion is not in the "
                              "teacher's map of the image")
+        if not 0.0 <= self.vendor_prob <= 1.0:
+            raise ValueError(f"vendor_prob must be in [0, 1], got {self.vendor_prob}")
         if self.busi_share is not None and not 0.0 < self.busi_share < 1.0:
             raise ValueError(f"busi_share must be in (0, 1), got {self.busi_share}")
 
@@ -242,6 +253,14 @@ def predict_arrays(
             probs.append(prob[:, 0].float().numpy())
             logits.append(cls.float().numpy())
     return np.concatenate(probs), np.concatenate(logits)
+
+
+def balanced_order(sources: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``n`` draws with replacement in which each source makes up an equal share."""
+    names, counts = np.unique(sources, return_counts=True)
+    per = dict(zip(names.tolist(), counts.tolist(), strict=True))
+    w = np.array([1.0 / per[s] for s in sources.tolist()])
+    return rng.choice(len(sources), size=len(sources), replace=True, p=w / w.sum())
 
 
 def epoch_order(is_busi: np.ndarray, busi_share: float | None, rng: np.random.Generator
@@ -361,11 +380,29 @@ def initial_weights(cfg: TrainConfig) -> dict:
         if ck[key] != want:
             raise ValueError(f"init_weights: {path} has {key} {ck[key]!r}, this run {want!r}")
     if split_key(ck["config"]) != split_key(cfg.to_json()):
-        raise ValueError(
-            f"init_weights: {path} was trained on another validation split (data folders, "
-            "val_fraction or split seed differ): its validation images may be in this run's "
-            "training set or the reverse; pass the same --data-dir and --split-seed")
+        leaked = trained_on_validation(ck["config"], cfg.to_json())
+        if leaked:
+            raise ValueError(
+                f"init_weights: {path} was trained on {leaked} image(s) of this run's "
+                "validation split (val_fraction or split seed differ): its figures would not be "
+                "held out; pass the same --split-seed and --val-fraction")
     return ck
+
+
+def trained_on_validation(init_config: dict, config: dict) -> int:
+    """How many of ``config``'s validation images the run ``init_config`` trained on.
+
+    Adding a dataset folder keeps the other folders' splits (each source and label is split on
+    its own), so a network trained on BUSI + BUS-BRA may start a run that adds UCLM and BrEaST:
+    that run's validation images are still unseen. A changed seed or fraction is not.
+    """
+    init_samples = [s for d in init_config["data_dirs"] for s in discover(Path(d))]
+    init_train, _ = split_samples(init_samples, init_config["val_fraction"],
+                                  split_seed_of(init_config))
+    samples = [s for d in config["data_dirs"] for s in discover(Path(d))]
+    _, val = split_samples(samples, config["val_fraction"], split_seed_of(config))
+    seen = {s.image for s in init_train}
+    return sum(1 for s in val if s.image in seen)
 
 
 def _log(out_dir: Path, record: dict) -> None:
@@ -431,6 +468,7 @@ def train(cfg: TrainConfig) -> Path:
         net.load_state_dict(init["model"])
         print(f"started from {init_source} (epoch {init['epoch']})", flush=True)
 
+    train_sources = np.array([s.source for s in train_s])
     n = len(tr["labels"])
     steps_per_epoch = max(1, n // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -443,8 +481,9 @@ def train(cfg: TrainConfig) -> Path:
             break
         t0 = time.monotonic()
         net.train()
-        order = epoch_order(tr["is_busi"], cfg.busi_share,
-                            np.random.default_rng(cfg.seed * 1000 + epoch))
+        order_rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+        order = (balanced_order(train_sources, order_rng) if cfg.balance_sources
+                 else epoch_order(tr["is_busi"], cfg.busi_share, order_rng))
         sums = {"seg": 0.0, "cls": 0.0, "detect": 0.0}
         paste_rng = np.random.default_rng([cfg.seed, epoch, 17])
         pasted = 0
@@ -452,6 +491,8 @@ def train(cfg: TrainConfig) -> Path:
         faded = 0
         normal_rng = np.random.default_rng([cfg.seed, epoch, 29])
         pasted_normal = 0
+        vendor_rng = np.random.default_rng([cfg.seed, epoch, 31])
+        vendored = 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", file=sys.stderr,
                    mininterval=30.0, disable=None)
         for b in bar:
@@ -470,6 +511,9 @@ def train(cfg: TrainConfig) -> Path:
                 images, n_faded = fade_lesions(images, masks, batch_labels,
                                                cfg.fade_prob, fade_rng)
                 faded += n_faded
+            if cfg.vendor_prob > 0:
+                images, n_vendor = vendor_batch(images, masks, cfg.vendor_prob, vendor_rng)
+                vendored += n_vendor
             x, y, soft = _augment_batch(aug, images, masks,
                                         teacher["prob"][idx] if teacher is not None else None)
             labels = torch.from_numpy(np.asarray(batch_labels, dtype=np.int64))
@@ -529,6 +573,8 @@ def train(cfg: TrainConfig) -> Path:
             record["faded"] = faded
         if cfg.paste_normal_prob > 0:
             record["pasted_normal"] = pasted_normal
+        if cfg.vendor_prob > 0:
+            record["vendor_augmented"] = vendored
         state = {
             "model": net.state_dict(), "arch": cfg.arch, "image_size": cfg.image_size,
             "classes": list(CLASSES), "epoch": epoch, "metrics": metrics, "score": score,
@@ -554,7 +600,8 @@ def train(cfg: TrainConfig) -> Path:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m inference.train", description=__doc__)
     p.add_argument("--data-dir", action="append", type=Path, required=True, dest="data_dirs",
-                   help="dataset folder (BUSI or BUS-BRA layout); repeat for several")
+                   help="dataset folder (BUSI layout with manifest.csv, as busi/, uclm/, "
+                        "breast/, or BUS-BRA layout); repeat for several")
     p.add_argument("--out", type=Path, required=True, dest="out_dir", help="run folder")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--max-minutes", type=float, default=None)
@@ -608,6 +655,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="probability per training normal image of pasting in a lesion of "
                         "another training image of its dataset, the label becoming that "
                         "lesion's class (0: off)")
+    p.add_argument("--vendor-prob", type=float, default=0.0,
+                   help="probability per training image of a vendor-appearance change (tone "
+                        "curve, depth gain, speckle, blur/sharpen, resampling, calipers; 0: off)")
+    p.add_argument("--balance-sources", action="store_true",
+                   help="draw every source (busi, busbra, uclm, breast) equally often")
     return p
 
 

@@ -9,10 +9,20 @@ import numpy as np
 import pytest
 import torch
 
+from inference.data import discover
 from inference.gradcam import grad_cam
 from inference.model import export_checkpoint, forward_tta, member_checkpoint
 from inference.networks import ARCHS, build_network
-from inference.train import TrainConfig, build_seg_loss, epoch_order, main, train
+from inference.train import (
+    TrainConfig,
+    balanced_order,
+    build_seg_loss,
+    epoch_order,
+    main,
+    train,
+    trained_on_validation,
+)
+from tests.inference.conftest import make_busi
 
 
 def _config(busi_dir: Path, out: Path, **kw: object) -> TrainConfig:
@@ -137,7 +147,7 @@ def test_train_init_weights_starts_from_a_bundled_member(busi_dir: Path, tmp_pat
 def test_train_init_weights_refuses_another_split_or_arch(busi_dir: Path, tmp_path: Path) -> None:
     first = tmp_path / "first"
     train(_config(busi_dir, first, arch="cascade", seed=0))
-    with pytest.raises(ValueError, match="another validation split"):
+    with pytest.raises(ValueError, match="of this run's validation split"):
         train(_config(busi_dir, tmp_path / "b", arch="cascade", seed=1,
                       init_weights=first / "last.pt"))  # split follows seed 1
     with pytest.raises(ValueError, match="arch 'cascade'"):
@@ -189,3 +199,30 @@ def test_grad_cam_runs_on_every_arch(arch: str) -> None:
     assert cams.shape == (3, 64, 64) and cams.dtype == np.float32
     assert float(cams.min()) >= 0.0 and float(cams.max()) <= 1.0
     assert float(cams.max()) == pytest.approx(1.0)  # each map is scaled to its own peak
+
+
+def test_init_weights_may_add_a_source_folder(busi_dir: Path, tmp_path: Path) -> None:
+    """Adding UCLM to a run started from BUSI weights keeps BUSI's validation images unseen."""
+    first = tmp_path / "first"
+    train(_config(busi_dir, first, arch="cascade", seed=0))
+    uclm = make_busi(tmp_path / "uclm", seed=3)
+    assert {s.source for s in discover(uclm)} == {"uclm"}
+    cfg = _config(busi_dir, tmp_path / "more", arch="cascade", seed=0,
+                  init_weights=first / "last.pt", vendor_prob=1.0, balance_sources=True)
+    cfg.data_dirs.append(uclm)
+    assert trained_on_validation(
+        torch.load(first / "last.pt", weights_only=False)["config"], cfg.to_json()) == 0
+    train(cfg)
+    history = (tmp_path / "more" / "history.jsonl").read_text()
+    assert '"vendor_augmented"' in history
+
+
+def test_balanced_order_gives_each_source_an_equal_share() -> None:
+    sources = np.array(["busbra"] * 90 + ["breast"] * 10)
+    draws = np.concatenate([balanced_order(sources, np.random.default_rng(s)) for s in range(40)])
+    assert abs((sources[draws] == "breast").mean() - 0.5) < 0.03
+
+
+def test_train_config_rejects_bad_vendor_prob(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="vendor_prob"):
+        TrainConfig(data_dirs=[tmp_path], out_dir=tmp_path, vendor_prob=2.0)
