@@ -1,0 +1,453 @@
+"""The radiologist workspace of one job: every image and frame, the AI outlines, the study rule.
+
+Built from the database (the job's result rows, its SEG outputs, the other jobs of the study)
+and the stored files (the source instance's header and frames, the SEG's bits). Two things
+are made on demand and cached under `outputs/<job>/preview/` like the dashboard previews:
+each frame at full resolution (`frame_png`) and each frame's Grad-CAM (`cam_png`).
+
+Why per-frame outlines come from the SEG: the pipeline analyses every frame of a cine clip
+but keeps result rows (class, probabilities, sizes) only for the first frames of an image
+(service.pipeline.PREVIEW_FRAMES); the lesion of any frame is in the AI SEG it sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_io.polygons import mask_to_polygons
+from dicom_io.read import iter_frames, read_header, read_info
+from dicom_io.regions import analysis_boxes, common_pixel_spacing
+from dicom_io.types import ImageInfo
+from inference.study import CLASSES
+from service.previews import render_preview, save_png
+from service.web.auth import Principal
+from service.web.caution import job_caution
+from service.web.preview_source import _model as locked_model
+from service.web.workspace_schemas import (
+    FrameResultPublic,
+    RelatedJobPublic,
+    StudyInfoPublic,
+    WorkspaceImagePublic,
+    WorkspacePublic,
+)
+from storage.files import DataDir
+from storage.models import Instance, Job, JobState, Output, Role
+
+log = logging.getLogger(__name__)
+
+#: One frame decode at a time per process: a scrub through a clip must not start N decodes.
+_FRAME_LOCK = threading.Lock()
+#: Largest side a full-resolution frame PNG may have (a US frame is at most ~1200 px).
+FULL_MAX_SIDE = 1 << 14
+
+
+@dataclass(frozen=True)
+class JobImage:
+    """One source image of a job: its 1-based number, UID and file on disk (None: gone)."""
+
+    index: int
+    sop_instance_uid: str
+    path: Path | None
+
+
+# ---- time --------------------------------------------------------------------------------------
+
+
+def format_local(value: datetime | None, zone: ZoneInfo) -> str | None:
+    """'2026-11-23 20:15:02 CET' in the site's zone; None when unset."""
+    if value is None:
+        return None
+    return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+# ---- the job's images --------------------------------------------------------------------------
+
+
+def _rows(job: Job) -> list[dict[str, Any]]:
+    return [r for r in (job.results or []) if isinstance(r, dict) and r.get("sop_instance_uid")]
+
+
+def job_images(session: Session, job: Job) -> list[JobImage]:
+    """The images this job analysed, in the order of its result rows (image 1, 2, ...)."""
+    order: dict[str, int] = {}
+    for row in _rows(job):
+        uid = str(row["sop_instance_uid"])
+        if uid not in order:
+            order[uid] = int(row.get("image") or len(order) + 1)
+    images = []
+    for uid, index in sorted(order.items(), key=lambda item: item[1]):
+        path = session.scalar(
+            select(Instance.path).where(
+                Instance.study_id == job.study_id,
+                Instance.sop_instance_uid == uid,
+                Instance.conflict_of_id.is_(None),
+            )
+        )
+        found = Path(path) if path and Path(path).is_file() else None
+        images.append(JobImage(index, uid, found))
+    return images
+
+
+def find_image(session: Session, job: Job, sop_instance_uid: str) -> JobImage | None:
+    """The job's image with that UID and its file, or None (not this job's, or not on disk)."""
+    for image in job_images(session, job):
+        if image.sop_instance_uid == sop_instance_uid and image.path is not None:
+            return image
+    return None
+
+
+# ---- the AI SEG --------------------------------------------------------------------------------
+
+
+def _as_list(value: object) -> list[object]:
+    if isinstance(value, str | int | float):  # IS values are str/int subclasses
+        return [value]
+    return list(value)  # type: ignore[call-overload]
+
+
+class SegIndex:
+    """Where each (source UID, source frame) lives in the job's SEGs, read once per request.
+
+    dicom_io.seg.seg_frame_for_source walks every SEG frame per question; a 300-frame clip
+    with a lesion in every frame would then cost 300 x 300 look-ups.
+    """
+
+    def __init__(self, segs: Sequence[Dataset]) -> None:
+        self.segs = list(segs)
+        self.where: dict[tuple[str, int], tuple[int, int]] = {}  # -> (seg index, seg frame)
+        for k, seg in enumerate(self.segs):
+            for frame, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+                for derivation in item.get("DerivationImageSequence", []):
+                    for source in derivation.get("SourceImageSequence", []):
+                        uid = str(source.ReferencedSOPInstanceUID)
+                        numbers = source.get("ReferencedFrameNumber")
+                        values = [1] if numbers is None else [int(n) for n in _as_list(numbers)]
+                        for number in values:
+                            self.where.setdefault((uid, number), (k, frame))
+
+    def frames_of(self, sop_instance_uid: str) -> list[int]:
+        """1-based source frames of that image with an AI lesion, in order."""
+        return sorted(n for uid, n in self.where if uid == sop_instance_uid)
+
+    def mask(self, sop_instance_uid: str, frame: int) -> np.ndarray | None:
+        """(Rows, Columns) bool lesion mask of that source frame, or None (no lesion)."""
+        found = self.where.get((sop_instance_uid, frame))
+        if found is None:
+            return None
+        seg = self.segs[found[0]]
+        rows, columns = int(seg.Rows), int(seg.Columns)
+        size = rows * columns
+        start_bit = (found[1] - 1) * size
+        data = np.frombuffer(seg.PixelData, dtype=np.uint8)
+        first, last = start_bit // 8, (start_bit + size + 7) // 8
+        bits = np.unpackbits(data[first:last], bitorder="little")
+        offset = start_bit - first * 8
+        return bits[offset : offset + size].reshape(rows, columns).astype(bool)
+
+
+def job_segs(session: Session, job_id: int) -> SegIndex:
+    """The job's AI SEG outputs (not the radiologists' corrections), indexed."""
+    segs = []
+    for output in session.scalars(
+        select(Output).where(Output.job_id == job_id, Output.kind == "seg").order_by(Output.id)
+    ):
+        path = Path(output.path)
+        if not path.is_file():
+            continue
+        try:
+            seg = dcmread(path)
+        except Exception as exc:  # noqa: BLE001 - the viewer shows the image without outlines
+            log.warning("job %d: SEG not readable (%s)", job_id, type(exc).__name__)
+            continue
+        # A radiologist's corrected SEG (issue 29) is MANUAL or SEMIAUTOMATIC: not the AI's.
+        types = {
+            str(item.get("SegmentAlgorithmType", "")) for item in seg.get("SegmentSequence", [])
+        }
+        if types and types <= {"MANUAL", "SEMIAUTOMATIC"}:
+            continue
+        segs.append(seg)
+    return SegIndex(segs)
+
+
+# ---- building the workspace --------------------------------------------------------------------
+
+
+def _malignant(probabilities: Mapping[str, float] | None) -> float:
+    return float((probabilities or {}).get("malignant", 0.0))
+
+
+def _frame_rows(rows: Iterable[dict[str, Any]], uid: str) -> dict[int, dict[str, Any]]:
+    """Per frame of one image, its most suspicious crop box's row (the study rule per frame)."""
+    best: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        if str(row.get("sop_instance_uid")) != uid or not row.get("frame"):
+            continue
+        frame = int(row["frame"])
+        current = best.get(frame)
+        if current is None or _malignant(row.get("probabilities")) > _malignant(
+            current.get("probabilities")
+        ):
+            best[frame] = row
+    return best
+
+
+def _spacing(info: ImageInfo) -> list[float] | None:
+    spacing = common_pixel_spacing(analysis_boxes(info.regions, info.shape))
+    return None if spacing is None else [round(spacing[0], 6), round(spacing[1], 6)]
+
+
+def _text(ds: Dataset | None, keyword: str) -> str | None:
+    if ds is None:
+        return None
+    value = ds.get(keyword)
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _study_date(ds: Dataset | None) -> str | None:
+    raw = _text(ds, "StudyDate")
+    if raw and len(raw) == 8 and raw.isdigit():
+        return f"{raw[:4]}-{raw[4:6]}-{raw[6:]}"
+    return raw
+
+
+def _laterality(headers: Sequence[Dataset]) -> str | None:
+    found = {
+        value
+        for ds in headers
+        for value in (_text(ds, "ImageLaterality"), _text(ds, "Laterality"))
+        if value
+    }
+    if not found:
+        return None
+    return found.pop() if len(found) == 1 else "B"
+
+
+def study_info(job: Job, headers: Sequence[Dataset]) -> StudyInfoPublic:
+    first = headers[0] if headers else None
+    return StudyInfoPublic(
+        patient_id=_text(first, "PatientID"),
+        study_date=_study_date(first),
+        body_part=_text(first, "BodyPartExamined"),
+        manufacturer=_text(first, "Manufacturer"),
+        model_name=_text(first, "ManufacturerModelName"),
+        laterality=_laterality(headers),
+        study_instance_uid=job.study.study_instance_uid,
+    )
+
+
+def class_rule(
+    job: Job,
+    images: Sequence[WorkspaceImagePublic],
+) -> str:
+    """The study rule (inference.study.study_class) in words, with the frame that decided."""
+    rule = (
+        "The study class is the class of its most suspicious frame: of every analysed frame "
+        "of every image, the one with the highest probability of malignancy decides. One "
+        "suspicious frame is enough, as a radiologist reports the worst finding; averaging "
+        "would let the normal frames of a cine clip hide the lesion."
+    )
+    if job.predicted_class is None or not job.probabilities:
+        return rule
+    frames = sum(image.frames for image in images)
+    p = _malignant(job.probabilities)
+    where = ""
+    for image in images:
+        for result in image.results:
+            if result.probabilities and all(
+                abs(float(result.probabilities.get(c, -1.0)) - float(job.probabilities.get(c, 0)))
+                < 5e-4
+                for c in CLASSES
+            ):
+                where = f" (image {image.index}, frame {result.frame})"
+                break
+        if where:
+            break
+    counted = f"{frames} frame{'s' if frames != 1 else ''} in {len(images)} " + (
+        "image" if len(images) == 1 else "images"
+    )
+    return (
+        f"{rule} Here {counted} were analysed; the deciding frame{where} has a "
+        f"{100 * p:.1f} % probability of malignancy and is classed {job.predicted_class}."
+    )
+
+
+def build_workspace(
+    session: Session,
+    job: Job,
+    principal: Principal,
+    zone: ZoneInfo,
+    runtime: Any = None,
+) -> WorkspacePublic:
+    """The workspace JSON of `job` for `principal` (who decides `can_edit`)."""
+    rows = _rows(job)
+    segs = job_segs(session, job.id)
+    images: list[WorkspaceImagePublic] = []
+    headers: list[Dataset] = []
+    with_cam = getattr(runtime, "models", None) is not None
+    for image in job_images(session, job):
+        if image.path is None:
+            continue
+        try:
+            info = read_info(image.path)
+            headers.append(read_header(image.path))
+        except Exception as exc:  # noqa: BLE001 - an unreadable source is left out, named
+            log.warning(
+                "job %d image %d not readable (%s)", job.id, image.index, type(exc).__name__
+            )
+            continue
+        uid = image.sop_instance_uid
+        by_frame = _frame_rows(rows, uid)
+        lesion_frames = [f for f in segs.frames_of(uid) if f <= info.number_of_frames]
+        results = []
+        for frame in sorted(set(by_frame) | set(lesion_frames)):
+            row = by_frame.get(frame, {})
+            mask = segs.mask(uid, frame) if frame in lesion_frames else None
+            outlines = [] if mask is None else [p.to_json() for p in mask_to_polygons(mask)]
+            results.append(
+                FrameResultPublic(
+                    frame=frame,
+                    predicted_class=row.get("predicted_class"),
+                    probabilities=row.get("probabilities"),
+                    long_axis_mm=row.get("long_axis_mm"),
+                    short_axis_mm=row.get("short_axis_mm"),
+                    descriptors=row.get("descriptors"),
+                    lesions=outlines,
+                )
+            )
+        explained = any(r.get("cam_png") for r in rows if str(r.get("sop_instance_uid")) == uid)
+        base = f"/api/jobs/{job.id}/images/{uid}"
+        images.append(
+            WorkspaceImagePublic(
+                index=image.index,
+                sop_instance_uid=uid,
+                rows=info.rows,
+                columns=info.columns,
+                frames=info.number_of_frames,
+                pixel_spacing_mm=_spacing(info),
+                lesion_frames=[r.frame for r in results if r.lesions],
+                frame_url=f"{base}/frames/{{frame}}.png",
+                cam_url=f"{base}/cam/{{frame}}.png" if with_cam and explained else None,
+                results=results,
+            )
+        )
+    related = session.scalars(
+        select(Job).where(Job.study_id == job.study_id, Job.id != job.id).order_by(Job.id)
+    ).all()
+    times = {
+        name: text
+        for name, value in (
+            ("received", job.created_at),
+            ("queued", job.queued_at),
+            ("started", job.running_at),
+            ("exporting", job.exporting_at),
+            ("finished", job.finished_at),
+        )
+        if (text := format_local(value, zone)) is not None
+    }
+    can_edit = principal.can(Role.RADIOLOGIST) and job.state == JobState.DONE
+    return WorkspacePublic(
+        job_id=job.id,
+        trial=False,
+        study=study_info(job, headers),
+        predicted_class=job.predicted_class,
+        probabilities=job.probabilities,
+        class_rule=class_rule(job, images),
+        times=times,
+        time_zone=zone.key,
+        related_jobs=[
+            RelatedJobPublic(
+                id=other.id,
+                state=other.state,
+                created=format_local(other.created_at, zone) or "",
+                url=f"/jobs/{other.id}",
+            )
+            for other in related
+        ],
+        caution=job_caution(session, job.id),
+        can_edit=can_edit,
+        csrf_token=principal.csrf_token if can_edit else None,
+        review_url=f"/api/jobs/{job.id}/review",
+        images=images,
+    )
+
+
+# ---- full-resolution frames and Grad-CAM -------------------------------------------------------
+
+
+def _cache_dir(data_dir: DataDir, job_id: int) -> Path:
+    return data_dir.outputs / str(int(job_id)) / "preview"
+
+
+def _full_name(index: int, frame: int) -> str:
+    return f"full_{index:03d}_{frame:05d}.png"
+
+
+def frame_png(data_dir: DataDir, job_id: int, image: JobImage, frame: int) -> Path | None:
+    """Frame `frame` of `image` as a full-resolution 8-bit grey PNG, cached; None: no such frame.
+
+    Decoded with dicom_io's reader (the pipeline's own luminance). A clip decodes in batches,
+    so every frame of the requested frame's batch is cached at once: scrubbing then reads
+    files.
+    """
+    cache = _cache_dir(data_dir, job_id)
+    path = cache / _full_name(image.index, frame)
+    if path.is_file():
+        return path
+    if image.path is None or frame < 1:
+        return None
+    with _FRAME_LOCK:
+        if path.is_file():  # another request made it while this one waited
+            return path
+        if frame > read_info(image.path).number_of_frames:
+            return None
+        for numbers, pixels in iter_frames(image.path):
+            if frame not in numbers:
+                continue
+            for number, pixel in zip(numbers, pixels, strict=True):
+                target = cache / _full_name(image.index, number)
+                if not target.is_file():
+                    gray = np.clip(np.asarray(pixel) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                    save_png(target, gray, max_side=FULL_MAX_SIDE)
+            break
+    return path if path.is_file() else None
+
+
+def cam_png(
+    data_dir: DataDir, job_id: int, image: JobImage, frame: int, runtime: Any
+) -> Path | None:
+    """Frame `frame`'s Grad-CAM over the image (service.previews), cached; None without model."""
+    if image.path is None or frame < 1:
+        return None
+    cache = _cache_dir(data_dir, job_id)
+    name = f"ws_{image.index:03d}_{frame:05d}_cam.png"
+    if (cache / name).is_file():
+        return cache / name
+    if frame > read_info(image.path).number_of_frames:
+        return None
+    model = locked_model(runtime)
+    if model is None:
+        return None
+    with _FRAME_LOCK:
+        return render_preview(
+            cache,
+            name,
+            source=image.path,
+            sop_instance_uid=image.sop_instance_uid,
+            frame_number=frame,
+            seg_paths=[],
+            model=model,
+        )
