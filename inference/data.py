@@ -228,7 +228,7 @@ def load_arrays(
     }
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")  # runs may share a cache
         np.savez_compressed(tmp, **out)
         os.replace(tmp, cache_file)
     return out
