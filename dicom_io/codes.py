@@ -120,3 +120,17 @@ POSTERIOR_CODES: dict[str, Code] = {
     "shadowing": Code("111369", "DCM", "Posterior shadowing"),
     "combined": Code("111370", "DCM", "Combined posterior enhancement and shadowing"),
 }
+
+# Radiologist review of the AI result (the corrected SR, service/review.py). PS3.16 has no
+# concept for "an AI result was accepted / corrected / rejected by a reader" (the nearest, CID
+# 7010's "Rejected for Quality Reasons", is about images), so these are private codes.
+REVIEW = Code("WCR-REVIEW", WECARE_SCHEME, "Radiologist review of AI result")
+#: Review outcome → value of the "Radiologist review of AI result" evaluation.
+REVIEW_CODES: dict[str, Code] = {
+    "accepted": Code("WCR-REVIEW-ACCEPTED", WECARE_SCHEME, "AI outline accepted"),
+    "corrected": Code("WCR-REVIEW-CORRECTED", WECARE_SCHEME, "AI outline corrected"),
+    "drawn": Code("WCR-REVIEW-DRAWN", WECARE_SCHEME, "Lesion outlined by radiologist"),
+    "rejected": Code("WCR-REVIEW-REJECTED", WECARE_SCHEME, "AI lesion rejected: no lesion"),
+}
+REVIEWER_CLASS = Code("WCR-REVIEW-CLASS", WECARE_SCHEME, "Radiologist's class")
+PERSON = Code("121006", "DCM", "Person")

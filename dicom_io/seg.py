@@ -248,6 +248,10 @@ def build_seg(
     series_number: int,
     *,
     uid_source: str | None = None,
+    algorithm_type: str = "AUTOMATIC",
+    content_creator: str | None = None,
+    further_sources: Sequence[Dataset] = (),
+    series_description: str = SEG_SERIES_DESCRIPTION,
 ) -> Dataset:
     """Build a BINARY Segmentation with one segment "lesion".
 
@@ -270,6 +274,20 @@ def build_seg(
         UID the output UIDs derive from; default the sources' Series Instance UID. Pass
         the source SOP Instance UID when building one SEG per instance of a series
         (after :class:`SegmentationInputError`), so the SEGs get distinct UIDs.
+    algorithm_type: str
+        Segment Algorithm Type (0062,0008): "AUTOMATIC" (the model's SEG), "SEMIAUTOMATIC"
+        (a radiologist accepted or edited the model's outline) or "MANUAL" (drawn from
+        nothing: no Segment Algorithm Identification is written).
+    content_creator: str, optional
+        Content Creator's Name (0070,0084): the radiologist who made a corrected SEG.
+    further_sources: Sequence[pydicom.Dataset]
+        Other images of the study this SEG derives from without a frame-to-frame link
+        (e.g. the AI SEG a radiologist corrected; headers with SOP Class/Instance, Series
+        and Study Instance UIDs): listed in the Source Image Sequence (0008,2112) of the
+        General Image module and, as their own series after the sources' series, in the
+        Referenced Series Sequence of the Common Instance Reference module (PS3.3 C.12.2).
+    series_description: str
+        Series Description (and Content Description) of the SEG.
 
     Returns
     -------
@@ -297,6 +315,7 @@ def build_seg(
     """
     if not isinstance(algorithm, AlgorithmInfo):
         raise TypeError("algorithm must be an AlgorithmInfo")
+    algorithm_kind = hd.seg.SegmentAlgorithmTypeValues(algorithm_type)
     checked = _validate(sources, masks, frame_numbers, series_number)
     keep = [index for index, (mask, _) in enumerate(checked) if mask.any()]
     if not keep:
@@ -357,8 +376,11 @@ def build_seg(
         segment_label=SEGMENT_LABEL,
         segmented_property_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         segmented_property_type=codes.LESION,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
+        algorithm_type=algorithm_kind,
+        # PS3.3 C.8.20.4: Segment Algorithm Identification only for (semi)automatic segments.
+        algorithm_identification=None
+        if algorithm_kind == hd.seg.SegmentAlgorithmTypeValues.MANUAL
+        else hd.AlgorithmIdentificationSequence(
             name=algorithm.name, family=algorithm.family_code, version=algorithm.version
         ),
         tracking_id="lesion",
@@ -380,10 +402,12 @@ def build_seg(
         software_versions=algorithm.version,
         device_serial_number=output_uid(algorithm.name, algorithm.version, "device")[-16:],
         content_label="LESION",
-        content_description=SEG_SERIES_DESCRIPTION,
-        series_description=SEG_SERIES_DESCRIPTION,
+        content_description=series_description,
+        content_creator_name=content_creator,
+        series_description=series_description,
         omit_empty_frames=True,
         plane_positions=plane_positions,
+        further_source_images=list(further_sources) or None,
     )
     retired = {
         str(ds.SOPInstanceUID): str(ds.SOPClassUID)

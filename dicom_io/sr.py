@@ -47,6 +47,7 @@ __all__ = [
     "SR_SERIES_DESCRIPTION",
     "LesionDescription",
     "LesionFinding",
+    "ReviewRecord",
     "StudyClassification",
     "build_sr",
     "sr_caution",
@@ -195,6 +196,37 @@ class StudyClassification:
             raise ValueError("StudyClassification.probabilities must sum to 1")
 
 
+@dataclass(frozen=True)
+class ReviewRecord:
+    """A radiologist's review of the AI result, written into a corrected SR.
+
+    Attributes
+    ----------
+    reviewer: str
+        The radiologist (user name): Person Observer Name of the observation context.
+    outcome: str
+        A key of :data:`dicom_io.codes.REVIEW_CODES`: "accepted", "corrected", "drawn" or
+        "rejected".
+    label: str | None
+        The radiologist's class (one of :data:`CLASSES`), None to state none.
+    """
+
+    reviewer: str
+    outcome: str
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        name = self.reviewer
+        if not isinstance(name, str) or not name.strip() or len(name) > 64:
+            raise ValueError("ReviewRecord.reviewer must be a non-empty str of at most 64")
+        if any(c in name for c in "\\^=") or not all(" " <= c <= "~" for c in name):
+            raise ValueError("ReviewRecord.reviewer must be printable ASCII without \\ ^ =")
+        if self.outcome not in codes.REVIEW_CODES:
+            raise ValueError(f"ReviewRecord.outcome must be one of {sorted(codes.REVIEW_CODES)}")
+        if self.label is not None and self.label not in CLASSES:
+            raise ValueError(f"ReviewRecord.label must be None or one of {CLASSES}")
+
+
 def _laterality_code(datasets: Sequence[Dataset]) -> Code | None:
     values = set()
     for ds in datasets:
@@ -309,6 +341,14 @@ def _lesion_group(
     )
 
 
+def _person_observer(name: str) -> hd.sr.ObserverContext:
+    """TID 1003 Person Observer of a reviewer: the user name as a PN family name ("name^")."""
+    return hd.sr.ObserverContext(
+        observer_type=_concept(codes.PERSON),
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=f"{name}^"),
+    )
+
+
 #: Concept name of the caution's TEXT item (PS3.16 DCM 121106).
 _COMMENT = Code("121106", "DCM", "Comment")
 
@@ -355,6 +395,9 @@ def build_sr(
     predecessors: Sequence[Dataset] = (),
     instance_number: int = 1,
     caution: str | None = None,
+    review: ReviewRecord | None = None,
+    series_kind: str = "sr-series",
+    series_description: str = SR_SERIES_DESCRIPTION,
 ) -> Dataset:
     """Build the TID 1500 Measurement Report of one study.
 
@@ -388,6 +431,16 @@ def build_sr(
         :data:`dicom_io.routing.DEVICE_CAUTION` for a scanner the model was not validated
         on: a TEXT item "Comment" (DCM 121106) in the study classification group. Printable
         ASCII, at most 1024 characters (UT allows more; a caution is a sentence).
+    review: ReviewRecord, optional
+        A radiologist's review (the corrected SR): the reviewer becomes the Person observer
+        of the observation context (TID 1002, beside the device that measured), and the
+        classification group gets "Radiologist review of AI result" = accepted, corrected,
+        drawn or rejected, and "Radiologist's class" when the review gives one.
+    series_kind: str
+        The kind :func:`output_uid` derives the Series Instance UID from: "sr-series" for
+        the AI reports, another kind puts the report in a series of its own.
+    series_description: str
+        Series Description of the SR.
 
     Returns
     -------
@@ -417,6 +470,8 @@ def build_sr(
         raise ValueError("instance_number must be >= 1")
     if uid_source is not None and (not isinstance(uid_source, str) or not uid_source):
         raise ValueError("uid_source must be a non-empty str or None")
+    if review is not None and not isinstance(review, ReviewRecord):
+        raise TypeError("review must be a ReviewRecord or None")
     if caution is not None and not _plain_text(caution):
         raise ValueError("caution must be non-empty printable ASCII of at most 1024 characters")
     studies = {str(ds.StudyInstanceUID) for ds in [*sources, *segs]}
@@ -497,6 +552,18 @@ def build_sr(
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
+    if review is not None:
+        items = [(codes.REVIEW, codes.REVIEW_CODES[review.outcome])]
+        if review.label is not None:
+            items.append((codes.REVIEWER_CLASS, codes.CLASS_CODES[review.label]))
+        for name, value in items:
+            groups[0][0].ContentSequence.append(
+                hd.sr.CodeContentItem(
+                    name=_concept(name),
+                    value=_concept(value),
+                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                )
+            )
     for index, finding in enumerate(findings):
         if not isinstance(finding, LesionFinding):
             raise TypeError(f"findings[{index}] must be a LesionFinding")
@@ -506,7 +573,10 @@ def build_sr(
         groups.append(_lesion_group(index, finding, source, segs, algorithm_id, version))
 
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(
+            observer_person_context=_person_observer(review.reviewer) if review else None,
+            observer_device_context=observer,
+        ),
         procedure_reported=_concept(codes.ULTRASONOGRAPHY_OF_BREAST),
         imaging_measurements=groups,
         referenced_images=list(sources),
@@ -514,7 +584,7 @@ def build_sr(
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, *segs],
         content=report,
-        series_instance_uid=output_uid(study_uid, version, "sr-series"),
+        series_instance_uid=output_uid(study_uid, version, series_kind),
         series_number=series_number,
         sop_instance_uid=output_uid(uid_source or study_uid, version, "sr"),
         instance_number=instance_number,
@@ -523,7 +593,7 @@ def build_sr(
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=SR_SERIES_DESCRIPTION,
+        series_description=series_description,
         manufacturer_model_name=algorithm.name,
         software_versions=version,
         coding_schemes=[
