@@ -281,6 +281,11 @@ class _Timer:
         return {k: round(v, 3) for k, v in self.seconds.items()}
 
 
+#: The stage timer under a public name, for callers that run the stages themselves
+#: (service/trial.py: one uploaded image, no job).
+StageTimer = _Timer
+
+
 def algorithm_info(model: ModelLike) -> AlgorithmInfo:
     """The model identity carried by SEG and SR; an unfinished model says so in its version.
 
