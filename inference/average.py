@@ -6,7 +6,7 @@ The epochs near the end of a cosine schedule sit around one minimum; their mean 
 nearer its centre than any single epoch (Izmailov et al., UAI 2018). Batch-norm statistics of an
 averaged network are not the average of the epochs' statistics, so they are recomputed with
 ``torch.optim.swa_utils.update_bn`` over the training images (no augmentation). The result is a
-checkpoint in the training format, so ``python -m inference.model export`` takes it as it is.
+checkpoint in the training format, so ``python -m inference.export export`` takes it as it is.
 """
 
 from __future__ import annotations

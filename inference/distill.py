@@ -45,8 +45,7 @@ def teacher_targets(teacher: Path, train_config: dict, images: np.ndarray, image
         ``prob`` (N, S, S) uint8 (probability x 255) and ``logits`` (N, 3) float32 (raw, before
         the teacher's temperature), computed with the teacher's own flip TTA setting.
     """
-    from inference.model import Model
-    from inference.train import predict_arrays
+    from inference.model import Model, predict_arrays
 
     model = Model.load(Path(teacher), device="cpu", precision="auto")
     if model.image_size != image_size:

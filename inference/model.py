@@ -3,21 +3,19 @@
 Contract: ``docs/ARCHITECTURE.md`` (``CLASSES``, ``Prediction``, ``Model``). Weights live in
 ``inference/weights/model.pt`` (a state_dict) with ``model.json`` beside it holding the version,
 status, image size, temperature, architecture (``members`` > 1: an ensemble) and
-post-processing settings.
+post-processing settings. Writing and unbundling such weights is :mod:`inference.export`'s
+job: the service never imports it.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
 import math
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,20 +25,27 @@ from scipy import ndimage
 from torch import nn
 
 from inference.compiled import CompiledForward, resolve_compile
-from inference.data import split_key
 from inference.gradcam import grad_cam
 from inference.networks import build_network, fold_batch_norm
-from inference.transforms import normalise, resize_image, resize_probability
+from inference.transforms import (
+    network_input,
+    normalise,
+    resize_image,
+    resize_probability,
+)
 
 CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_POSTPROCESS: dict[str, float | bool] = {
+DEFAULT_POSTPROCESS: dict[str, float | bool | None] = {
     "threshold": 0.5,
     "min_area_fraction": 0.002,
     "keep_largest": False,
     "fill_holes": True,
     "empty_if_normal": True,
     "flip_tta": True,
+    # p(normal) at or above which the mask is emptied and the class follows the mask; None
+    # keeps the older rule (argmax "normal" empties the mask) of bundles made before the gate.
+    "normal_gate": None,
 }
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 BATCH_SIZE = 8  # images per network call in predict on CPU (and the larger compiled batch)
@@ -182,7 +187,26 @@ def forward_tta(
     return prob, cls
 
 
-def _sha256(path: Path) -> str:
+def predict_arrays(
+    net: nn.Module, images: np.ndarray, batch_size: int = 32, flip_tta: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the network on (N, S, S) uint8 images of the array cache: (seg probabilities
+    (N, S, S), logits (N, 3)), no post-processing.
+
+    For validation, export (temperature fitting) and distillation, which all work on the
+    cached arrays; the service goes through :meth:`Model.predict`.
+    """
+    net.eval()
+    probs, logits = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            prob, cls = forward_tta(net, network_input(images[i : i + batch_size]), flip_tta)
+            probs.append(prob[:, 0].float().numpy())
+            logits.append(cls.float().numpy())
+    return np.concatenate(probs), np.concatenate(logits)
+
+
+def file_sha256(path: Path) -> str:
     """Hex sha256 of a file: the version names the exact weights."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -297,7 +321,7 @@ class Model:
             net.to(memory_format=torch.channels_last)
         else:  # fixed input shapes: let cuDNN pick its fastest convolution once per shape
             torch.backends.cudnn.benchmark = True
-        version = f"{meta['name']} {meta['trained_at'][:10]} {_sha256(path)[:8]}"
+        version = f"{meta['name']} {meta['trained_at'][:10]} {file_sha256(path)[:8]}"
         compiled = (CompiledForward(net, autocast_dtype(prec) or torch.float32,
                                     dev, full_batch=default_batch_size(dev))
                     if use_compile else None)
@@ -383,7 +407,15 @@ class Model:
             mask = prob_map > float(pp["threshold"])
             mask = postprocess_mask(mask, float(pp["min_area_fraction"]),
                                     bool(pp["keep_largest"]), bool(pp["fill_holes"]))
-            if pp["empty_if_normal"] and CLASSES[cls_idx] == "normal":
+            gate = pp.get("normal_gate")
+            if gate is not None:
+                # The operating point chosen on validation (inference.protocol): the mask is
+                # emptied only when p(normal) reaches the gate, and the class follows the mask,
+                # so a lesion outline never comes with "normal" nor "benign" with no outline.
+                if p[0] >= float(gate):
+                    mask = np.zeros(shape, dtype=bool)
+                cls_idx = 1 + int(np.argmax(p[1:])) if mask.any() else 0
+            elif pp["empty_if_normal"] and CLASSES[cls_idx] == "normal":
                 mask = np.zeros(shape, dtype=bool)
             cam = None
             if cams is not None:
@@ -398,169 +430,7 @@ class Model:
         return out
 
 
-def load_members(checkpoints: Sequence[Path]) -> tuple[list[dict], dict]:
-    """Load training checkpoints meant to be bundled together; returns (checkpoints, state).
+if __name__ == "__main__":  # export and member moved to inference.export; forward the old form
+    from inference.export import main as export_main
 
-    One checkpoint gives its own state_dict; several give an :class:`EnsembleNets` state_dict
-    (``members.<i>.``), after checking that they share architecture, image size and validation
-    split (otherwise the fitted temperature and the card's figures would not be held out).
-    """
-    if not checkpoints:
-        raise ValueError("no checkpoint given")
-    cks = [torch.load(p, map_location="cpu", weights_only=False) for p in checkpoints]
-    first = cks[0]
-    for p, ck in zip(checkpoints[1:], cks[1:], strict=True):
-        for key in ("arch", "image_size"):
-            if ck[key] != first[key]:
-                raise ValueError(f"{p}: {key} {ck[key]!r} differs from {first[key]!r}")
-        if split_key(ck["config"]) != split_key(first["config"]):
-            raise ValueError(f"{p}: trained on another validation split than {checkpoints[0]}")
-    if len(cks) == 1:
-        return cks, dict(first["model"])
-    return cks, {f"members.{i}.{k}": v for i, ck in enumerate(cks) for k, v in ck["model"].items()}
-
-
-def member_checkpoint(weights: Path, member: int = 1) -> dict:
-    """One network of bundled weights, as a training checkpoint (``model``, ``arch``,
-    ``image_size``, ``config``, ...).
-
-    The bundle keeps each member's training configuration in ``model.json``, so a member can
-    seed a longer run (``train --init-weights``) or be bundled again beside a new network
-    (``export``) without the run folder it came from. ``member`` counts from 1.
-    """
-    path = Path(weights)
-    if path.is_dir():
-        path = path / "model.pt"
-    meta_path = path.with_name("model.json")
-    if not path.is_file() or not meta_path.is_file():
-        raise FileNotFoundError(f"weights {path} or its model.json is missing")
-    meta = json.loads(meta_path.read_text())
-    n = int(meta.get("members", 1))
-    if not 1 <= member <= n:
-        raise ValueError(f"{path}: member must be in 1..{n}, got {member}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    if n == 1:
-        info = {"train_config": meta["train_config"], "epoch": meta["epoch"],
-                "saved_at": meta["trained_at"],
-                "validation_during_training": meta.get("validation_during_training", {}),
-                "averaged_epochs": meta.get("averaged_epochs")}
-    else:
-        info = meta["member_checkpoints"][member - 1]
-        prefix = f"members.{member - 1}."
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    ck = {"model": state, "arch": meta["arch"], "image_size": int(meta["image_size"]),
-          "classes": list(meta["classes"]), "epoch": int(info["epoch"]),
-          "metrics": info.get("validation_during_training") or {}, "score": None,
-          "config": info["train_config"], "saved_at": info["saved_at"],
-          "source_weights": f"{meta['name']} {_sha256(path)[:8]} member {member}"}
-    if info.get("averaged_epochs") is not None:
-        ck["averaged_epochs"] = info["averaged_epochs"]
-    return ck
-
-
-def export_checkpoint(
-    checkpoint: Path | Sequence[Path], weights_dir: Path, status: str, temperature: float,
-    extra: dict | None = None, half: bool = True, name: str | None = None,
-) -> Path:
-    """Write training checkpoint(s) as bundled weights: ``model.pt`` (state_dict) + ``model.json``.
-
-    Several checkpoints are bundled as one ensemble (``members`` in ``model.json``). ``half``
-    stores float16 (half the size; measured harmless, see MODEL_CARD.md).
-    """
-    paths = [Path(checkpoint)] if isinstance(checkpoint, str | Path) else list(checkpoint)
-    cks, model_state = load_members(paths)
-    ck = cks[0]
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model_state.items()}
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    pt = weights_dir / "model.pt"
-    tmp = pt.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, pt)
-    n = len(cks)
-    if name is None:  # the name the SEG and SR carry says what kind of model made them
-        name = f"wecare-{ck['arch']}" if n == 1 else f"wecare-{ck['arch']}-x{n}"
-        if n == 1 and ck["config"].get("teacher"):
-            name += "-distilled"
-    meta = {
-        "name": name,
-        "arch": ck["arch"],
-        "members": n,
-        "image_size": int(ck["image_size"]),
-        "classes": list(CLASSES),
-        "temperature": float(temperature),
-        "status": status,
-        "trained_at": max(c["saved_at"] for c in cks),
-        "epoch": max(int(c["epoch"]) for c in cks),
-        "exported_at": datetime.now(UTC).isoformat(),
-        "dtype": "float16" if half else "float32",
-        "postprocess": dict(DEFAULT_POSTPROCESS),
-        "train_config": ck["config"],
-        "sha256": _sha256(pt),
-        **(extra or {}),
-    }
-    if n == 1:
-        meta["validation_during_training"] = ck["metrics"]
-        if "averaged_epochs" in ck:
-            meta["averaged_epochs"] = ck["averaged_epochs"]
-        if ck.get("init_source"):
-            meta["init_source"] = ck["init_source"]
-    else:
-        meta["member_checkpoints"] = [
-            {"source": str(p), "seed": c["config"].get("seed"), "epoch": int(c["epoch"]),
-             "averaged_epochs": c.get("averaged_epochs"), "saved_at": c["saved_at"],
-             "train_config": c["config"], "validation_during_training": c["metrics"],
-             # where a run began from trained weights: their version, not just a path that
-             # may since hold other weights
-             **({"init_source": c["init_source"]} if c.get("init_source") else {})}
-            for p, c in zip(paths, cks, strict=True)
-        ]
-    (weights_dir / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return pt
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m inference.model export CKPT [CKPT ...] --status ...``: fit T, bundle;
-    ``python -m inference.model member WEIGHTS --member N --out CKPT``: unbundle one network."""
-    p = argparse.ArgumentParser(prog="python -m inference.model")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("export", help="bundle checkpoint(s) with a temperature fitted on "
-                       "validation; several checkpoints make an ensemble")
-    e.add_argument("checkpoints", type=Path, nargs="+")
-    e.add_argument("--status", required=True)
-    e.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
-    e.add_argument("--fp32", action="store_true")
-    e.add_argument("--num-threads", type=int, default=2)
-    m = sub.add_parser("member", help="write one network of bundled weights as a training "
-                       "checkpoint (to export it again beside another)")
-    m.add_argument("weights", type=Path)
-    m.add_argument("--member", type=int, default=1, help="which member, counting from 1")
-    m.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
-    if args.cmd == "member":
-        ck = member_checkpoint(args.weights, args.member)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(ck, args.out)
-        print(json.dumps({"checkpoint": str(args.out), "source": ck["source_weights"],
-                          "arch": ck["arch"], "epoch": ck["epoch"]}))
-        return 0
-    from inference.calibration import calibration_report
-    from inference.data import run_split_arrays
-    from inference.train import predict_arrays
-
-    torch.set_num_threads(args.num_threads)
-    cks, state = load_members(args.checkpoints)
-    _, arrays = run_split_arrays(cks[0]["config"], int(cks[0]["image_size"]))
-    net = build_network(cks[0]["arch"], members=len(cks))
-    net.load_state_dict(state)
-    flip = bool(DEFAULT_POSTPROCESS["flip_tta"])
-    _, logits = predict_arrays(net, arrays["images"], flip_tta=flip)
-    report = calibration_report(logits, arrays["labels"])
-    pt = export_checkpoint(args.checkpoints, args.weights_dir, args.status, report["temperature"],
-                           extra={"calibration": report}, half=not args.fp32)
-    print(json.dumps({"weights": str(pt), **report}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
+    raise SystemExit(export_main())

@@ -35,17 +35,12 @@ from inference.data import (
     split_seed_of,
 )
 from inference.distill import distill_class_loss, distill_seg_loss, teacher_targets
+from inference.export import member_checkpoint
 from inference.metrics import compute_metrics
-from inference.model import (
-    DEFAULT_POSTPROCESS,
-    forward_tta,
-    member_checkpoint,
-    postprocess_mask,
-)
+from inference.model import DEFAULT_POSTPROCESS, postprocess_mask, predict_arrays
 from inference.networks import ARCHS, build_network
 from inference.transforms import (
     fade_lesions,
-    network_input,
     normalise,
     paste_into_normals,
     paste_lesions,
@@ -239,20 +234,6 @@ def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> torch.Te
     w = 1.0 / np.sqrt(np.clip(counts, 1.0, None))
     w = w * n_classes / w.sum()
     return torch.tensor(w, dtype=torch.float32)
-
-
-def predict_arrays(
-    net: nn.Module, images: np.ndarray, batch_size: int = 32, flip_tta: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run the network on (N, S, S) uint8 images: (seg probabilities (N, S, S), logits (N, 3))."""
-    net.eval()
-    probs, logits = [], []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            prob, cls = forward_tta(net, network_input(images[i : i + batch_size]), flip_tta)
-            probs.append(prob[:, 0].float().numpy())
-            logits.append(cls.float().numpy())
-    return np.concatenate(probs), np.concatenate(logits)
 
 
 def balanced_order(sources: np.ndarray, rng: np.random.Generator) -> np.ndarray:

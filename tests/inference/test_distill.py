@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from inference.distill import distill_class_loss, distill_seg_loss, teacher_targets
-from inference.model import export_checkpoint
+from inference.export import export_checkpoint
 from inference.train import TrainConfig, _augment_batch, main, train
 from inference.transforms import train_augmentation
 

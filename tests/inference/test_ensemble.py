@@ -9,14 +9,9 @@ import pytest
 import torch
 from monai.visualize import GradCAM
 
+from inference.export import export_checkpoint, member_checkpoint
 from inference.gradcam import _unit_range, grad_cam
-from inference.model import (
-    Model,
-    cpu_has_native_bf16,
-    export_checkpoint,
-    member_checkpoint,
-    resolve_precision,
-)
+from inference.model import Model, cpu_has_native_bf16, resolve_precision
 from inference.networks import (
     ARCHS,
     ClassLogits,
@@ -85,7 +80,7 @@ def test_export_two_checkpoints_loads_as_an_ensemble(tmp_path: Path) -> None:
     a = _checkpoint(tmp_path / "a.pt", 0)
     b = _checkpoint(tmp_path / "b.pt", 1)
     pt = export_checkpoint([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "w", "test status",
-                           temperature=1.0, half=False)
+                           temperature=1.0, half=False, training_images=False)
     model = Model.load(pt, device="cpu", precision="float32")
     assert model.members == 2 and model.meta["name"] == "wecare-cascade-x2"
     assert [m["seed"] for m in model.meta["member_checkpoints"]] == [0, 1]
@@ -120,7 +115,7 @@ def test_member_checkpoint_unbundles_each_network_and_exports_again(tmp_path: Pa
     a = _checkpoint(tmp_path / "a.pt", 0)
     b = _checkpoint(tmp_path / "b.pt", 1)
     pt = export_checkpoint([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "w", "s",
-                           temperature=1.0, half=False)
+                           temperature=1.0, half=False, training_images=False)
     for i, ck in ((1, a), (2, b)):
         got = member_checkpoint(pt, i)
         assert got["arch"] == "cascade" and got["image_size"] == 32
@@ -133,7 +128,7 @@ def test_member_checkpoint_unbundles_each_network_and_exports_again(tmp_path: Pa
     for i in (1, 2):
         torch.save(member_checkpoint(tmp_path / "w", i), tmp_path / f"m{i}.pt")
     again = export_checkpoint([tmp_path / "m1.pt", tmp_path / "m2.pt"], tmp_path / "w2", "s",
-                              temperature=1.0, half=False)
+                              temperature=1.0, half=False, training_images=False)
     s1, s2 = torch.load(pt, weights_only=True), torch.load(again, weights_only=True)
     assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
     with pytest.raises(ValueError, match="member must be in 1..2"):
@@ -144,7 +139,8 @@ def test_member_checkpoint_unbundles_each_network_and_exports_again(tmp_path: Pa
 
 def test_member_checkpoint_of_a_single_network_bundle(tmp_path: Path) -> None:
     a = _checkpoint(tmp_path / "a.pt", 0)
-    pt = export_checkpoint(tmp_path / "a.pt", tmp_path / "w", "s", temperature=1.0, half=True)
+    pt = export_checkpoint(tmp_path / "a.pt", tmp_path / "w", "s", temperature=1.0, half=True,
+                           training_images=False)
     got = member_checkpoint(pt)
     assert got["config"] == a["config"] and got["model"].keys() == a["model"].keys()
     # float16 storage comes back as float32, within float16 rounding of the original
@@ -168,7 +164,8 @@ def test_resolve_precision(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bfloat16_inference_stays_close_to_float32(tmp_path: Path) -> None:
     _checkpoint(tmp_path / "a.pt", 0)
     _checkpoint(tmp_path / "b.pt", 1)
-    pt = export_checkpoint([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "w", "s", 1.0)
+    pt = export_checkpoint([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "w", "s", 1.0,
+                           training_images=False)
     f32 = Model.load(pt, device="cpu", precision="float32")
     bf16 = Model.load(pt, device="cpu", precision="bfloat16")
     assert f32 is not bf16 and bf16.precision == "bfloat16"
@@ -213,7 +210,8 @@ def test_fold_batch_norm_refuses_a_training_network() -> None:
 
 def test_model_load_folds_batch_norm_unless_asked_not_to(tmp_path: Path) -> None:
     _checkpoint(tmp_path / "a.pt", 0)
-    pt = export_checkpoint(tmp_path / "a.pt", tmp_path / "w", "s", temperature=1.0, half=False)
+    pt = export_checkpoint(tmp_path / "a.pt", tmp_path / "w", "s", temperature=1.0, half=False,
+                           training_images=False)
     folded = Model.load(pt, device="cpu", precision="float32")
     plain = Model.load(pt, device="cpu", precision="float32", fold_bn=False)
     assert folded is not plain  # cached apart

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from inference.data import discover
+from inference.export import export_checkpoint, member_checkpoint
 from inference.gradcam import grad_cam
-from inference.model import export_checkpoint, forward_tta, member_checkpoint
+from inference.model import forward_tta
 from inference.networks import ARCHS, build_network
 from inference.train import (
     TrainConfig,
