@@ -1,0 +1,48 @@
+"""The in-distribution score: fitted on training features, threshold from validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.networks import build_network
+from inference.scope import Scope, classifier_modules, fit_scope, load_scope, pooled_features
+
+
+def test_far_features_are_out_of_scope_near_ones_in(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    cov = np.diag(np.linspace(0.5, 2.0, 16))
+    train = rng.multivariate_normal(np.zeros(16), cov, 2000)
+    val = rng.multivariate_normal(np.zeros(16), cov, 500)
+    scope = fit_scope(train, val, "abc", "test", percentile=99.0)
+    assert 0.005 <= 1 - scope.in_scope(val).mean() <= 0.02  # about 1 % of validation refused
+    fresh = rng.multivariate_normal(np.zeros(16), cov, 1000)
+    assert scope.in_scope(fresh).mean() > 0.97
+    shifted = rng.multivariate_normal(np.full(16, 3.0), cov, 200)
+    assert scope.in_scope(shifted).mean() < 0.05
+    scope.save(tmp_path / "scope.npz")
+    back = Scope.load(tmp_path / "scope.npz")
+    assert back.threshold == scope.threshold and back.fitted_on == "test"
+    assert np.allclose(back.distances(shifted[:5]), scope.distances(shifted[:5]), rtol=1e-4)
+
+
+def test_scope_for_other_weights_is_switched_off(tmp_path: Path) -> None:
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"weights")
+    rng = np.random.default_rng(1)
+    fit_scope(rng.normal(size=(100, 4)), rng.normal(size=(50, 4)), "0" * 64, "x").save(
+        tmp_path / "scope.npz")
+    assert load_scope(tmp_path, weights) is None
+
+
+def test_pooled_features_of_a_cascade_and_an_ensemble() -> None:
+    x = torch.randn(3, 1, 64, 64)
+    seg = torch.rand(3, 1, 64, 64)
+    net = build_network("cascade").eval()
+    assert len(classifier_modules(net)) == 1
+    assert pooled_features(net, x, seg).shape == (3, 256)
+    pair = build_network("cascade", members=2).eval()
+    assert pooled_features(pair, x, seg).shape == (3, 512)
+    assert classifier_modules(build_network("multitask")) == []
