@@ -127,10 +127,10 @@ POSTERIOR_CODES: dict[str, Code] = {
 REVIEW = Code("WCR-REVIEW", WECARE_SCHEME, "Radiologist review of AI result")
 #: Review outcome → value of the "Radiologist review of AI result" evaluation.
 REVIEW_CODES: dict[str, Code] = {
-    "accepted": Code("WCR-REVIEW-ACCEPTED", WECARE_SCHEME, "AI outline accepted"),
-    "corrected": Code("WCR-REVIEW-CORRECTED", WECARE_SCHEME, "AI outline corrected"),
-    "drawn": Code("WCR-REVIEW-DRAWN", WECARE_SCHEME, "Lesion outlined by radiologist"),
-    "rejected": Code("WCR-REVIEW-REJECTED", WECARE_SCHEME, "AI lesion rejected: no lesion"),
+    "accepted": Code("WCR-RV-ACCEPT", WECARE_SCHEME, "AI outline accepted"),
+    "corrected": Code("WCR-RV-CORRECT", WECARE_SCHEME, "AI outline corrected"),
+    "drawn": Code("WCR-RV-DRAWN", WECARE_SCHEME, "Lesion outlined by radiologist"),
+    "rejected": Code("WCR-RV-REJECT", WECARE_SCHEME, "AI lesion rejected: no lesion"),
 }
-REVIEWER_CLASS = Code("WCR-REVIEW-CLASS", WECARE_SCHEME, "Radiologist's class")
+REVIEWER_CLASS = Code("WCR-RV-CLASS", WECARE_SCHEME, "Radiologist's class")
 PERSON = Code("121006", "DCM", "Person")

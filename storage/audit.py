@@ -34,6 +34,10 @@ class AuditAction(StrEnum):
     VIEW_AUDIT = "view_audit"
     EXPORT = "export"
     UID_CONFLICT = "uid_conflict"  # a SOP Instance UID received again with other content
+    REVIEW = "review"  # a radiologist accepted, corrected or rejected an AI result
+    REVIEW_REFUSED = "review_refused"  # a review that was not accepted (why, in detail)
+    VIEW_REVIEWS = "view_reviews"
+    EXPORT_CORRECTIONS = "export_corrections"  # reviewed images written as training data
 
 
 def record(

@@ -342,3 +342,36 @@ class AuditEvent(Base):
     target: Mapped[str | None] = mapped_column(String(128))  # job id, user name, uid hash
     client: Mapped[str | None] = mapped_column(String(64))  # client IP address
     detail: Mapped[str | None] = mapped_column(Text)  # never PHI
+
+
+# ---- radiologist reviews (issue 29) -----------------------------------------------------------
+
+
+class Review(Base):
+    """A radiologist's accept, edit or reject of the AI result on one image of a done job.
+
+    Each review that changes anything makes a corrected SEG (none for a rejection or an empty
+    outline) and a review SR, both sent through the outbox; the AI outputs stay as they were.
+    `content_key` is unique: the same review sent twice (a double click) is one review.
+    """
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    reviewer: Mapped[str] = mapped_column(String(64))  # user name
+    action: Mapped[str] = mapped_column(String(16))  # accept | edit | reject
+    origin: Mapped[str] = mapped_column(String(16))  # ai | scratch
+    outcome: Mapped[str] = mapped_column(String(16))  # accepted | corrected | drawn | rejected
+    label: Mapped[str | None] = mapped_column(String(16))  # radiologist's class, None: AI's
+    # [{"frame": n, "lesions": [[[x, y], ...], ...], "measurements": [...]}] per reviewed frame
+    frames: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    content_key: Mapped[str] = mapped_column(String(64), unique=True)
+    seg_output_id: Mapped[int | None] = mapped_column(ForeignKey("outputs.id"))
+    sr_output_id: Mapped[int | None] = mapped_column(ForeignKey("outputs.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    job: Mapped[Job] = relationship()
+    seg_output: Mapped[Output | None] = relationship(foreign_keys=[seg_output_id])
+    sr_output: Mapped[Output | None] = relationship(foreign_keys=[sr_output_id])

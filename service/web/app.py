@@ -33,6 +33,7 @@ from service.errors import JobError
 from service.web.auth import LoginThrottle, authenticate_requests, bootstrap, make_signer
 from service.web.deps import RuntimeView
 from service.web.routes import admin, auth, docs, health, instances, jobs, metrics, pages, workspace
+from service.web.routes import review as review_routes
 from service.web.routes import trial as trial_routes
 from storage.db import make_engine
 from storage.errors import DiskFullError, InvalidUIDError, StorageError
@@ -125,6 +126,7 @@ def create_app(settings: Settings, runtime: RuntimeView | None = None) -> FastAP
     app.include_router(pages.router)
     app.include_router(workspace.router)
     app.include_router(trial_routes.router)
+    app.include_router(review_routes.router)
     app.include_router(admin.pages)
     app.include_router(docs.router)
     app.mount(docs.STATIC_URL, StaticFiles(directory=STATIC_DIR), name="static")
