@@ -278,161 +278,29 @@ def infer(
     raise typer.Exit(code)
 
 
-@app.command()
-def train(
-    data_dir: Annotated[list[Path], typer.Option("--data-dir", help="Dataset folder (repeat)")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints and logs")] = Path(
-        "runs/train"
-    ),
-    epochs: Annotated[int, typer.Option(help="Epochs")] = 60,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after this long")] = None,
-    image_size: Annotated[int, typer.Option(help="Square input size in pixels")] = 192,
-    batch_size: Annotated[int, typer.Option(help="Batch size")] = 16,
-    lr: Annotated[float, typer.Option(help="Learning rate")] = 1e-3,
-    seg_loss: Annotated[str, typer.Option(help="dice, dicebce, focal or tversky")] = "dicebce",
-    arch: Annotated[str, typer.Option(help="multitask, separate or cascade")] = "multitask",
-    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
-    split_seed: Annotated[
-        int | None, typer.Option(help="Seed of the validation split (default: --seed)")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Resume from the run folder's last checkpoint")
-    ] = False,
-    num_threads: Annotated[int, typer.Option(help="Torch CPU threads")] = 2,
-    amp: Annotated[
-        bool, typer.Option(help="bf16 autocast + channels-last (fast on AVX-512 BF16 CPUs)")
-    ] = False,
-    busi_share: Annotated[
-        float | None, typer.Option(help="Share of each epoch's draws taken from BUSI")
-    ] = None,
-    flip_tta: Annotated[
-        bool, typer.Option(help="Validate with left-right flip test-time augmentation")
-    ] = True,
-    keep_epochs: Annotated[
-        bool, typer.Option(help="Keep every epoch's weights in OUT/epochs/ for averaging")
-    ] = False,
-    val_every: Annotated[
-        int, typer.Option(help="Validate every N-th epoch (and always the last)")
-    ] = 1,
-    teacher: Annotated[
-        Path | None,
-        typer.Option(help="Bundled model.pt (e.g. an ensemble, same split) to distil from"),
-    ] = None,
-    distill_weight: Annotated[
-        float, typer.Option(help="Share of the loss taken by the teacher's targets (0..1)")
-    ] = 0.5,
-    distill_temperature: Annotated[
-        float, typer.Option(help="Softening temperature of the class distillation")
-    ] = 2.0,
-    init_weights: Annotated[
-        Path | None,
-        typer.Option(help="Start from these weights (checkpoint or bundled model.pt, same "
-                     "split) instead of at random"),
-    ] = None,
-    init_member: Annotated[
-        int, typer.Option(help="With bundled ensemble weights: the member to start from")
-    ] = 1,
-    elastic_prob: Annotated[
-        float, typer.Option(help="Probability of an elastic warp per training image (0: none)")
-    ] = 0.3,
-    weight_decay: Annotated[
-        float, typer.Option(help="AdamW weight decay (decoupled; every parameter)")
-    ] = 1e-4,
-    paste_prob: Annotated[
-        float, typer.Option(help="Probability per training lesion image of pasting in a "
-                            "lesion of another image of the same class and dataset (0: off)")
-    ] = 0.0,
-    detect_weight: Annotated[
-        float, typer.Option(help="Weight of an image-level lesion-present loss on the "
-                            "segmenter's top-pixel logits (0: off)")
-    ] = 0.0,
-    fade_prob: Annotated[
-        float, typer.Option(help="Probability per training lesion image of moving its "
-                            "lesion's brightness towards the tissue around it (0: off)")
-    ] = 0.0,
-    paste_normal_prob: Annotated[
-        float, typer.Option(help="Probability per training normal image of pasting in a "
-                            "lesion of another image of its dataset, the label becoming "
-                            "that lesion's class (0: off)")
-    ] = 0.0,
-) -> None:
-    """Train the segmentation and classification networks (see inference/MODEL_CARD.md)."""
-    from inference.train import TrainConfig
+# `train` and `evaluate` hand their arguments to the argparse parsers of inference.train and
+# inference.evaluate: one definition of the options and defaults, whichever form is run.
+_FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command(context_settings=_FORWARD, add_help_option=False)
+def train(ctx: typer.Context) -> None:
+    """Train the networks: the options and defaults of `python -m inference.train`."""
+    from inference.train import TrainConfig, _parser
     from inference.train import train as run_train
 
-    cfg = TrainConfig(
-        data_dirs=list(data_dir),
-        out_dir=out,
-        epochs=epochs,
-        max_minutes=max_minutes,
-        image_size=image_size,
-        batch_size=batch_size,
-        lr=lr,
-        seg_loss=seg_loss,
-        arch=arch,
-        seed=seed,
-        split_seed=split_seed,
-        resume=resume,
-        num_threads=num_threads,
-        amp=amp,
-        busi_share=busi_share,
-        flip_tta=flip_tta,
-        keep_epochs=keep_epochs,
-        val_every=val_every,
-        teacher=teacher,
-        distill_weight=distill_weight,
-        distill_temperature=distill_temperature,
-        init_weights=init_weights,
-        init_member=init_member,
-        elastic_prob=elastic_prob,
-        weight_decay=weight_decay,
-        paste_prob=paste_prob,
-        detect_weight=detect_weight,
-        fade_prob=fade_prob,
-        paste_normal_prob=paste_normal_prob,
-    )
-    best = run_train(cfg)
+    parser = _parser()
+    parser.prog = "wecare train"
+    best = run_train(TrainConfig(**vars(parser.parse_args(ctx.args))))
     typer.echo(f"best checkpoint: {best}")
 
 
-@app.command()
-def evaluate(
-    data_dir: Annotated[
-        Path,
-        typer.Argument(help="Folder laid out like BUSI or BUS-BRA", exists=True, file_okay=False),
-    ],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Last stdout line is one JSON object")
-    ] = False,
-    weights: Annotated[Path | None, typer.Option(help="Model weights (default: bundled)")] = None,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for 95% intervals")] = 1000,
-    precision: Annotated[
-        str, typer.Option(help="auto, float32 or bfloat16 (auto: bfloat16 on CPUs with it)")
-    ] = "auto",
-    compile_mode: Annotated[
-        str, typer.Option("--compile", help="auto, on or off: torch.compile the network as the "
-                          "service does (a warm-up of about half a minute first)")
-    ] = "off",
-) -> None:
-    """Measure the models on a labelled folder: Dice, IoU, accuracy, AUC, ECE, with intervals."""
-    from inference.compiled import COMPILE_MODES
-    from inference.evaluate import evaluate as run_evaluate
-    from inference.evaluate import render_table
-    from inference.model import PRECISIONS, Model
+@app.command(context_settings=_FORWARD, add_help_option=False)
+def evaluate(ctx: typer.Context) -> None:
+    """Measure a model on a labelled folder, as `python -m inference.evaluate` does."""
+    from inference.evaluate import main as run_evaluate
 
-    if precision not in PRECISIONS:
-        raise typer.BadParameter(f"must be one of {', '.join(PRECISIONS)}",
-                                 param_hint="--precision")
-    if compile_mode not in COMPILE_MODES:
-        raise typer.BadParameter(f"must be one of {', '.join(COMPILE_MODES)}",
-                                 param_hint="--compile")
-    model = Model.load(weights, precision=precision, compile=compile_mode)
-    model.warm_up()
-    metrics: dict[str, Any] = run_evaluate(data_dir, model, bootstrap=bootstrap)
-    if as_json:
-        sys.stdout.write(json.dumps(metrics) + "\n")
-    else:
-        typer.echo(render_table(metrics))
+    raise typer.Exit(run_evaluate(ctx.args, prog="wecare evaluate"))
 
 
 @app.command()
