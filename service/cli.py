@@ -396,5 +396,46 @@ def evaluate_descriptors(
         typer.echo(render_markdown(result))
 
 
+@app.command("export-corrections")
+def export_corrections(
+    out: Annotated[Path, typer.Argument(help="Folder to write (BUSI layout + manifest.csv)")],
+    config: ConfigOption = None,
+) -> None:
+    """Write the radiologists' corrected images and masks as a training set.
+
+    OUT/<label>/<name>.png and <name>_mask.png (0/255) with OUT/manifest.csv (image, mask,
+    label, group, source, scanner): `wecare train --data-dir OUT` reads it. The newest review
+    of each frame wins; no patient names or IDs are written (group: a keyed hash per patient).
+    """
+    from service.export_corrections import export_corrections as run_export
+    from storage.audit import AuditAction, record
+    from storage.db import make_engine, session_scope, upgrade
+
+    settings = _settings(config)
+    url = settings.storage.resolved_database_url()
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as session:
+
+            def progress(done: int, total: int) -> None:
+                typer.echo(f"exported {done}/{total} reviewed frames", err=True)
+
+            summary = run_export(session, out, progress=progress)
+            record(
+                session,
+                AuditAction.EXPORT_CORRECTIONS,
+                actor="cli",
+                target=str(out)[:128],
+                detail=f"{len(summary.written)} frames written, {len(summary.skipped)} skipped",
+            )
+    finally:
+        engine.dispose()
+    for reason in summary.skipped:
+        typer.echo(f"skipped: {reason}", err=True)
+    counts = ", ".join(f"{label} {n}" for label, n in sorted(summary.counts().items()))
+    typer.echo(f"{len(summary.written)} frames written to {out} ({counts or 'none'})")
+
+
 if __name__ == "__main__":
     app()
