@@ -27,6 +27,7 @@ from torch import nn
 from inference.compiled import CompiledForward, resolve_compile
 from inference.gradcam import grad_cam
 from inference.networks import build_network, fold_batch_norm
+from inference.scope import Scope, load_scope, pooled_features
 from inference.transforms import (
     network_input,
     normalise,
@@ -128,12 +129,21 @@ class Prediction:
         The most probable class.
     cam : (H, W) float32 in 0..1, or None
         Grad-CAM of the predicted class when asked for.
+    in_scope : bool
+        False when the bundle's in-distribution check (``scope.npz``) finds the image unlike
+        the training images: the mask is then empty and the class is not to be reported.
+    scope_distance : float or None
+        The check's distance (None without a check).
     """
 
     mask: np.ndarray
     probabilities: dict[str, float]
     predicted_class: str
     cam: np.ndarray | None = None
+    # False when the image is unlike the breast ultrasound the model learnt from
+    # (inference.scope): its mask is empty and its class must not be reported.
+    in_scope: bool = True
+    scope_distance: float | None = None
 
     def __post_init__(self) -> None:
         if self.mask.ndim != 2 or self.mask.dtype != bool:
@@ -236,6 +246,7 @@ class Model:
     weights_path: Path
     precision: str = "float32"
     compiled: CompiledForward | None = None
+    scope: Scope | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     _cache: ClassVar[dict[tuple[str, str, str, bool, bool], Model]] = {}
@@ -326,7 +337,8 @@ class Model:
                                     dev, full_batch=default_batch_size(dev))
                     if use_compile else None)
         model = cls(net=net, meta=meta, version=version, status=str(meta["status"]),
-                    device=dev, weights_path=path, precision=prec, compiled=compiled)
+                    device=dev, weights_path=path, precision=prec, compiled=compiled,
+                    scope=load_scope(path.parent, path))
         cls._cache[key] = model
         return model
 
@@ -395,6 +407,12 @@ class Model:
                 seg_prob, logits = forward_tta(self.net, x, bool(pp["flip_tta"]))
         probs = torch.softmax(logits.double() / self.temperature, dim=1).cpu().numpy()
         seg_prob = seg_prob.float().cpu()
+        distances = None
+        if self.scope is not None:  # the classifier's features again, in float32: small next to
+            # the segmenter, and the distance must not depend on the precision served
+            with torch.no_grad():
+                feats = pooled_features(self.net, x.float(), seg_prob.to(x.device))
+            distances = self.scope.distances(feats)
         cams = (grad_cam(self.net, x, self.meta["arch"],
                          class_idx=torch.from_numpy(probs.argmax(axis=1)))
                 if with_cam else None)
@@ -417,6 +435,9 @@ class Model:
                 cls_idx = 1 + int(np.argmax(p[1:])) if mask.any() else 0
             elif pp["empty_if_normal"] and CLASSES[cls_idx] == "normal":
                 mask = np.zeros(shape, dtype=bool)
+            in_scope = distances is None or bool(distances[i] <= self.scope.threshold)
+            if not in_scope:
+                mask = np.zeros(shape, dtype=bool)
             cam = None
             if cams is not None:
                 cam_t = torch.from_numpy(cams[i])[None, None]
@@ -426,6 +447,8 @@ class Model:
                 probabilities={c: float(v) for c, v in zip(CLASSES, p, strict=True)},
                 predicted_class=CLASSES[cls_idx],
                 cam=cam,
+                in_scope=in_scope,
+                scope_distance=None if distances is None else float(distances[i]),
             ))
         return out
 

@@ -46,3 +46,44 @@ def test_pooled_features_of_a_cascade_and_an_ensemble() -> None:
     pair = build_network("cascade", members=2).eval()
     assert pooled_features(pair, x, seg).shape == (3, 512)
     assert classifier_modules(build_network("multitask")) == []
+
+
+def _bundle_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    from inference.model import WEIGHTS_DIR
+
+    for name in ("model.pt", "model.json"):
+        shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
+    return tmp_path / "model.pt"
+
+
+def test_model_with_a_scope_check_flags_and_empties_out_of_scope_images(tmp_path: Path) -> None:
+    import dataclasses
+
+    from inference.model import Model
+    from inference.scope import file_sha256
+
+    weights = _bundle_copy(tmp_path)
+    rng = np.random.default_rng(0)
+    image = rng.random((160, 200)).astype(np.float32)
+    sha = file_sha256(weights)
+    features = 512 if "x2" in Model.load(weights).meta["name"] else 256
+    for threshold, expect in ((np.inf, True), (-1.0, False)):
+        Scope(mean=np.zeros(features), precision=np.eye(features), threshold=threshold,
+              percentile=99.0, weights_sha256=sha, fitted_on="test").save(tmp_path / "scope.npz")
+        Model._cache.clear()
+        model = Model.load(weights)
+        assert model.scope is not None
+        (pred,) = model.predict([image])
+        assert pred.in_scope is expect and pred.scope_distance is not None
+        if not expect:
+            assert not pred.mask.any()
+    Model._cache.clear()
+    # the gate: p(normal) >= 0 empties every mask and the class follows the mask
+    model = Model.load(weights)
+    pp = {**model.meta["postprocess"], "normal_gate": 0.0}
+    gated = dataclasses.replace(model, meta={**model.meta, "postprocess": pp})
+    (pred,) = gated.predict([image])
+    assert not pred.mask.any() and pred.predicted_class == "normal"
+    Model._cache.clear()
