@@ -193,8 +193,10 @@ def render_table(metrics: dict) -> str:
         f"split {metrics.get('split', 'all')}), {metrics['n_images']} images, "
         f"{metrics['n_lesion_images']} with lesion, {metrics['n_normal_images']} normal",
         f"model: {metrics.get('model_version')} [{metrics.get('model_status')}]",
-        f"{'metric':<28}{'value':>8}   95% CI",
     ]
+    if "seen_in_training" in metrics and training_warning(metrics):
+        lines.append(training_warning(metrics))
+    lines.append(f"{'metric':<28}{'value':>8}   95% CI")
     for key in ("dice_mean", "iou_mean", "accuracy", "accuracy_benign_malignant",
                 "auc_benign_malignant", "normal_false_positive_rate", "lesion_missed_rate", "ece"):
         lo_hi = ci.get(key)
@@ -202,8 +204,6 @@ def render_table(metrics: dict) -> str:
         lines.append(f"{key:<28}{_fmt(metrics.get(key)):>8}   {interval}")
     if "accuracy_note" in metrics:
         lines.append(f"note: {metrics['accuracy_note']}")
-    if "seen_in_training" in metrics and training_warning(metrics):
-        lines.append(training_warning(metrics))
     lines.append(f"{'class':<12}{'precision':>10}{'recall':>8}{'f1':>8}{'n':>6}")
     for name, pc in metrics["per_class"].items():
         lines.append(f"{name:<12}{_fmt(pc['precision']):>10}{_fmt(pc['recall']):>8}"
