@@ -30,6 +30,7 @@ from service.web.not_processed import list_not_processed
 from service.web.overview import build_overview
 from service.web.preview_source import make_preview, renderable_previews
 from service.web.routes.instances import check_upload_csrf, read_upload, store_upload
+from service.web.routes.workspace import CSP_WORKSPACE
 from service.web.schemas import is_preview_name, job_detail, job_public
 from storage.audit import AuditAction
 from storage.models import Job, JobState, utcnow
@@ -178,9 +179,10 @@ def job_page(
         "classes": sorted((job.probabilities or {}).items(), key=lambda kv: -kv[1]),
         "now": now,
     }
-    return request.app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
-        request, "job.html", context
-    )
+    response: Response = request.app.state.templates.TemplateResponse(request, "job.html", context)
+    # The workspace (viewer and mask editor) runs the site's own script, nothing inline.
+    response.headers["Content-Security-Policy"] = CSP_WORKSPACE
+    return response
 
 
 @router.post("/jobs/{job_id}/process-now", summary="Button: process now", dependencies=[CsrfDep])
