@@ -24,6 +24,7 @@ import re
 import secrets
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -76,7 +77,7 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 NO_CALIBRATION = (
     "Picture without a DICOM header: no ultrasound region calibration, so sizes are in "
     "pixels only, and the scanner cannot be checked against the devices the model was "
-    "validated on."
+    "validated on"
 )
 CLASS_RULE = (
     "The class is that of the most suspicious frame: of every analysed frame (and each pane "
@@ -88,6 +89,10 @@ CLASS_RULE = (
 #: One trial analysed at a time per process: a cine clip holds its frames' results in memory.
 _ANALYSE_LOCK = threading.Lock()
 _RENDER_LOCK = threading.Lock()
+#: Readers sweep expired trials at most this often (uploads always sweep first).
+SWEEP_EVERY_SECONDS = 60.0
+_SWEEP_LOCK = threading.Lock()
+_LAST_SWEEP: dict[str, float] = {}
 
 
 class TrialError(Exception):
@@ -99,6 +104,40 @@ class TrialError(Exception):
         self.message = message
 
 
+class _ScopeWatch:
+    """The model, noting for every crop it is given whether it passed the bundle's
+    in-distribution check (``Prediction.in_scope``; True for a model without one)."""
+
+    def __init__(self, model: ModelLike) -> None:
+        self._model = model
+        self.version: str = model.version
+        self.status: str = model.status
+        self.meta: dict[str, Any] = getattr(model, "meta", None) or {}
+        self.in_scope: list[bool] = []
+
+    def predict(self, images: Sequence[np.ndarray], with_cam: bool = False) -> list[Any]:
+        out = self._model.predict(images, with_cam=with_cam)
+        self.in_scope.extend(bool(getattr(p, "in_scope", True)) for p in out)
+        return out
+
+    def frames_out_of_scope(self, boxes_per_frame: int) -> set[int]:
+        """1-based numbers of the frames with a crop unlike the training images: crops come
+        frame by frame, in order, each frame's boxes together (pipeline.analyse)."""
+        flags = self.in_scope
+        return {
+            k // boxes_per_frame + 1
+            for k in range(0, len(flags), boxes_per_frame)
+            if not all(flags[k : k + boxes_per_frame])
+        }
+
+
+#: Why nothing of an image unlike the training images is shown.
+OUT_OF_SCOPE = (
+    "out_of_scope: the image is unlike the breast ultrasound images the model was trained on "
+    "(the model's in-distribution check); no class or outline is given for it"
+)
+
+
 # ---- results -----------------------------------------------------------------------------------
 
 
@@ -107,8 +146,8 @@ class TrialFrame:
     """The model's result for one frame (every crop box of it together)."""
 
     frame: int  # 1-based
-    predicted_class: str
-    probabilities: dict[str, float]
+    predicted_class: str | None  # None: the frame failed the in-distribution check
+    probabilities: dict[str, float] | None
     long_axis_mm: float | None
     short_axis_mm: float | None
     descriptors: dict[str, Any] | None
@@ -235,16 +274,36 @@ def sweep(data_dir: DataDir, now: datetime | None = None) -> int:
     return removed
 
 
-def load_trial(data_dir: DataDir, trial_id: str, now: datetime | None = None) -> Trial | None:
-    """The stored trial `trial_id`, or None (bad id, never made, or expired and now removed)."""
+def sweep_now_and_then(data_dir: DataDir, now: datetime | None = None) -> None:
+    """:func:`sweep`, at most every :data:`SWEEP_EVERY_SECONDS` per data directory (every
+    frame a viewer scrubs to is a request; each sweep reads every trial's record)."""
+    key = str(trials_root(data_dir))
+    tick = time.monotonic()
+    with _SWEEP_LOCK:
+        last = _LAST_SWEEP.get(key)
+        if now is None and last is not None and tick - last < SWEEP_EVERY_SECONDS:
+            return
+        _LAST_SWEEP[key] = tick
     sweep(data_dir, now)
+
+
+def load_trial(data_dir: DataDir, trial_id: str, now: datetime | None = None) -> Trial | None:
+    """The stored trial `trial_id`, or None (bad id, never made, or expired and now removed).
+
+    Expired trials are swept on access; the one asked for is checked itself, so it is never
+    served past :data:`TRIAL_TTL`, whenever the last sweep ran."""
+    sweep_now_and_then(data_dir, now)
     if not valid_trial_id(trial_id):
         return None
-    path = trials_root(data_dir) / trial_id / TRIAL_FILE
+    directory = trials_root(data_dir) / trial_id
     try:
-        return Trial.from_json(json.loads(path.read_text()))
+        trial = Trial.from_json(json.loads((directory / TRIAL_FILE).read_text()))
     except FileNotFoundError:
         return None
+    if (now or datetime.now(UTC)) >= trial.expires:
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
+    return trial
 
 
 def trial_dir(data_dir: DataDir, trial_id: str) -> Path:
@@ -366,6 +425,7 @@ def _decode_picture(data: bytes) -> np.ndarray:
 
 def _picture_trial(base: Trial, directory: Path, data: bytes, model: ModelLike) -> Trial:
     """A PNG or JPEG: one frame, the whole picture as the one crop box (no regions)."""
+    watched = _ScopeWatch(model)
     gray = _decode_picture(data)
     _save_gray(directory / _frame_name(1), gray)
     rows, columns = gray.shape
@@ -375,7 +435,7 @@ def _picture_trial(base: Trial, directory: Path, data: bytes, model: ModelLike) 
 
     def frames() -> Iterator[FrameResult]:
         boxes = analysis_boxes(info.regions, info.shape)
-        predictions = model.predict([gray[box.slices] for box in boxes])
+        predictions = watched.predict([gray[box.slices] for box in boxes])
         yield FrameResult(
             0,
             1,
@@ -387,7 +447,7 @@ def _picture_trial(base: Trial, directory: Path, data: bytes, model: ModelLike) 
         )
 
     results = collect(frames(), [(source, info)], [], StageTimer(), preview_frames=1, explain=False)
-    return _finish(base, results, model, TrialStudy(), NO_CALIBRATION, sop_instance_uid=None)
+    return _finish(base, results, watched, TrialStudy(), NO_CALIBRATION, None)
 
 
 def _dicom_trial(
@@ -427,29 +487,47 @@ def _dicom_trial(
     if not infos:
         raise TrialError(HTTPStatus.UNPROCESSABLE_ENTITY, f"not analysed: {skipped[0]['reason']}")
     frames = infos[0][1].number_of_frames
+    watched = _ScopeWatch(model)
     results = collect(
-        analyse(infos, model, timer), infos, skipped, timer, preview_frames=frames, explain=False
+        analyse(infos, watched, timer), infos, skipped, timer, preview_frames=frames, explain=False
     )
     if not results:
         why = skipped[0]["reason"] if skipped else "no frame could be decoded"
         raise TrialError(HTTPStatus.UNPROCESSABLE_ENTITY, f"not analysed: {why}")
     validated = (getattr(model, "meta", None) or {}).get("validated_devices")
-    return _finish(base, results, model, study, device_caution([header], validated), sop)
+    return _finish(base, results, watched, study, device_caution([header], validated), sop)
 
 
 def _finish(
     base: Trial,
     results: Sequence[ImageResult],
-    model: ModelLike,
+    model: _ScopeWatch,
     study: TrialStudy,
     caution: str | None,
     sop_instance_uid: str | None,
 ) -> Trial:
-    """The trial with its image's per-frame results and the study class."""
+    """The trial with its image's per-frame results and the study class.
+
+    Frames the model's in-distribution check turns down get no class and no outline, and do
+    not take part in the study class; an image with no frame left is not analysed."""
     (result,) = results
-    call = classify(results, [])
     info = result.info
     boxes = analysis_boxes(info.regions, info.shape)
+    outside = model.frames_out_of_scope(len(boxes))
+    if len(outside) >= info.number_of_frames:
+        return Trial(
+            **{**asdict_shallow(base), "analysed": False, "not_analysed_reason": OUT_OF_SCOPE}
+        )
+    frames = list(_frames(result, outside))
+    if outside:
+        call = study_class(f.probabilities for f in frames if f.probabilities is not None)
+        note = (
+            f"{len(outside)} of {info.number_of_frames} frames are unlike the images the model "
+            "was trained on: they are not classified"
+        )
+        caution = f"{caution}. {note}" if caution else note
+    else:
+        call = classify(results, [])
     spacing = common_pixel_spacing(boxes)
     image = TrialImage(
         rows=info.rows,
@@ -457,8 +535,8 @@ def _finish(
         frames=info.number_of_frames,
         sop_instance_uid=sop_instance_uid,
         pixel_spacing_mm=None if spacing is None else [float(spacing[0]), float(spacing[1])],
-        lesion_frames=sorted(result.lesion_frames),
-        results=list(_frames(result)),
+        lesion_frames=sorted(n for n in result.lesion_frames if n not in outside),
+        results=frames,
     )
     return Trial(
         **{
@@ -474,13 +552,17 @@ def _finish(
     )
 
 
-def _frames(result: ImageResult) -> Iterator[TrialFrame]:
-    """One :class:`TrialFrame` per frame: its boxes' rows merged, its mask as polygons."""
+def _frames(result: ImageResult, outside: set[int]) -> Iterator[TrialFrame]:
+    """One :class:`TrialFrame` per frame: its boxes' rows merged, its mask as polygons; a
+    frame in `outside` (unlike the training images) with neither class nor outline."""
     by_frame: dict[int, list[Any]] = {}
     for row in result.rows:
         by_frame.setdefault(row.frame, []).append(row)
     rows, columns = result.info.shape
     for number in sorted(by_frame):
+        if number in outside:
+            yield TrialFrame(number, None, None, None, None, None, [])
+            continue
         frame_rows = by_frame[number]
         call = study_class(r.probabilities for r in frame_rows)
         largest = max(frame_rows, key=lambda r: r.lesion_area_px)

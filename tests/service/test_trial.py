@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -171,6 +172,27 @@ def test_page_needs_radiologist_and_shows_drop_zone(app: FastAPI, engine: Engine
         assert v.get("/try").status_code == 403
 
 
+def test_page_form_redirects_to_the_trial_page_or_says_not_analysed(
+    radiologist: TestClient,
+) -> None:
+    data, _ = picture()
+
+    sent = radiologist.post(
+        "/try", files={"file": ("x.png", data, "image/png")}, follow_redirects=False
+    )
+    assert sent.status_code == 303 and sent.headers["location"].startswith("/try/")
+    page = radiologist.get(sent.headers["location"])
+    assert page.status_code == 200 and "Not sent to any PACS" in page.text
+    assert f'data-src="/api/try/{sent.headers["location"][5:]}/workspace"' in page.text
+
+    dicom = pydicom_data_file("US1_UNCR.dcm").read_bytes()
+    refused = radiologist.post("/try", files={"file": ("us.dcm", dicom, "application/dicom")})
+    assert refused.status_code == 200
+    assert "Not analysed." in refused.text and "no_body_part:" in refused.text
+    bad = radiologist.post("/try", files={"file": ("x.txt", b"hello", "text/plain")})
+    assert bad.status_code == 415 and "not a PNG, JPEG or DICOM file" in bad.text
+
+
 # ---- DICOM ---------------------------------------------------------------------------------
 
 
@@ -227,6 +249,52 @@ def test_calibrated_cine_clip_lesion_frames_and_mm(radiologist: TestClient, tmp_
     assert results[3]["long_axis_mm"] == pytest.approx(9.0, abs=0.5)
     assert ws["study"]["patient_id"] == CANARY["PatientID"]  # the uploader's own file
     assert "frame 3" in ws["class_rule"]  # the first of the most suspicious frames decides
+
+
+@dataclass(frozen=True)
+class _ScopedPrediction:
+    mask: np.ndarray
+    probabilities: dict[str, float]
+    predicted_class: str
+    cam: np.ndarray | None
+    in_scope: bool
+
+
+class LesionOnlyInScope(ThresholdModel):
+    """The threshold model with an in-distribution check that turns down every crop without
+    a bright lesion (as inference.model empties their mask)."""
+
+    def predict(  # type: ignore[override]
+        self, images: Sequence[np.ndarray], with_cam: bool = False
+    ) -> list[_ScopedPrediction]:
+        out = []
+        for p in super().predict(images, with_cam):
+            in_scope = bool(p.mask.any())
+            out.append(
+                _ScopedPrediction(p.mask, p.probabilities, p.predicted_class, p.cam, in_scope)
+            )
+        return out
+
+
+def test_frames_unlike_training_images_get_no_class(
+    data_dir: DataDir, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    app = make_app(data_dir, db_url, engine, LesionOnlyInScope())
+    clip = make_us_image(tmp_path / "clip.dcm", frames=5, lesion_frames=[2, 3])  # 0-based
+    plain = make_us_image(tmp_path / "plain.dcm", lesion=None)
+    with client_for(app, engine, Role.RADIOLOGIST) as rad:
+        partly = upload(rad, clip.read_bytes(), "clip.dcm", "application/dicom")
+        wholly = upload(rad, plain.read_bytes(), "plain.dcm", "application/dicom")
+        assert partly.status_code == 201, partly.text
+        ws = rad.get(partly.json()["workspace_url"]).json()
+
+    results = {r["frame"]: r for r in ws["images"][0]["results"]}
+    assert [f for f, r in results.items() if r["predicted_class"] is None] == [1, 2, 5]
+    assert results[3]["predicted_class"] == "malignant" and results[3]["lesions"]
+    assert "3 of 5 frames are unlike the images the model was trained on" in ws["caution"]
+    assert wholly.status_code == 200
+    assert wholly.json()["analysed"] is False
+    assert wholly.json()["not_analysed_reason"].startswith("out_of_scope:")
 
 
 def test_deflate_bomb_is_refused_413(radiologist: TestClient, engine: Engine) -> None:
@@ -295,24 +363,40 @@ def test_trial_readable_only_by_the_uploaders_role_or_above(app: FastAPI, engine
         assert rad.get("/api/try/" + "A" * 32 + "/workspace").status_code == 404
 
 
+def _backdate(directory: Path) -> None:
+    record = directory / "trial.json"
+    stored = json.loads(record.read_text())
+    stored["created"] = (datetime.now(UTC) - TRIAL_TTL - timedelta(minutes=1)).isoformat()
+    record.write_text(json.dumps(stored))
+
+
 def test_trial_expires_after_24_h_and_is_removed_on_access(
     radiologist: TestClient, data_dir: DataDir
 ) -> None:
     data, _ = picture()
     body = upload(radiologist, data).json()
     directory = trials_root(data_dir) / body["trial_id"]
-    record = directory / "trial.json"
-    created = datetime.fromisoformat(json.loads(record.read_text())["created"])
+    created = datetime.fromisoformat(json.loads((directory / "trial.json").read_text())["created"])
+    assert load_trial(data_dir, body["trial_id"], now=created + TRIAL_TTL / 2) is not None
     assert load_trial(data_dir, body["trial_id"], now=created + TRIAL_TTL / 2) is not None
 
-    stored = json.loads(record.read_text())
-    stored["created"] = (datetime.now(UTC) - TRIAL_TTL - timedelta(minutes=1)).isoformat()
-    record.write_text(json.dumps(stored))
+    _backdate(directory)
     response = radiologist.get(body["workspace_url"])
+    frame = radiologist.get(body["workspace_url"].replace("workspace", "images/1/frames/1.png"))
 
-    assert response.status_code == 404
+    assert response.status_code == 404 and frame.status_code == 404
     assert "expired" in response.json()["detail"]
     assert not directory.exists()
+
+
+def test_upload_sweeps_other_expired_trials(radiologist: TestClient, data_dir: DataDir) -> None:
+    data, _ = picture()
+    old = trials_root(data_dir) / upload(radiologist, data).json()["trial_id"]
+    _backdate(old)
+
+    fresh = trials_root(data_dir) / upload(radiologist, data).json()["trial_id"]
+
+    assert not old.exists() and fresh.is_dir()
 
 
 # ---- the bundled model -------------------------------------------------------------------------

@@ -303,7 +303,9 @@ def _class_rule(trial: Trial) -> str:
         return CLASS_RULE
     p = float(trial.probabilities.get("malignant", 0.0))
     deciding = max(
-        image.results, key=lambda r: float(r.probabilities.get("malignant", 0.0)), default=None
+        (r for r in image.results if r.probabilities is not None),
+        key=lambda r: float((r.probabilities or {}).get("malignant", 0.0)),
+        default=None,
     )
     where = f" (frame {deciding.frame})" if deciding is not None and image.frames > 1 else ""
     counted = f"{image.frames} frame{'s' if image.frames != 1 else ''} of 1 image"
