@@ -146,6 +146,8 @@ def test_png_upload_shows_outline_in_pixels_not_sent_anywhere(
     assert (upload_event.actor, upload_event.detail) == ("rad", "trial png")
     assert upload_event.target.startswith("trial:") and trial_id not in upload_event.target
     assert not any("SMITH" in f"{e.target} {e.detail}" for e in events)
+    viewed = {e.detail for e in events if e.action == "view_image"}
+    assert {"trial frame 1", "trial frame 1 cam"} <= viewed
     assert (trials_root(data_dir) / trial_id / "trial.json").is_file()
 
 
@@ -348,6 +350,25 @@ def test_viewer_role_is_refused_403(app: FastAPI, engine: Engine, radiologist: T
     with client_for(app, engine, Role.VIEWER) as viewer:
         assert upload(viewer, data).status_code == 403
         assert viewer.get(ws_url).status_code == 403
+
+
+def test_session_upload_needs_the_csrf_token(app: FastAPI, engine: Engine) -> None:
+    from tests.service.test_auth import HTML, add_user, csrf_of, log_in
+
+    add_user(engine, "rosa", Role.RADIOLOGIST)
+    data, _ = picture()
+    with TestClient(app) as browser:
+        assert log_in(browser, "rosa").status_code == 303
+        token = csrf_of(browser, "/try")
+        files = {"file": ("x.png", data, "image/png")}
+        forged = browser.post("/api/try", files=files, headers={"x-csrf-token": "forged"})
+        bare_form = browser.post("/try", files=files, headers=HTML, follow_redirects=False)
+        sent = browser.post(
+            "/try", data={"csrf_token": token}, files=files, headers=HTML, follow_redirects=False
+        )
+
+    assert forged.status_code == 403 and bare_form.status_code == 403
+    assert sent.status_code == 303 and sent.headers["location"].startswith("/try/")
 
 
 def test_trial_readable_only_by_the_uploaders_role_or_above(app: FastAPI, engine: Engine) -> None:

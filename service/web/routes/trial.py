@@ -412,8 +412,12 @@ def _serve(make: Any, *args: Any) -> FileResponse:
 def read_trial_frame(
     trial_id: str, image: int, frame: int, request: Request, principal: RadiologistDep
 ) -> FileResponse:
+    """8-bit grey at full resolution: the picture itself, or the DICOM frame as the pipeline
+    decodes it (a clip's frames met on the way are cached)."""
     trial = _png(request, trial_id, image, principal)
-    return _serve(frame_png, request.app.state.data_dir, trial, frame)
+    response = _serve(frame_png, request.app.state.data_dir, trial, frame)
+    _audit(request, AuditAction.VIEW_IMAGE, _target(trial_id), f"trial frame {frame}")
+    return response
 
 
 @router.get(
@@ -421,12 +425,14 @@ def read_trial_frame(
     summary="Grad-CAM of one frame of a trial upload, over the frame",
     response_class=FileResponse,
 )
-async def read_trial_cam(
+def read_trial_cam(
     trial_id: str, image: int, frame: int, request: Request, principal: RadiologistDep
 ) -> FileResponse:
+    """Made on first request by the same model (one more pass, with gradients), then cached."""
     trial = _png(request, trial_id, image, principal)
-    model = await run_in_threadpool(trial_model, request)
-    return await run_in_threadpool(_serve, cam_png, request.app.state.data_dir, trial, frame, model)
+    response = _serve(cam_png, request.app.state.data_dir, trial, frame, trial_model(request))
+    _audit(request, AuditAction.VIEW_IMAGE, _target(trial_id), f"trial frame {frame} cam")
+    return response
 
 
 # ---- pages ---------------------------------------------------------------------------------
