@@ -291,6 +291,15 @@ def check_request(session: Session, job_id: int, request: ReviewRequest) -> Revi
         .limit(1)
     )
     probabilities = {k: float(v) for k, v in (job.probabilities or {}).items()}
+    ai_seg = analysed.seg_output
+    for output in (ai_seg, ai_sr):
+        if output is not None and not Path(output.path).is_file():
+            # Referenced by UID all the same would need its header: go without, and say so.
+            log.warning("AI %s of job %d is no longer on disk: not referenced", output.kind, job.id)
+    if ai_seg is not None and not Path(ai_seg.path).is_file():
+        ai_seg = None
+    if ai_sr is not None and not Path(ai_sr.path).is_file():
+        ai_sr = None
     return ReviewTarget(
         job=job,
         source_path=Path(instance.path),
@@ -298,7 +307,7 @@ def check_request(session: Session, job_id: int, request: ReviewRequest) -> Revi
         info=info,
         algorithm=algorithm_info(_JobModel(job.model_version, job.model_status or "")),
         classification=StudyClassification(job.predicted_class, probabilities),
-        ai_seg=analysed.seg_output,
+        ai_seg=ai_seg,
         ai_sr=ai_sr,
     )
 
@@ -454,37 +463,47 @@ def record_review(
     """Stage 6: outputs and their outbox rows, the review row and the audit event, in the
     caller's transaction (all or nothing)."""
     job = target.job
-    recorded: dict[str, Output] = {}
-    for out in written:
-        recorded[out.kind] = add_output(
-            session,
-            job,
-            kind=out.kind,
-            sop_instance_uid=out.sop_instance_uid,
-            series_instance_uid=out.series_instance_uid,
-            sop_class_uid=out.sop_class_uid,
-            path=str(out.path),
-            destinations=destinations,
-            model_version=job.model_version,
-            predecessor_id=target.ai_sr.id if out.kind == "sr" and target.ai_sr else None,
-        )
-    seg_out, sr_out = recorded.get("seg"), recorded.get("sr")
-    review, created = add_review(
-        session,
-        NewReview(
-            job_id=job.id,
-            sop_instance_uid=target.info.sop_instance_uid,
-            reviewer=reviewer.name,
-            action=request.action,
-            origin="ai" if corrected.from_ai else "scratch",
-            outcome=corrected.outcome,
-            label=request.label,
-            frames=_frames_json(corrected, lesions),
-            content_key=corrected.content_key,
-            seg_output_id=seg_out.id if seg_out else None,
-            sr_output_id=sr_out.id if sr_out else None,
-        ),
-    )
+    try:
+        # One savepoint: if an identical review committed meanwhile (a concurrent double
+        # click), its outputs and outbox rows are the ones kept, and ours are rolled back.
+        with session.begin_nested():
+            recorded: dict[str, Output] = {}
+            for out in written:
+                recorded[out.kind] = add_output(
+                    session,
+                    job,
+                    kind=out.kind,
+                    sop_instance_uid=out.sop_instance_uid,
+                    series_instance_uid=out.series_instance_uid,
+                    sop_class_uid=out.sop_class_uid,
+                    path=str(out.path),
+                    destinations=destinations,
+                    model_version=job.model_version,
+                    predecessor_id=target.ai_sr.id if out.kind == "sr" and target.ai_sr else None,
+                )
+            seg_out, sr_out = recorded.get("seg"), recorded.get("sr")
+            review, created = add_review(
+                session,
+                NewReview(
+                    job_id=job.id,
+                    sop_instance_uid=target.info.sop_instance_uid,
+                    reviewer=reviewer.name,
+                    action=request.action,
+                    origin="ai" if corrected.from_ai else "scratch",
+                    outcome=corrected.outcome,
+                    label=request.label,
+                    frames=_frames_json(corrected, lesions),
+                    content_key=corrected.content_key,
+                    seg_output_id=seg_out.id if seg_out else None,
+                    sr_output_id=sr_out.id if sr_out else None,
+                ),
+            )
+            if not created:
+                raise _AlreadyRecorded(review.id)
+    except _AlreadyRecorded as done:
+        existing = session.get(Review, done.review_id)
+        assert existing is not None
+        review, created = existing, False
     _audit(session, reviewer, review, target, duplicate=not created)
     log.info(
         "review %d of image %s (job %d): %s, %d lesion(s)",
@@ -498,6 +517,14 @@ def record_review(
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+
+
+class _AlreadyRecorded(Exception):
+    """The same review was recorded by a concurrent request: roll ours back, use that one."""
+
+    def __init__(self, review_id: int) -> None:
+        super().__init__(review_id)
+        self.review_id = review_id
 
 
 @dataclass(frozen=True)

@@ -431,3 +431,41 @@ def test_migration_matches_the_review_model(db_url: str) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
     assert [d for d in diff if "reviews" in repr(d)] == []
+
+
+def test_identical_review_racing_past_the_first_check_is_recorded_once(
+    engine: Engine, data_dir: DataDir, single: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.review
+    import storage.reviews
+    from service.review import FrameOutlines, Reviewer, ReviewRequest, submit_review
+
+    job_id, path = single
+    request = ReviewRequest(source_uid(path), "edit", "ai", None, (FrameOutlines(1, [OUTLINE]),))
+
+    def send() -> Any:
+        with session_scope(engine) as s:
+            return submit_review(s, job_id, request, Reviewer("rhea"),
+                                 out_root=data_dir.outputs, destinations=["pacs"])
+
+    first = send()
+    # The second request passed both look-ups before the first committed: its insert of the
+    # review meets the unique content key.
+    real = storage.reviews.find_by_key
+    calls: list[str] = []
+
+    def late(session: Any, key: str) -> Any:
+        calls.append(key)
+        return None if len(calls) == 1 else real(session, key)
+
+    monkeypatch.setattr(service.review, "find_by_key", lambda session, key: None)
+    monkeypatch.setattr(storage.reviews, "find_by_key", late)
+    second = send()
+    assert len(calls) == 2
+    assert second.duplicate and second.review_id == first.review_id
+    assert second.seg_sop_instance_uid == first.seg_sop_instance_uid
+    with session_scope(engine) as s:
+        assert len(s.scalars(select(Review)).all()) == 1
+        assert len(s.scalars(select(Output)).all()) == 4
+        assert len(s.scalars(select(OutboxItem)).all()) == 4
+        assert len(s.scalars(select(AuditEvent).where(AuditEvent.action == "review")).all()) == 2
