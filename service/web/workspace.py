@@ -36,6 +36,7 @@ from service.previews import render_preview, save_png
 from service.web.auth import Principal
 from service.web.caution import job_caution
 from service.web.preview_source import _model as locked_model
+from service.web.review_schemas import review_public
 from service.web.workspace_schemas import (
     FrameResultPublic,
     RelatedJobPublic,
@@ -44,7 +45,8 @@ from service.web.workspace_schemas import (
     WorkspacePublic,
 )
 from storage.files import DataDir
-from storage.models import Instance, Job, JobState, Output, Role
+from storage.models import Instance, Job, JobState, Output, Review, Role
+from storage.reviews import latest_for_job
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +162,15 @@ class SegIndex:
 
 def job_segs(session: Session, job_id: int) -> SegIndex:
     """The job's AI SEG outputs (not the radiologists' corrections), indexed."""
+    corrected = set(
+        session.scalars(select(Review.seg_output_id).where(Review.job_id == job_id)).all()
+    )
     segs = []
     for output in session.scalars(
         select(Output).where(Output.job_id == job_id, Output.kind == "seg").order_by(Output.id)
     ):
+        if output.id in corrected:
+            continue
         path = Path(output.path)
         if not path.is_file():
             continue
@@ -295,6 +302,7 @@ def build_workspace(
     """The workspace JSON of `job` for `principal` (who decides `can_edit`)."""
     rows = _rows(job)
     segs = job_segs(session, job.id)
+    reviews = latest_for_job(session, job.id)  # (uid, frame) -> newest review, any job
     images: list[WorkspaceImagePublic] = []
     headers: list[Dataset] = []
     with_cam = getattr(runtime, "models", None) is not None
@@ -313,8 +321,12 @@ def build_workspace(
         by_frame = _frame_rows(rows, uid)
         lesion_frames = [f for f in segs.frames_of(uid) if f <= info.number_of_frames]
         results = []
-        for frame in sorted(set(by_frame) | set(lesion_frames)):
+        review_frames = {frame for (source, frame), _ in reviews.items() if source == uid}
+        for frame in sorted(set(by_frame) | set(lesion_frames) | review_frames):
+            if frame > info.number_of_frames:
+                continue
             row = by_frame.get(frame, {})
+            review = reviews.get((uid, frame))
             mask = segs.mask(uid, frame) if frame in lesion_frames else None
             outlines = [] if mask is None else [p.to_json() for p in mask_to_polygons(mask)]
             results.append(
@@ -326,6 +338,7 @@ def build_workspace(
                     short_axis_mm=row.get("short_axis_mm"),
                     descriptors=row.get("descriptors"),
                     lesions=outlines,
+                    review=None if review is None else review_public(review),
                 )
             )
         explained = any(r.get("cam_png") for r in rows if str(r.get("sop_instance_uid")) == uid)

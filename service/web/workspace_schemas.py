@@ -12,6 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+# A frame's latest radiologist review is the review API's own model (review_schemas).
+from service.web.review_schemas import ReviewPublic
+
 
 class StudyInfoPublic(BaseModel):
     """What the radiologist checks before reading: whose study, which breast, which scanner."""
@@ -34,20 +37,6 @@ class RelatedJobPublic(BaseModel):
     url: str
 
 
-class ReviewPublic(BaseModel):
-    """The latest radiologist review of a frame (filled by the corrections backend)."""
-
-    review_id: int | None = None
-    action: str = Field(description="accept | edit | reject")
-    origin: str | None = Field(None, description="ai | scratch")
-    label: str | None = None
-    reviewer: str | None = None
-    created: str | None = Field(None, description="In the site time zone")
-    lesions: list[list[list[float]]] = Field(default_factory=list)
-    seg_sop_instance_uid: str | None = None
-    sr_sop_instance_uid: str | None = None
-
-
 class FrameResultPublic(BaseModel):
     """Model output for one analysed frame, with the AI outlines as polygons."""
 
@@ -60,7 +49,9 @@ class FrameResultPublic(BaseModel):
     lesions: list[list[list[float]]] = Field(
         default_factory=list, description="AI outline polygons, each [[x, y], ...]"
     )
-    review: ReviewPublic | None = None
+    review: ReviewPublic | None = Field(
+        None, description="Latest radiologist review of this frame (any job of the study)"
+    )
 
 
 class WorkspaceImagePublic(BaseModel):

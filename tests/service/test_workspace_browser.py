@@ -369,17 +369,10 @@ def test_workspace_viewer_role_sees_no_editor(site: Site, page: Any, engine: Eng
     assert page.locator(".ws-mark").count() == 1
 
 
-def _review_route_exists(site: Site) -> bool:
-    app = create_app(site.settings)
-    return any(getattr(r, "path", "") == "/api/jobs/{job_id}/review" for r in app.routes)
-
-
 @needs_dciodvfy
 def test_workspace_edit_and_send_corrected_seg_reaches_storescp_as_the_polygon_sent(
     site: Site, page: Any, tmp_path: Path
 ) -> None:
-    if not _review_route_exists(site):
-        pytest.skip("review endpoint (H2) not in the tree yet")
     import highdicom as hd
 
     _log_in(page, site.base_url, f"/jobs/{site.job_id}")
@@ -403,7 +396,13 @@ def test_workspace_edit_and_send_corrected_seg_reaches_storescp_as_the_polygon_s
     page.wait_for_selector(".ws-status.ok, .ws-status.error", timeout=30_000)
     status = page.inner_text("#ws-status")
     assert "Sent." in status, status
-    _save(page, tmp_path, "workspace-sent.png")
+    # The page reloads the workspace: the frame now shows the review and its SEG.
+    page.wait_for_selector("#ws-frame-review")
+    review_text = page.inner_text("#ws-frame-review")
+    assert f"corrected by {RADIOLOGIST}" in review_text and (
+        "CET" in review_text or "CEST" in review_text
+    )
+    _save(page, tmp_path, "workspace-sent.png", "#workspace")
 
     from storage.db import make_engine
 
@@ -417,8 +416,12 @@ def test_workspace_edit_and_send_corrected_seg_reaches_storescp_as_the_polygon_s
     finally:
         engine.dispose()
     elapsed = time.monotonic() - started
+    files = _new(site.received, before)  # the SR may have arrived in the same round
     segs = [f for f in files if dcmread(f, stop_before_pixels=True).Modality == "SEG"]
+    srs = [f for f in files if dcmread(f, stop_before_pixels=True).Modality == "SR"]
     assert len(segs) == 1, files
+    assert len(srs) == 1, files
+    assert dcmread(srs[0]).SOPInstanceUID in status
     seg_file = segs[0]
     errors, _ = run_dciodvfy(seg_file)
     assert errors == []
@@ -439,3 +442,26 @@ def test_workspace_edit_and_send_corrected_seg_reaches_storescp_as_the_polygon_s
 
 def _new(folder: Path, before: set[str]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name not in before)
+
+
+def test_workspace_send_refused_outline_shows_the_servers_reason(site: Site, page: Any) -> None:
+    """A new lesion clicked on one line has no area: the server's 422 reason is shown as is."""
+    _log_in(page, site.base_url, f"/jobs/{site.job_id}")
+    page.wait_for_selector("#workspace[data-ready=true]")
+    page.click("#ws-next-lesion")
+    _wait_frame_drawn(page, LESION_FRAME)
+    page.click("#ws-tool-new")
+    box = _canvas_box(page)
+    points = [
+        page.evaluate("([x, y]) => window.wecareWorkspace.toScreen(x, y)", [x, 40])
+        for x in (40, 60, 80)
+    ]
+    for sx, sy in points:
+        page.mouse.click(box["x"] + sx, box["y"] + sy)
+    page.keyboard.press("Enter")
+    assert len(page.evaluate("() => window.wecareWorkspace.lesions()")) == 2
+    page.click("#ws-send")
+    page.click("#ws-confirm-yes")
+    page.wait_for_selector(".ws-status.ok, .ws-status.error", timeout=30_000)
+    status = page.inner_text("#ws-status")
+    assert status.startswith("Refused (422): ") and "encloses no area" in status, status

@@ -225,6 +225,23 @@
     }
     return null;
   }
+  /** The latest radiologist review's outlines of the shown frame, or null (none sent). */
+  function reviewedLesions() {
+    var result = resultFor(current(), state.frame);
+    var review = result && result.review;
+    if (!review || !review.frames) return null;
+    for (var i = 0; i < review.frames.length; i++) {
+      if (review.frames[i].frame === state.frame) return review.frames[i].lesions || [];
+    }
+    return null;
+  }
+  function localTime(iso) {
+    try {
+      return new Date(iso).toLocaleString("sv-SE", { timeZone: ws.time_zone, timeZoneName: "short" });
+    } catch (err) {
+      return iso;
+    }
+  }
   function aiLesions(image, frame) {
     var result = resultFor(image, frame);
     return result ? clone(result.lesions) : [];
@@ -374,6 +391,15 @@
           : "rgba(255, 220, 0, " + Math.max(state.opacity, 0.6) + ")";
         ctx.stroke();
       });
+    }
+    var reviewed = reviewedLesions();
+    if (reviewed && state.overlay !== "hidden") {
+      ctx.save();
+      ctx.setLineDash([6, 4]);
+      ctx.lineWidth = 2;
+      ctx.strokeStyle = "rgba(60, 220, 120, 0.95)";
+      reviewed.forEach(function (poly) { if (poly.length > 2) { tracePath(poly); ctx.stroke(); } });
+      ctx.restore();
     }
     if (ws.can_edit && state.tool === "select") {
       polys.forEach(function (poly, i) {
@@ -730,11 +756,30 @@
             if (dests.length) parts.push(o.kind.toUpperCase() + " queued for " + dests.join(", "));
           });
         }
-        say(parts.join(" · "), "ok");
+        say(parts.join(" \u00b7 "), "ok");
+        reload();
       });
     }).catch(function (err) {
       say("Not sent: " + err, "error");
     });
+  }
+
+  /** Fetch the workspace again (after a send) and take its per-frame results and reviews. */
+  function reload() {
+    var src = root.getAttribute("data-src");
+    if (!src) return;
+    fetch(src, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (fresh) {
+        if (!fresh) return;
+        fresh.images.forEach(function (image, i) {
+          if (ws.images[i] && ws.images[i].sop_instance_uid === image.sop_instance_uid) {
+            ws.images[i].results = image.results;
+          }
+        });
+        renderFrameInfo();
+        draw();
+      });
   }
 
   function errorText(data, text) {
@@ -891,9 +936,14 @@
     }
     if (result && result.review) {
       var r = result.review;
-      frameInfo.appendChild(el("p", { class: "ws-review small", text: "Reviewed: " + r.action +
-        (r.reviewer ? " by " + r.reviewer : "") + (r.created ? " on " + r.created : "") +
-        (r.label ? " (" + r.label + ")" : "") }));
+      var words = { accepted: "accepted", corrected: "corrected", drawn: "drawn",
+        rejected: "rejected (no lesion)" };
+      frameInfo.appendChild(el("p", { class: "ws-review small", id: "ws-frame-review", text:
+        "Radiologist review: " + (words[r.outcome] || r.action) +
+        (r.reviewer ? " by " + r.reviewer : "") + (r.created ? ", " + localTime(r.created) : "") +
+        (r.label ? "; class " + r.label : "") +
+        (r.seg_sop_instance_uid ? "; corrected SEG " + r.seg_sop_instance_uid : "") +
+        " (dashed green outline)" }));
     }
   }
 
