@@ -117,7 +117,7 @@ def _provider(request: Request) -> Any:
                 worker.device,
                 worker.torch_threads,
                 precision=worker.precision,
-                compile_mode=worker.compile,
+                compile_mode="off",  # a trial is one image: no 30-60 s compile on first use
             )
             request.app.state.trial_models = provider
     return provider
