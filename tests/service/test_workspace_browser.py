@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import uvicorn
 from pydicom import dcmread
+from scipy import ndimage
 from sqlalchemy import Engine, select
 
 from dicom_io.polygons import Polygon, polygons_to_mask
@@ -465,3 +466,45 @@ def test_workspace_send_refused_outline_shows_the_servers_reason(site: Site, pag
     page.wait_for_selector(".ws-status.ok, .ws-status.error", timeout=30_000)
     status = page.inner_text("#ws-status")
     assert status.startswith("Refused (422): ") and "encloses no area" in status, status
+
+
+def _shapes(rows: int, columns: int) -> dict[str, np.ndarray]:
+    """Painted masks a radiologist might leave: an ellipse, an L, two blobs, a thin stroke."""
+    yy, xx = np.mgrid[:rows, :columns]
+    ellipse = ((yy - 120) / 37) ** 2 + ((xx - 150) / 58) ** 2 <= 1
+    ell = np.zeros((rows, columns), dtype=bool)
+    ell[40:120, 40:60] = True
+    ell[100:120, 40:140] = True
+    two = (((yy - 60) / 15) ** 2 + ((xx - 250) / 20) ** 2 <= 1) | (
+        ((yy - 200) / 25) ** 2 + ((xx - 80) / 12) ** 2 <= 1
+    )
+    stroke = np.abs(yy - 0.4 * xx - 60) <= 2.5
+    stroke &= (xx > 150) & (xx < 300)
+    return {"ellipse": ellipse, "l-shape": ell, "two blobs": two, "thin stroke": stroke}
+
+
+def test_workspace_brush_tracing_rasterises_back_on_the_server_to_the_painted_pixels(
+    site: Site, page: Any
+) -> None:
+    """The editor's raster -> polygon tracing (JS) against dicom_io.polygons.polygons_to_mask:
+    what the server stores is what was painted, but for pixels along the outline."""
+    _log_in(page, site.base_url, f"/jobs/{site.job_id}")
+    page.wait_for_selector("#workspace[data-ready=true]")
+    rows, columns = 256, 320
+    for name, painted in _shapes(rows, columns).items():
+        traced = page.evaluate(
+            """([bits, rows, columns]) => window.wecareWorkspace.trace(
+                Uint8Array.from(bits), rows, columns)""",
+            [painted.astype(np.uint8).ravel().tolist(), rows, columns],
+        )
+        components = 2 if name == "two blobs" else 1
+        assert len(traced) == components, name
+        server = polygons_to_mask(
+            [Polygon(tuple((x, y) for x, y in poly)) for poly in traced], (rows, columns)
+        ).astype(bool)
+        iou = (server & painted).sum() / (server | painted).sum()
+        assert iou > (0.9 if name == "thin stroke" else 0.97), (name, iou)
+        # Every disagreeing pixel lies on the painted region's edge (one pixel either side).
+
+        edge = ndimage.binary_dilation(painted) & ~ndimage.binary_erosion(painted)
+        assert not ((server ^ painted) & ~edge).any(), name
