@@ -508,3 +508,34 @@ def test_workspace_brush_tracing_rasterises_back_on_the_server_to_the_painted_pi
 
         edge = ndimage.binary_dilation(painted) & ~ndimage.binary_erosion(painted)
         assert not ((server ^ painted) & ~edge).any(), name
+
+
+def test_workspace_accept_then_reject_are_recorded_and_shown(site: Site, page: Any) -> None:
+    """Accept sends the AI outline as the radiologist's (a SEG and an SR); reject sends an SR
+    saying no lesion (no SEG); each answer's UIDs are shown, and the frame shows the latest."""
+    _log_in(page, site.base_url, f"/jobs/{site.job_id}")
+    page.wait_for_selector("#workspace[data-ready=true]")
+    page.click("#ws-next-lesion")
+    _wait_frame_drawn(page, LESION_FRAME)
+    answers = []
+    for action, button in (("accept", "#ws-accept"), ("reject", "#ws-reject")):
+        with page.expect_response(lambda r: r.url.endswith("/review")) as answer:
+            page.click(button)
+            assert "image 1" in page.inner_text("#ws-confirm")
+            page.click("#ws-confirm-yes")
+        assert answer.value.status == 202, (action, answer.value.text())
+        body = answer.value.json()
+        answers.append(body)
+        page.wait_for_selector(".ws-status.ok")
+        status = page.inner_text("#ws-status")
+        assert body["sr_sop_instance_uid"] in status
+        if body["seg_sop_instance_uid"]:
+            assert body["seg_sop_instance_uid"] in status
+        page.wait_for_function(
+            "(w) => (document.getElementById('ws-frame-review') || {}).textContent?.includes(w)",
+            arg="accepted" if action == "accept" else "rejected",
+        )
+    accepted, rejected = answers
+    assert accepted["seg_sop_instance_uid"] and rejected["seg_sop_instance_uid"] is None
+    assert accepted["sr_sop_instance_uid"] != rejected["sr_sop_instance_uid"]
+    assert page.errors == []  # type: ignore[attr-defined]
