@@ -249,11 +249,18 @@ def check_request(session: Session, job_id: int, request: ReviewRequest) -> Revi
     job = session.get(Job, job_id)
     if job is None:
         raise ReviewError(HTTPStatus.NOT_FOUND, "not_found", f"no job {job_id}")
-    if job.state != JobState.DONE or not job.model_version or not job.predicted_class:
+    if job.state != JobState.DONE:
         raise ReviewError(
             HTTPStatus.CONFLICT,
             "job_not_done",
             f"job {job_id} is {job.state}: only a done job's results can be reviewed",
+        )
+    if not job.model_version or not job.predicted_class or not job.probabilities:
+        raise ReviewError(
+            HTTPStatus.CONFLICT,
+            "no_ai_result",
+            f"job {job_id} has no AI class to review (no image was analysed within the "
+            "model's scope)",
         )
     uid = request.sop_instance_uid
     instance = session.scalar(
