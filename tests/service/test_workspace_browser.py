@@ -331,6 +331,22 @@ def test_workspace_viewer_scrub_cam_and_vertex_edit_with_undo_redo(
     assert len(page.evaluate("() => window.wecareWorkspace.lesions()")[0]) == len(moved[0]) + 1
     page.keyboard.press("Delete")
     assert page.evaluate("() => window.wecareWorkspace.lesions()") == moved
+    # Zoom in (buttons, then the wheel over the lesion) and pan by dragging empty image.
+    scale = page.evaluate("() => window.wecareWorkspace.state.scale")
+    page.click("#ws-zoom-in")
+    box = _canvas_box(page)
+    cx, cy = page.evaluate("([x, y]) => window.wecareWorkspace.toScreen(x, y)", [170, 120])
+    page.mouse.move(box["x"] + cx, box["y"] + cy)
+    page.mouse.wheel(0, -200)
+    zoomed = page.evaluate("() => window.wecareWorkspace.state.scale")
+    assert zoomed > 1.4 * scale
+    # The wheel zooms about the pointer: the lesion centre stays under it.
+    after = page.evaluate("([x, y]) => window.wecareWorkspace.toScreen(x, y)", [170, 120])
+    assert after == pytest.approx([cx, cy], abs=1.0)
+    tx = page.evaluate("() => window.wecareWorkspace.state.tx")
+    _drag(page, 30, 30, 40, 0)  # a corner of the image, away from any vertex
+    assert page.evaluate("() => window.wecareWorkspace.state.tx") == pytest.approx(tx + 40, abs=1)
+    assert page.evaluate("() => window.wecareWorkspace.lesions()") == moved  # panning edits nothing
     _save(page, tmp_path, "workspace-editor.png", "#workspace")
     assert page.errors == []  # type: ignore[attr-defined]
 

@@ -237,7 +237,10 @@
   }
   function localTime(iso) {
     try {
-      return new Date(iso).toLocaleString("sv-SE", { timeZone: ws.time_zone, timeZoneName: "short" });
+      return new Date(iso).toLocaleString("sv-SE", {
+        timeZone: ws.time_zone, timeZoneName: "short", year: "numeric", month: "2-digit",
+        day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+      });
     } catch (err) {
       return iso;
     }
@@ -377,6 +380,15 @@
         16, 28);
     }
     var polys = lesions();
+    if (ws.can_edit && state.overlay !== "hidden" && isEdited(state.image, state.frame)) {
+      // The AI's own outline stays visible, faint, under the edited one.
+      ctx.save();
+      ctx.setLineDash([2, 3]);
+      ctx.lineWidth = 1.5;
+      ctx.strokeStyle = "rgba(255, 220, 0, 0.7)";
+      aiLesions(current(), state.frame).forEach(function (poly) { tracePath(poly); ctx.stroke(); });
+      ctx.restore();
+    }
     if (state.overlay !== "hidden") {
       polys.forEach(function (poly, i) {
         if (poly.length < 2) return;
@@ -757,6 +769,7 @@
           });
         }
         say(parts.join(" \u00b7 "), "ok");
+        state.selected = null;
         reload();
       });
     }).catch(function (err) {
