@@ -133,8 +133,8 @@ class _ScopeWatch:
 
 #: Why nothing of an image unlike the training images is shown.
 OUT_OF_SCOPE = (
-    "out_of_scope: the image is unlike the breast ultrasound images the model was trained on "
-    "(the model's in-distribution check); no class or outline is given for it"
+    "outside_scope: the image is unlike the breast ultrasound the model was trained on "
+    "(in-distribution check); no class or lesion is given for it"
 )
 
 
@@ -446,7 +446,12 @@ def _picture_trial(base: Trial, directory: Path, data: bytes, model: ModelLike) 
             ),
         )
 
-    results = collect(frames(), [(source, info)], [], StageTimer(), preview_frames=1, explain=False)
+    skipped: list[dict[str, str]] = []
+    results = collect(
+        frames(), [(source, info)], skipped, StageTimer(), preview_frames=1, explain=False
+    )
+    if not results:  # the one frame outside the model's scope (pipeline.collect drops it)
+        return _not_analysed(base, skipped)
     return _finish(base, results, watched, TrialStudy(), NO_CALIBRATION, None)
 
 
@@ -491,11 +496,20 @@ def _dicom_trial(
     results = collect(
         analyse(infos, watched, timer), infos, skipped, timer, preview_frames=frames, explain=False
     )
+    if not results and watched.in_scope and not any(watched.in_scope):
+        return _not_analysed(base, skipped)
     if not results:
         why = skipped[0]["reason"] if skipped else "no frame could be decoded"
         raise TrialError(HTTPStatus.UNPROCESSABLE_ENTITY, f"not analysed: {why}")
     validated = (getattr(model, "meta", None) or {}).get("validated_devices")
     return _finish(base, results, watched, study, device_caution([header], validated), sop)
+
+
+def _not_analysed(base: Trial, skipped: Sequence[dict[str, str]]) -> Trial:
+    """Every frame outside the model's scope: no class, no outline, the reason said."""
+    reasons = [k["reason"] for k in skipped if k.get("code") == "outside_scope"]
+    reason = reasons[0] if reasons else OUT_OF_SCOPE
+    return Trial(**{**asdict_shallow(base), "analysed": False, "not_analysed_reason": reason})
 
 
 def _finish(
@@ -515,9 +529,7 @@ def _finish(
     boxes = analysis_boxes(info.regions, info.shape)
     outside = model.frames_out_of_scope(len(boxes))
     if len(outside) >= info.number_of_frames:
-        return Trial(
-            **{**asdict_shallow(base), "analysed": False, "not_analysed_reason": OUT_OF_SCOPE}
-        )
+        return _not_analysed(base, [])
     frames = list(_frames(result, outside))
     if outside:
         call = study_class(f.probabilities for f in frames if f.probabilities is not None)
@@ -559,8 +571,8 @@ def _frames(result: ImageResult, outside: set[int]) -> Iterator[TrialFrame]:
     for row in result.rows:
         by_frame.setdefault(row.frame, []).append(row)
     rows, columns = result.info.shape
-    for number in sorted(by_frame):
-        if number in outside:
+    for number in range(1, result.info.number_of_frames + 1):
+        if number in outside or number not in by_frame:  # no row: outside the model's scope
             yield TrialFrame(number, None, None, None, None, None, [])
             continue
         frame_rows = by_frame[number]

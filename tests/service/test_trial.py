@@ -296,7 +296,7 @@ def test_frames_unlike_training_images_get_no_class(
     assert "3 of 5 frames are unlike the images the model was trained on" in ws["caution"]
     assert wholly.status_code == 200
     assert wholly.json()["analysed"] is False
-    assert wholly.json()["not_analysed_reason"].startswith("out_of_scope:")
+    assert wholly.json()["not_analysed_reason"].startswith("outside_scope:")
 
 
 def test_deflate_bomb_is_refused_413(radiologist: TestClient, engine: Engine) -> None:
