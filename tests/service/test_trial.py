@@ -162,6 +162,35 @@ def test_jpeg_raw_body_is_analysed(radiologist: TestClient) -> None:
     assert _iou(_outline_mask(result, (200, 300)), lesion) > 0.9
 
 
+def test_16_bit_and_transparent_pngs_are_read_as_their_grey_values(radiologist: TestClient) -> None:
+    data, lesion = picture()
+    gray = np.asarray(Image.open(io.BytesIO(data)))
+    deep = io.BytesIO()
+    Image.fromarray(gray.astype(np.uint16) * 257).save(deep, format="PNG")  # I;16
+    rgba = io.BytesIO()
+    alpha = np.full(gray.shape, 255, dtype=np.uint8)
+    Image.fromarray(np.dstack([gray, gray, gray, alpha])).save(rgba, format="PNG")
+
+    for encoded in (deep.getvalue(), rgba.getvalue()):
+        response = upload(radiologist, encoded)
+        assert response.status_code == 201, response.text
+        ws = radiologist.get(response.json()["workspace_url"]).json()
+        (result,) = ws["images"][0]["results"]
+        assert _iou(_outline_mask(result, (200, 300)), lesion) > 0.95
+        frame = radiologist.get(ws["images"][0]["frame_url"].format(frame=1))
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(frame.content))), gray)
+
+
+def test_picture_over_the_pixel_limit_is_refused_413(radiologist: TestClient) -> None:
+    buf = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(buf, format="PNG")  # 48 Mpx in about 50 kB
+
+    response = upload(radiologist, buf.getvalue())
+
+    assert response.status_code == 413
+    assert "at most 40 million pixels" in response.json()["detail"]
+
+
 def test_page_needs_radiologist_and_shows_drop_zone(app: FastAPI, engine: Engine) -> None:
     with (
         client_for(app, engine, Role.RADIOLOGIST) as rad,

@@ -37,6 +37,7 @@ from service.trial import (
 from service.web.auth import Principal, RadiologistDep, audit
 from service.web.routes.instances import check_upload_csrf, read_upload
 from service.web.routes.pages import FINAL_MODEL_STATUS
+from service.web.routes.workspace import CSP_WORKSPACE  # the same viewer script
 from service.web.schemas import ErrorPublic
 from service.web.workspace import format_local
 from service.web.workspace_schemas import (
@@ -55,12 +56,6 @@ _MIB = 1024 * 1024
 #: Raw bodies accepted besides a multipart form with a 'file' field.
 _PICTURE_TYPES = ("image/png", "image/jpeg")
 _DICOM_TYPES = ("application/dicom", "application/octet-stream")
-#: The trial pages run the workspace viewer: scripts from this site only, none inline.
-CSP_TRIAL = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'"
-)
 _NOT_FOUND = "trial not found or expired (a trial is kept 24 h)"
 _PNG_HEADERS = {"Cache-Control": "private, max-age=300"}
 _MODEL_LOCK = threading.Lock()
@@ -464,7 +459,7 @@ def _page(
     response = request.app.state.templates.TemplateResponse(
         request, "try.html", context, status_code=status_code
     )
-    response.headers["Content-Security-Policy"] = CSP_TRIAL
+    response.headers["Content-Security-Policy"] = CSP_WORKSPACE
     return response  # type: ignore[no-any-return]
 
 
