@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: One frame decode at a time per process: a scrub through a clip must not start N decodes.
 _FRAME_LOCK = threading.Lock()
+#: One Grad-CAM at a time (a model run), apart from decodes so a scrub does not wait on it.
+_CAM_LOCK = threading.Lock()
 #: Largest side a full-resolution frame PNG may have (a US frame is at most ~1200 px).
 FULL_MAX_SIDE = 1 << 14
 
@@ -454,7 +456,7 @@ def cam_png(
     model = locked_model(runtime)
     if model is None:
         return None
-    with _FRAME_LOCK:
+    with _CAM_LOCK:
         return render_preview(
             cache,
             name,
