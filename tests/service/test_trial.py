@@ -201,6 +201,8 @@ def test_page_needs_radiologist_and_shows_drop_zone(app: FastAPI, engine: Engine
         assert 'id="drop-zone"' in page.text and "Not sent to any PACS" in page.text
         assert "script-src 'self'" in page.headers["content-security-policy"]
         assert v.get("/try").status_code == 403
+        # The nav link: for those who may use it.
+        assert 'href="/try"' in page.text and 'href="/try"' not in v.get("/").text
 
 
 def test_page_form_redirects_to_the_trial_page_or_says_not_analysed(
