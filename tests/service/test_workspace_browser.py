@@ -356,13 +356,15 @@ def test_workspace_brush_adds_a_second_lesion_and_eraser_removes_it(site: Site, 
     page.wait_for_selector("#workspace[data-ready=true]")
     page.click("#ws-next-lesion")
     _wait_frame_drawn(page, LESION_FRAME)
+    ai = page.evaluate("() => window.wecareWorkspace.lesions()")[0]
     page.click("#ws-tool-brush")
     # Paint a blob well away from the AI lesion (image pixel (60, 60)).
     sx, sy = page.evaluate("() => window.wecareWorkspace.toScreen(60, 60)")
     _drag(page, sx, sy, 25, 10)
     after = page.evaluate("() => window.wecareWorkspace.lesions()")
     assert len(after) == 2  # the AI lesion and the painted one, each a polygon
-    painted = min(after, key=lambda poly: len(poly))
+    assert after[0] == ai  # a stroke away from the AI outline leaves its vertices alone
+    painted = after[1]
     xs, ys = [v[0] for v in painted], [v[1] for v in painted]
     assert min(xs) < 60 < max(xs) and min(ys) < 60 < max(ys)
     page.click("#ws-tool-eraser")
@@ -371,6 +373,16 @@ def test_workspace_brush_adds_a_second_lesion_and_eraser_removes_it(site: Site, 
     assert len(page.evaluate("() => window.wecareWorkspace.lesions()")) == 1
     page.keyboard.press("Control+z")
     assert len(page.evaluate("() => window.wecareWorkspace.lesions()")) == 2
+    page.keyboard.press("Control+z")
+    assert page.evaluate("() => window.wecareWorkspace.lesions()") == [ai]
+    # A stroke across the AI outline's right edge grows that lesion: still one, re-traced.
+    page.click("#ws-tool-brush")
+    page.evaluate("() => { window.wecareWorkspace.state.brush = 8; }")
+    right = max(x for x, _ in ai)
+    sx, sy = page.evaluate("([x, y]) => window.wecareWorkspace.toScreen(x, y)", [right, CENTER[0]])
+    _drag(page, sx, sy, 10, 0)
+    (grown,) = page.evaluate("() => window.wecareWorkspace.lesions()")
+    assert max(x for x, _ in grown) > right + 5
     assert page.errors == []  # type: ignore[attr-defined]
 
 

@@ -540,7 +540,8 @@
     }
     if (!panning && (state.tool === "brush" || state.tool === "eraser")) {
       var image = current();
-      state.painting = { raster: rasterize(lesions(), image.rows, image.columns), last: null };
+      var before = rasterize(lesions(), image.rows, image.columns);
+      state.painting = { raster: before.slice(), before: before, last: null };
       paintAt(toImage(xy[0], xy[1]));
       draw();
       drag = { kind: "paint" };
@@ -594,13 +595,34 @@
       e.history[e.at] = drag.lesions;
       commit(moved);
     } else if (drag.kind === "paint") {
-      var image = current();
-      var traced = tracePolygons(state.painting.raster, image.rows, image.columns);
+      commit(afterPainting(state.painting));
       state.painting = null;
       state.selected = null;
-      commit(traced);
+      draw();
     }
     drag = null;
+  }
+
+  /** The frame's lesions after a brush or eraser stroke: outlines the stroke did not touch
+   *  (nor come within a pixel of) keep their vertices; the rest is traced again. */
+  function afterPainting(paint) {
+    var image = current(), rows = image.rows, columns = image.columns;
+    var changed = new Uint8Array(rows * columns);
+    for (var i = 0; i < changed.length; i++) changed[i] = paint.before[i] !== paint.raster[i];
+    var kept = [];
+    var rest = paint.raster.slice();
+    lesions().forEach(function (poly) {
+      var own = rasterize([poly], rows, columns);
+      for (var p = 0; p < own.length; p++) {
+        if (!own[p]) continue;
+        var r = (p / columns) | 0, c = p - r * columns;
+        if (changed[p] || (r > 0 && changed[p - columns]) || (r < rows - 1 && changed[p + columns]) ||
+            (c > 0 && changed[p - 1]) || (c < columns - 1 && changed[p + 1])) return;
+      }
+      kept.push(clone(poly));
+      for (var q = 0; q < own.length; q++) if (own[q]) rest[q] = 0;
+    });
+    return kept.concat(tracePolygons(rest, rows, columns));
   }
 
   function paintAt(p) {
