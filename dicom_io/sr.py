@@ -175,16 +175,26 @@ class StudyClassification:
 
     Attributes
     ----------
-    predicted_class: str
-        One of :data:`CLASSES`.
-    probabilities: dict[str, float]
-        Calibrated probability of each of :data:`CLASSES` (sums to 1 within 1e-3).
+    predicted_class: str | None
+        One of :data:`CLASSES`; None when no image was within the model's scope (the
+        in-distribution check refused them all): the SR then gives no class and says why.
+    probabilities: dict[str, float] | None
+        Calibrated probability of each of :data:`CLASSES` (sums to 1 within 1e-3); None
+        exactly when ``predicted_class`` is None.
     """
 
-    predicted_class: str
-    probabilities: dict[str, float] = field(hash=False)
+    predicted_class: str | None
+    probabilities: dict[str, float] | None = field(hash=False)
+
+    @property
+    def outside_scope(self) -> bool:
+        return self.predicted_class is None
 
     def __post_init__(self) -> None:
+        if self.predicted_class is None or self.probabilities is None:
+            if self.predicted_class is not None or self.probabilities is not None:
+                raise ValueError("StudyClassification: no class goes with no probabilities")
+            return
         if self.predicted_class not in CLASSES:
             raise ValueError(f"StudyClassification.predicted_class must be one of {CLASSES}")
         if set(self.probabilities) != set(CLASSES):
@@ -507,6 +517,8 @@ def build_sr(
         hd.sr.MeasurementsAndQualitativeEvaluations
         | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     ] = []
+    if classification.outside_scope and caution is None:
+        raise ValueError("an SR without a class needs the caution that says why")
     probabilities = [
         hd.sr.Measurement(
             name=_concept(codes.PROBABILITY_CODES[name]),
@@ -514,6 +526,12 @@ def build_sr(
             unit=_concept(codes.NO_UNITS),
         )
         for name in CLASSES
+    ] if classification.probabilities is not None else None
+    impression = [] if classification.predicted_class is None else [
+        hd.sr.QualitativeEvaluation(
+            name=_concept(codes.IMPRESSION),
+            value=_concept(codes.CLASS_CODES[classification.predicted_class]),
+        )
     ]
     groups.append(
         hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -526,10 +544,7 @@ def build_sr(
             finding_sites=[_finding_site(sources)],
             measurements=probabilities,
             qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(
-                    name=_concept(codes.IMPRESSION),
-                    value=_concept(codes.CLASS_CODES[classification.predicted_class]),
-                ),
+                *impression,
                 hd.sr.QualitativeEvaluation(
                     name=_concept(codes.LESION_SEGMENTED),
                     value=_concept(codes.YES if findings else codes.NO),

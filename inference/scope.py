@@ -170,19 +170,71 @@ def fit_for_bundle(weights_dir: Path, percentile: float = DEFAULT_PERCENTILE) ->
     return scope
 
 
+def dicom_crops(path: Path) -> list[np.ndarray]:
+    """Every frame of a DICOM file, cropped as the service crops it (its analysis boxes)."""
+    from dicom_io.read import iter_frames, read_info
+    from dicom_io.regions import analysis_boxes
+
+    info = read_info(path)
+    boxes = analysis_boxes(info.regions, info.shape)
+    crops = []
+    for _, pixels in iter_frames(path, batch=8):
+        for frame in pixels:
+            crops.extend(np.array(frame[box.slices]) for box in boxes)
+    return crops
+
+
+def check(weights_dir: Path, datasets: Path, dicom_files: Sequence[Path]) -> dict:
+    """Share of images the check refuses: per source (held-out side, as
+    :mod:`inference.protocol` measures) and per DICOM file given (e.g. non-breast ultrasound)."""
+    from inference.data import read_grayscale
+    from inference.model import Model
+    from inference.protocol import SOURCE_FOLDERS, held_out_samples
+
+    model = Model.load(weights_dir / "model.pt", compile="off")
+    if model.scope is None:
+        raise SystemExit(f"no scope check fitted for {weights_dir / 'model.pt'}")
+    cfg = model.meta.get("train_config", {})
+    out: dict = {"threshold": model.scope.threshold, "sources": {}, "files": {}}
+    for name in SOURCE_FOLDERS:
+        if not (datasets / name).is_dir():
+            continue
+        samples, side = held_out_samples(datasets / name, cfg)
+        refused = 0
+        for start in range(0, len(samples), 8):
+            images = [read_grayscale(s.image) for s in samples[start: start + 8]]
+            refused += sum(not p.in_scope for p in model.predict(images))
+        out["sources"][name] = {"side": side, "images": len(samples), "refused": refused,
+                                "refused_share": refused / max(len(samples), 1)}
+    for path in dicom_files:
+        crops = dicom_crops(path)
+        preds = [p for i in range(0, len(crops), 8) for p in model.predict(crops[i: i + 8])]
+        refused = sum(not p.in_scope for p in preds)
+        out["files"][path.name] = {"crops": len(preds), "refused": refused}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m inference.scope fit [--weights-dir D]``: fit and save the bundle's check."""
+    """``python -m inference.scope fit [--weights-dir D]``: fit and save the bundle's check;
+    ``python -m inference.scope check [--datasets D] [DICOM ...]``: what it refuses."""
     p = argparse.ArgumentParser(prog="python -m inference.scope")
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fit", help="fit the in-distribution score for bundled weights")
+    c = sub.add_parser("check", help="share refused per source and per DICOM file")
     from inference.model import WEIGHTS_DIR
 
-    f.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
+    for q in (f, c):
+        q.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
+        q.add_argument("--num-threads", type=int, default=None)
     f.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE)
-    f.add_argument("--num-threads", type=int, default=None)
+    c.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
+    c.add_argument("dicom", type=Path, nargs="*")
     args = p.parse_args(argv)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    if args.cmd == "check":
+        print(json.dumps(check(args.weights_dir, args.datasets, args.dicom), indent=1))
+        return 0
     scope = fit_for_bundle(args.weights_dir, args.percentile)
     print(json.dumps({"threshold": scope.threshold, "percentile": scope.percentile,
                       "features": int(scope.mean.shape[0]), "fitted_on": scope.fitted_on}))

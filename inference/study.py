@@ -79,6 +79,30 @@ def study_class(frame_probabilities: Iterable[Mapping[str, float]]) -> StudyCall
     return StudyCall(predicted_class=predicted, probabilities=values, frame_index=index)
 
 
+def agree_with_masks(call: StudyCall, lesions: bool) -> str:
+    """The study's class made to agree with its masks: a study with a lesion outline is benign
+    or malignant (the deciding frame's more probable of the two), one without is normal.
+
+    A lesion drawn under the word "normal", or "benign 97 %" with nothing drawn, is a result a
+    radiologist cannot act on; the probabilities are reported unchanged beside the class, and
+    :func:`disagreement_caution` says when the class had to follow the mask against them.
+    """
+    if lesions and call.predicted_class == "normal":
+        return max(CLASSES[1:], key=lambda name: call.probabilities[name])
+    if not lesions and call.predicted_class != "normal":
+        return "normal"
+    return call.predicted_class
+
+
+def disagreement_caution(call: StudyCall, lesions: bool) -> str | None:
+    """A plain sentence when the classifier called a lesion class that no mask shows."""
+    if lesions or call.predicted_class == "normal":
+        return None
+    share = round(100 * call.probabilities[call.predicted_class])
+    return (f"The classifier called this study {call.predicted_class} ({share} %) but no lesion "
+            "could be outlined; the class given is normal. Review the images.")
+
+
 def paste_masks(
     shape: tuple[int, int], pieces: Sequence[tuple[tuple[int, int, int, int], np.ndarray]]
 ) -> np.ndarray:

@@ -14,7 +14,8 @@ from dicom_io.errors import DicomIOError
 from dicom_io.read import read_header, skip_reason
 from dicom_io.routing import RoutingRules
 from service.errors import JobError
-from service.pipeline import SourceImage, process_study
+from service.logs import uid_hash
+from service.pipeline import OUTSIDE_SCOPE_REASON, SourceImage, process_study
 from service.previews import cam_overlay, mask_overlay, save_png
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -91,7 +92,12 @@ def run_infer(
                     }
                 )
             )
+        by_hash = {uid_hash(uid): name for uid, name in names.items()}
         for skipped in result.skipped:
+            if skipped.get("code") == "outside_scope":  # said, not guessed; not a failure
+                echo(json.dumps({"file": by_hash.get(skipped["uid_hash"]),
+                                 "not_analysed": skipped["reason"]}))
+                continue
             echo(json.dumps({"error": skipped["reason"]}))
             failures += 1
         for output in result.outputs:
@@ -112,6 +118,9 @@ def _infer_picture(
         )
         return 1
     pred = model.predict([gray], with_cam=explain)[0]  # type: ignore[attr-defined]
+    if not getattr(pred, "in_scope", True):
+        echo(json.dumps({"file": path.name, "not_analysed": OUTSIDE_SCOPE_REASON}))
+        return 0
     stem = path.stem
     Image.fromarray(pred.mask.astype(np.uint8) * 255).save(out / f"{stem}_mask.png")
     save_png(out / f"{stem}_overlay.png", mask_overlay(gray, pred.mask), max_side=4096)

@@ -47,7 +47,7 @@ from dicom_io.sr import LesionDescription, LesionFinding, StudyClassification, b
 from dicom_io.types import ImageInfo
 from dicom_io.uids import content_key
 from inference.descriptors import LesionDescriptors, describe_lesion
-from inference.study import paste_masks, study_class
+from inference.study import agree_with_masks, disagreement_caution, paste_masks, study_class
 from service.errors import JobError
 from service.logs import uid_hash
 from storage.files import checked_uid, write_atomic
@@ -58,6 +58,16 @@ SEG_SERIES_NUMBER = 990
 SR_SERIES_NUMBER = 991
 PREDICT_BATCH = 8  # crops per model call, gathered across frames and images
 PREVIEW_FRAMES = 4  # dashboard rows (and previews on demand) for the first frames of an image
+#: Why an image was not analysed when the model's in-distribution check refused every frame.
+OUTSIDE_SCOPE_REASON = (
+    "outside_scope: the image is unlike the breast ultrasound the model was trained on "
+    "(in-distribution check); no class or lesion is given for it"
+)
+#: The SR's caution when no image of the study was within the model's scope.
+OUTSIDE_SCOPE_CAUTION = (
+    "Outside the model's scope: no image of this study resembles the breast ultrasound the "
+    "model was trained on, so no class and no lesion are given. Read the images without AI."
+)
 ALGORITHM_NAME = "WeCare breast lesion AI"
 
 
@@ -137,6 +147,7 @@ class BoxPrediction:
     mask: np.ndarray  # (y1 - y0, x1 - x0) bool
     probabilities: dict[str, float] = field(hash=False)
     predicted_class: str
+    in_scope: bool = True  # False: the model's in-distribution check refused this crop
 
 
 @dataclass(frozen=True)
@@ -256,8 +267,8 @@ class AnalysedRecord:
 @dataclass
 class StudyResult:
     outputs: list[WrittenOutput]
-    predicted_class: str
-    probabilities: dict[str, float]
+    predicted_class: str | None  # None: every image outside the model's scope
+    probabilities: dict[str, float] | None
     image_count: int
     stage_seconds: dict[str, float]
     results: list[dict[str, Any]]
@@ -337,7 +348,9 @@ def process_study(
     infos = inspect(new, skipped, timer)
     images = analyse(infos, model, timer, frame_batch=frame_batch, on_progress=on_progress)
     results = collect(images, infos, skipped, timer, preview_frames, explain)
-    if not results and (new or not prior):
+    refused = {k["uid_hash"] for k in skipped if k.get("code") == "outside_scope"}
+    outside = [s for s in new if uid_hash(s.sop_instance_uid) in refused]
+    if not results and not outside and (new or not prior):
         raise JobError(
             "no_processable_images",
             "no image of the study could be decoded"
@@ -345,13 +358,14 @@ def process_study(
         )
     analysed = {r.source.sop_instance_uid for r in results}
     reported = [s for s in sources if s.sop_instance_uid in prior or s.sop_instance_uid in analysed]
-    classification = classify(
-        results, [prior[s.sop_instance_uid] for s in reported if s.sop_instance_uid in prior]
-    )
+    prior_images = [prior[s.sop_instance_uid] for s in reported if s.sop_instance_uid in prior]
+    classification = classify(results, prior_images)
+    cautions = study_cautions(results, prior_images, len(outside))
     datasets, seg_of = [], {}
-    if results:
+    if results or (outside and not reported):
         tick = time.perf_counter()
-        datasets, seg_of = build(results, reported, prior, predecessor, classification, model)
+        datasets, seg_of = build(results, reported or outside, prior, predecessor,
+                                 classification, model, cautions)
         timer.add("build", tick)
     outputs = write(datasets, out_dir, predecessor, timer)
     rows = [row.as_json() for r in results for row in r.rows]
@@ -425,7 +439,8 @@ def analyse(
                 number,
                 pixels,
                 tuple(
-                    BoxPrediction(box, p.mask, dict(p.probabilities), p.predicted_class)
+                    BoxPrediction(box, p.mask, dict(p.probabilities), p.predicted_class,
+                                  bool(getattr(p, "in_scope", True)))
                     for box, p in zip(boxes, (next(it) for _ in boxes), strict=True)
                 ),
             )
@@ -468,6 +483,7 @@ class _Collector:
     deciding: dict[str, float] | None = None
     rows: list[FrameRow] = field(default_factory=list)
     row_boxes: list[int] = field(default_factory=list)  # each row's box index
+    outside_scope: int = 0  # crops the in-distribution check refused
 
 
 def collect(
@@ -493,6 +509,9 @@ def collect(
         if full.any():
             state.lesion_frames[item.frame_number] = np.packbits(full, axis=None)
         for index, pred in enumerate(item.boxes):
+            if not pred.in_scope:  # no class, no lesion, no row: said once for the image
+                state.outside_scope += 1
+                continue
             # The image's most suspicious frame so far, by the study rule (associative).
             previous = [] if state.deciding is None else [state.deciding]
             state.deciding = study_class([*previous, pred.probabilities]).probabilities
@@ -514,6 +533,11 @@ def collect(
     tick = time.perf_counter()
     results = []
     for index, state in enumerate(states):
+        if index not in failed and state.deciding is None and state.outside_scope:
+            skipped.append({"uid_hash": uid_hash(state.source.sop_instance_uid),
+                            "reason": OUTSIDE_SCOPE_REASON, "code": "outside_scope"})
+            log.warning("image %s not analysed: outside_scope",
+                        uid_hash(state.source.sop_instance_uid))
         if index in failed or state.deciding is None:
             continue
         best = sorted(state.best.items())
@@ -542,11 +566,33 @@ def collect(
 
 
 def classify(results: Sequence[ImageResult], prior: Sequence[PriorImage]) -> StudyClassification:
-    """Stage 4: the study's class by :func:`inference.study.study_class` over every image."""
-    call = study_class([p.probabilities for p in prior] + [r.probabilities for r in results])
+    """Stage 4: the study's class by :func:`inference.study.study_class` over every image,
+    made to agree with the masks (:func:`inference.study.agree_with_masks`); no image at all
+    (every one outside the model's scope): no class."""
+    frames = [p.probabilities for p in prior] + [r.probabilities for r in results]
+    if not frames:
+        return StudyClassification(predicted_class=None, probabilities=None)
+    call = study_class(frames)
+    lesions = any(p.findings for p in prior) or any(r.findings for r in results)
     return StudyClassification(
-        predicted_class=call.predicted_class, probabilities=call.probabilities
+        predicted_class=agree_with_masks(call, lesions), probabilities=call.probabilities
     )
+
+
+def study_cautions(results: Sequence[ImageResult], prior: Sequence[PriorImage],
+                   outside: int) -> list[str]:
+    """Plain sentences the SR must carry about this result (beside the device caution)."""
+    frames = [p.probabilities for p in prior] + [r.probabilities for r in results]
+    if not frames:
+        return [OUTSIDE_SCOPE_CAUTION]
+    notes = []
+    lesions = any(p.findings for p in prior) or any(r.findings for r in results)
+    if (note := disagreement_caution(study_class(frames), lesions)) is not None:
+        notes.append(note)
+    if outside:
+        notes.append(f"{outside} image(s) of this study were outside the model's scope (unlike "
+                     "the breast ultrasound it was trained on) and were not analysed.")
+    return notes
 
 
 def build(
@@ -556,6 +602,7 @@ def build(
     predecessor: PriorReport | None,
     classification: StudyClassification,
     model: ModelLike,
+    cautions: Sequence[str] = (),
 ) -> tuple[list[Dataset], dict[str, str]]:
     """Stage 5: SEG(s) of the images analysed now (:func:`dicom_io.seg.build_segs`) and the SR
     of every image of the study; returns the datasets and, per source SOP Instance UID, the
@@ -584,7 +631,7 @@ def build(
         for f in (
             prior[s.sop_instance_uid].findings
             if s.sop_instance_uid in prior
-            else by_uid[s.sop_instance_uid]
+            else by_uid.get(s.sop_instance_uid, ())  # outside the model's scope: none
         )
     ]
     study_uid = str(headers[reported[0].sop_instance_uid].StudyInstanceUID)
@@ -598,10 +645,13 @@ def build(
         uid_source=content_key(study_uid, [s.sop_instance_uid for s in reported]),
         predecessors=[predecessor.as_reference()] if predecessor else [],
         instance_number=predecessor.instance_number + 1 if predecessor else 1,
-        # A scanner the model was not validated on (model.json validated_devices): cautioned.
-        caution=device_caution(
-            headers.values(), (getattr(model, "meta", None) or {}).get("validated_devices")
-        ),
+        # A scanner the model was not validated on (model.json validated_devices), a class
+        # that had to follow the masks, images outside the model's scope: said in the SR.
+        caution=" ".join(
+            c for c in (device_caution(
+                headers.values(), (getattr(model, "meta", None) or {}).get("validated_devices")
+            ), *cautions) if c
+        ) or None,
     )
     return [*segs, sr], seg_of
 

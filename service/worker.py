@@ -335,7 +335,8 @@ def _finish(
         job.results = result.results
         if result.skipped:
             job.error = "; ".join(f"image {s['uid_hash']}: {s['reason']}" for s in result.skipped)
-            job.error_code = "images_skipped"
+            job.error_code = ("outside_scope" if result.predicted_class is None
+                              else "images_skipped")
         # A conflicting copy of one of its instances (same UID, other bytes) was not processed.
         note_conflicts(session, job)
         set_state(session, job, JobState.EXPORTING if destinations else JobState.DONE)
