@@ -374,7 +374,7 @@ def evaluate_descriptors(
         typer.Option(help="Also score a learned head on the same folds: 'logistic'"),
     ] = None,
 ) -> None:
-    """Agreement of the BI-RADS descriptors with the radiologist (docs/experiments/descriptors.md)."""
+    """Agreement of the BI-RADS descriptors with the radiologist (docs/experiments/)."""
     from inference.descriptor_eval import evaluate_descriptors as run_evaluation
     from inference.descriptor_eval import render_markdown
 
