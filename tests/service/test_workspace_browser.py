@@ -567,3 +567,21 @@ def test_workspace_accept_then_reject_are_recorded_and_shown(site: Site, page: A
     assert accepted["seg_sop_instance_uid"] and rejected["seg_sop_instance_uid"] is None
     assert accepted["sr_sop_instance_uid"] != rejected["sr_sop_instance_uid"]
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_workspace_values_from_dicom_are_shown_as_text_never_run(
+    site: Site, page: Any, engine: Engine
+) -> None:
+    """A patient ID or scanner name carrying markup is shown as those characters."""
+    with session_scope(engine) as s:
+        path = Path(s.scalars(select(Instance.path)).one())
+    ds = dcmread(path)
+    ds.PatientID = '<img src=x onerror="window.pwned=1">'
+    ds.ManufacturerModelName = "<script>window.pwned=2</script>"
+    ds.save_as(path, enforce_file_format=True)
+    _log_in(page, site.base_url, f"/jobs/{site.job_id}")
+    page.wait_for_selector("#workspace[data-ready=true]")
+    assert page.inner_text("#ws-patient-id") == ds.PatientID
+    assert page.inner_text("#ws-scanner").endswith(ds.ManufacturerModelName)
+    assert page.evaluate("() => window.pwned") is None
+    assert page.locator("#ws-side img, #ws-side script").count() == 0
