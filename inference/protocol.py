@@ -199,8 +199,9 @@ def protocol_report(records: Sequence[ImageRecord], max_missed: float = MAX_MISS
     labels = np.array([r.label for r in val])
     temperature = fit_temperature(logits_of(val), labels) if val else None
     gate = choose_gate(records, max_missed, temperature)
-    rows = sorted({r.source for r in records}, key=lambda s: (
-        [n for n in ("busi", "busbra", "uclm", "breast") if s.startswith(n)] or [s], s))
+    order = ("busi", "busbra Logiq 5", "busbra Logiq 7", "uclm", "breast")
+    rows = sorted({r.source for r in records},
+                  key=lambda s: (order.index(s) if s in order else len(order), s))
     table = {}
     for name in rows:
         sel = [r for r in records if r.source == name]
