@@ -269,6 +269,11 @@ def class_rule(
         "suspicious frame is enough, as a radiologist reports the worst finding; averaging "
         "would let the normal frames of a cine clip hide the lesion."
     )
+    if job.state == JobState.DONE and job.predicted_class is None:
+        return (
+            "No class is given: no image of this study was within the model's scope (unlike "
+            "the breast ultrasound it was trained on). Read the images without AI."
+        )
     if job.predicted_class is None or not job.probabilities:
         return rule
     frames = sum(image.frames for image in images)
@@ -288,9 +293,18 @@ def class_rule(
     counted = f"{frames} frame{'s' if frames != 1 else ''} in {len(images)} " + (
         "image" if len(images) == 1 else "images"
     )
+    top = max(CLASSES, key=lambda name: float(job.probabilities.get(name, 0.0)))
+    if top == job.predicted_class:
+        called = f"is classed {job.predicted_class}."
+    else:  # the class was made to agree with the outlines (inference.study)
+        called = (
+            f"was most probably {top} ({100 * float(job.probabilities[top]):.1f} %), but the "
+            f"class given is {job.predicted_class}: the class follows the lesion outlines (a "
+            "study with an outline is benign or malignant, one without is normal)."
+        )
     return (
         f"{rule} Here {counted} were analysed; the deciding frame{where} has a "
-        f"{100 * p:.1f} % probability of malignancy and is classed {job.predicted_class}."
+        f"{100 * p:.1f} % probability of malignancy and {called}"
     )
 
 

@@ -311,3 +311,18 @@ def test_seg_read_for_outlines_is_the_ai_seg(rig: Rig, engine: Engine) -> None:
     seg = dcmread(path)
     assert {str(i.SegmentAlgorithmType) for i in seg.SegmentSequence} == {"AUTOMATIC"}
     assert int(seg.NumberOfFrames) == 1
+
+
+def test_class_rule_states_when_the_class_followed_the_outlines_or_none_was_given() -> None:
+    from service.web.workspace import class_rule
+
+    probabilities = {"normal": 0.55, "benign": 0.30, "malignant": 0.15}
+    followed = Job(state="done", predicted_class="benign", probabilities=probabilities)
+    text = class_rule(followed, [])
+    assert "most probably normal (55.0 %)" in text and "class given is benign" in text
+    plain = Job(state="done", predicted_class="normal", probabilities=probabilities)
+    assert "is classed normal." in class_rule(plain, [])
+    outside = Job(state="done", predicted_class=None, probabilities=None)
+    assert "within the model's scope" in class_rule(outside, [])
+    running = Job(state="running", predicted_class=None, probabilities=None)
+    assert class_rule(running, []).startswith("The study class is the class of its most")
