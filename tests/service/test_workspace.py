@@ -326,3 +326,58 @@ def test_class_rule_states_when_the_class_followed_the_outlines_or_none_was_give
     assert "within the model's scope" in class_rule(outside, [])
     running = Job(state="running", predicted_class=None, probabilities=None)
     assert class_rule(running, []).startswith("The study class is the class of its most")
+
+
+def test_workspace_two_images_of_one_study_single_frame_and_clip(
+    engine: Engine, data_dir: DataDir, db_url: str, tmp_path: Path
+) -> None:
+    from storage.queue import process_now
+
+    study, series = "1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.78"
+    sources = [
+        make_us_image(tmp_path / "a.dcm", study_instance_uid=study, series_instance_uid=series),
+        make_us_image(
+            tmp_path / "b.dcm",
+            study_instance_uid=study,
+            series_instance_uid=series,
+            frames=5,
+            lesion_frames=[1, 2],
+            laterality="R",
+        ),
+    ]
+    with session_scope(engine) as s:
+        for src in sources:
+            ds = dcmread(src, stop_before_pixels=True)
+            path = data_dir.incoming_path(study, series, ds.SOPInstanceUID)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(src.read_bytes())
+            record_instance(
+                s,
+                ReceivedInstance(
+                    study_instance_uid=study,
+                    series_instance_uid=series,
+                    sop_instance_uid=ds.SOPInstanceUID,
+                    sop_class_uid=ds.SOPClassUID,
+                    transfer_syntax_uid="1.2.840.10008.1.2.1",
+                    path=str(path),
+                    size_bytes=path.stat().st_size,
+                ),
+            )
+        job_id = s.scalars(select(Job.id)).one()
+        process_now(s, job_id)
+    models = ModelProvider(None, "cpu", None, model=ThresholdModel())
+    work_once(_settings(destinations=False), engine, data_dir, models, "host:0")
+    app = create_app(make_settings(data_dir, database_url=db_url))
+    with TestClient(app, headers=bearer(make_token(engine))) as client:
+        ws = client.get(f"/api/jobs/{job_id}/workspace").json()
+        images = ws["images"]
+        assert [i["index"] for i in images] == [1, 2]
+        by_frames = {i["frames"]: i for i in images}
+        assert set(by_frames) == {1, 5}
+        assert by_frames[1]["lesion_frames"] == [1]
+        assert by_frames[5]["lesion_frames"] == [2, 3]  # 0-based [1, 2] in the factory
+        assert ws["study"]["laterality"] == "B"  # one left image, one right
+        assert "6 frames in 2 images" in ws["class_rule"]
+        for image in images:
+            url = image["frame_url"].replace("{frame}", str(image["frames"]))
+            assert client.get(url).status_code == 200
