@@ -72,7 +72,8 @@
     return raster;
   }
 
-  /** 4-connected components of a raster, each a list of pixel indices. */
+  /** 4-connected components of a raster: a label per pixel, and per component its first
+   *  pixel in scan order (the topmost-left, where tracing starts) and its area. */
   function components(raster, rows, columns) {
     var label = new Int32Array(rows * columns);
     var found = [];
@@ -80,12 +81,12 @@
     for (var start = 0; start < raster.length; start++) {
       if (!raster[start] || label[start]) continue;
       var id = found.length + 1;
-      var pixels = [];
+      var area = 0;
       label[start] = id;
       stack.push(start);
       while (stack.length) {
         var p = stack.pop();
-        pixels.push(p);
+        area++;
         var r = (p / columns) | 0, c = p - r * columns;
         var around = [
           r > 0 ? p - columns : -1, r < rows - 1 ? p + columns : -1,
@@ -96,7 +97,7 @@
           if (q >= 0 && raster[q] && !label[q]) { label[q] = id; stack.push(q); }
         }
       }
-      found.push({ id: id, pixels: pixels });
+      found.push({ id: id, first: start, area: area }); // scan order: start is topmost-left
     }
     return { label: label, list: found };
   }
@@ -180,10 +181,9 @@
     var comps = components(raster, rows, columns);
     var out = [];
     comps.list.forEach(function (comp) {
-      if (comp.pixels.length < 4) return;
-      var first = Math.min.apply(null, comp.pixels);
-      var outline = simplify(traceOutline(comps.label, comp.id, first, rows, columns), 0.75);
-      if (outline.length >= 3) out.push({ area: comp.pixels.length, poly: outline });
+      if (comp.area < 4) return;
+      var outline = simplify(traceOutline(comps.label, comp.id, comp.first, rows, columns), 0.75);
+      if (outline.length >= 3) out.push({ area: comp.area, poly: outline });
     });
     out.sort(function (a, b) { return b.area - a.area; });
     return out.map(function (item) {
