@@ -28,7 +28,7 @@ router = APIRouter(tags=["jobs"])
 #: from this site; the rest as every page (service.web.app.CSP).
 CSP_WORKSPACE = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
 
