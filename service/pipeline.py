@@ -47,7 +47,13 @@ from dicom_io.sr import LesionDescription, LesionFinding, StudyClassification, b
 from dicom_io.types import ImageInfo
 from dicom_io.uids import content_key
 from inference.descriptors import LesionDescriptors, describe_lesion
-from inference.study import agree_with_masks, disagreement_caution, paste_masks, study_class
+from inference.study import (
+    CLASSES,
+    agree_with_masks,
+    disagreement_caution,
+    paste_masks,
+    study_class,
+)
 from service.errors import JobError
 from service.logs import uid_hash
 from storage.files import checked_uid, write_atomic
@@ -221,6 +227,8 @@ class ImageResult:
     best_lesions: tuple[BestLesion, ...]
     probabilities: dict[str, float] = field(hash=False)  # its most suspicious frame's
     rows: tuple[FrameRow, ...]
+    # Every analysed frame's probabilities (its most suspicious box), for the workspace.
+    frame_scores: Mapping[int, list[float]] = field(default_factory=dict, hash=False)
 
     def unpacked_masks(self) -> tuple[np.ndarray, tuple[int, ...]]:
         """(N, H, W) bool masks of the frames with a lesion and their frame numbers."""
@@ -238,6 +246,8 @@ class ImageResult:
             "probabilities": dict(self.probabilities),
             "frames": self.info.number_of_frames,
             "findings": [finding_to_json(f) for f in self.findings],
+            # frame number -> [normal, benign, malignant]: the class of every frame of a clip
+            "frame_scores": {str(n): v for n, v in sorted(self.frame_scores.items())},
         }
 
 
@@ -484,6 +494,7 @@ class _Collector:
     rows: list[FrameRow] = field(default_factory=list)
     row_boxes: list[int] = field(default_factory=list)  # each row's box index
     outside_scope: int = 0  # crops the in-distribution check refused
+    frame_scores: dict[int, list[float]] = field(default_factory=dict)  # per frame, see summary
 
 
 def collect(
@@ -515,6 +526,10 @@ def collect(
             # The image's most suspicious frame so far, by the study rule (associative).
             previous = [] if state.deciding is None else [state.deciding]
             state.deciding = study_class([*previous, pred.probabilities]).probabilities
+            scores = [round(float(pred.probabilities.get(name, 0.0)), 4) for name in CLASSES]
+            kept = state.frame_scores.get(item.frame_number)
+            if kept is None or scores[-1] > kept[-1]:  # a frame's most suspicious box
+                state.frame_scores[item.frame_number] = scores
             area = int(np.count_nonzero(pred.mask))
             current = state.best.get(index)
             if area and (current is None or area > current.area_px):
@@ -559,6 +574,7 @@ def collect(
                 best_lesions=tuple(lesion for _, lesion in best),
                 probabilities=state.deciding,
                 rows=tuple(_renumber(rows, len(results) + 1)),
+                frame_scores=state.frame_scores,
             )
         )
     timer.add("describe", tick)

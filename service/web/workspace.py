@@ -45,7 +45,7 @@ from service.web.workspace_schemas import (
     WorkspacePublic,
 )
 from storage.files import DataDir
-from storage.models import Instance, Job, JobState, Output, Review, Role
+from storage.models import AnalysedImage, Instance, Job, JobState, Output, Review, Role
 from storage.reviews import latest_for_job
 
 log = logging.getLogger(__name__)
@@ -258,6 +258,37 @@ def study_info(job: Job, headers: Sequence[Dataset]) -> StudyInfoPublic:
     )
 
 
+def frame_scores(session: Session, job_id: int) -> dict[str, list[list[float]]]:
+    """Per image UID, every frame's [normal, benign, malignant] as the job recorded them
+    (service.pipeline.ImageResult.summary 'frame_scores'); images without them are left out."""
+    found: dict[str, list[list[float]]] = {}
+    for uid, summary in session.execute(
+        select(AnalysedImage.sop_instance_uid, AnalysedImage.summary).where(
+            AnalysedImage.job_id == job_id
+        )
+    ):
+        scores = (summary or {}).get("frame_scores") if isinstance(summary, dict) else None
+        frames = int((summary or {}).get("frames") or 0)
+        if not scores or frames < 1:
+            continue
+        try:
+            by_frame = {int(k): [float(x) for x in v] for k, v in scores.items()}
+        except (TypeError, ValueError, AttributeError):
+            continue
+        if len(by_frame) != frames or any(len(v) != len(CLASSES) for v in by_frame.values()):
+            continue  # a frame that failed to decode: no per-frame list rather than a gap
+        found[uid] = [by_frame[n] for n in range(1, frames + 1)]
+    return found
+
+
+def _as_probabilities(scores: Sequence[float]) -> dict[str, float]:
+    return {name: float(value) for name, value in zip(CLASSES, scores, strict=True)}
+
+
+def _argmax(probabilities: Mapping[str, float]) -> str:
+    return max(CLASSES, key=lambda name: float(probabilities.get(name, 0.0)))
+
+
 def class_rule(
     job: Job,
     images: Sequence[WorkspaceImagePublic],
@@ -279,7 +310,14 @@ def class_rule(
     frames = sum(image.frames for image in images)
     p = _malignant(job.probabilities)
     where = ""
+    deciding: tuple[float, int, int] | None = None  # study rule over every recorded frame
     for image in images:
+        for number, scores in enumerate(image.frame_probabilities or [], start=1):
+            if deciding is None or scores[-1] > deciding[0]:
+                deciding = (scores[-1], image.index, number)
+    if deciding is not None and abs(deciding[0] - p) < 5e-4:
+        where = f" (image {deciding[1]}, frame {deciding[2]})"
+    for image in images if not where else []:
         for result in image.results:
             if result.probabilities and all(
                 abs(float(result.probabilities.get(c, -1.0)) - float(job.probabilities.get(c, 0)))
@@ -293,7 +331,7 @@ def class_rule(
     counted = f"{frames} frame{'s' if frames != 1 else ''} in {len(images)} " + (
         "image" if len(images) == 1 else "images"
     )
-    top = max(CLASSES, key=lambda name: float(job.probabilities.get(name, 0.0)))
+    top = _argmax(job.probabilities)
     if top == job.predicted_class:
         called = f"is classed {job.predicted_class}."
     else:  # the class was made to agree with the outlines (inference.study)
@@ -319,6 +357,7 @@ def build_workspace(
     rows = _rows(job)
     segs = job_segs(session, job.id)
     reviews = latest_for_job(session, job.id)  # (uid, frame) -> newest review, any job
+    scored = frame_scores(session, job.id)
     images: list[WorkspaceImagePublic] = []
     headers: list[Dataset] = []
     with_cam = getattr(runtime, "models", None) is not None
@@ -343,13 +382,17 @@ def build_workspace(
                 continue
             row = by_frame.get(frame, {})
             review = reviews.get((uid, frame))
+            probabilities = row.get("probabilities")
+            if probabilities is None and uid in scored:
+                probabilities = _as_probabilities(scored[uid][frame - 1])
             mask = segs.mask(uid, frame) if frame in lesion_frames else None
             outlines = [] if mask is None else [p.to_json() for p in mask_to_polygons(mask)]
             results.append(
                 FrameResultPublic(
                     frame=frame,
-                    predicted_class=row.get("predicted_class"),
-                    probabilities=row.get("probabilities"),
+                    predicted_class=row.get("predicted_class")
+                    or (_argmax(probabilities) if probabilities else None),
+                    probabilities=probabilities,
                     long_axis_mm=row.get("long_axis_mm"),
                     short_axis_mm=row.get("short_axis_mm"),
                     descriptors=row.get("descriptors"),
@@ -371,6 +414,9 @@ def build_workspace(
                 frame_url=f"{base}/frames/{{frame}}.png",
                 cam_url=f"{base}/cam/{{frame}}.png" if with_cam and explained else None,
                 results=results,
+                frame_probabilities=scored.get(uid)
+                if scored.get(uid) and len(scored[uid]) == info.number_of_frames
+                else None,
             )
         )
     related = session.scalars(

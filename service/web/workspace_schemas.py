@@ -69,6 +69,11 @@ class WorkspaceImagePublic(BaseModel):
     frame_url: str = Field(description="Template with '{frame}': full-resolution PNG")
     cam_url: str | None = Field(None, description="Template with '{frame}': Grad-CAM PNG")
     results: list[FrameResultPublic] = Field(default_factory=list)
+    frame_probabilities: list[list[float]] | None = Field(
+        None,
+        description="Every frame's calibrated [normal, benign, malignant] (its most suspicious "
+        "crop box), item k for frame k + 1; null when the job did not record them",
+    )
 
 
 class WorkspacePublic(BaseModel):

@@ -122,6 +122,18 @@ def test_workspace_cine_job_every_lesion_frame_outlined_from_the_seg(
     assert set(by_frame) == {*range(1, PREVIEW_FRAMES + 1), LESION_FRAME}
     assert all(by_frame[f]["lesions"] == [] for f in range(1, PREVIEW_FRAMES + 1))
     assert by_frame[1]["predicted_class"] == "normal"
+    # Every frame's class is recorded, the lesion frame's too (past the dashboard rows).
+    scores = image["frame_probabilities"]
+    assert len(scores) == FRAMES
+    model = ThresholdModel()
+    lesion_p = model.predict([np.ones((4, 4), dtype=np.float32)])[0].probabilities
+    plain_p = model.predict([np.zeros((4, 4), dtype=np.float32)])[0].probabilities
+    for frame, triple in enumerate(scores, start=1):
+        expected = lesion_p if frame == LESION_FRAME else plain_p
+        assert triple == [expected["normal"], expected["benign"], expected["malignant"]]
+    assert by_frame[LESION_FRAME]["predicted_class"] == "malignant"
+    assert by_frame[LESION_FRAME]["probabilities"]["malignant"] == lesion_p["malignant"]
+    assert f"deciding frame (image 1, frame {LESION_FRAME})" in ws["class_rule"]
     (outline,) = by_frame[LESION_FRAME]["lesions"]
     drawn = polygons_to_mask([Polygon(tuple((x, y) for x, y in outline))], (256, 320)).astype(bool)
     truth = lesion_mask(256, 320, CENTER, RADII)

@@ -178,6 +178,7 @@ def _log_in(page: Any, base_url: str, next_path: str) -> None:
 
 def _save(page: Any, out: Path, name: str, selector: str | None = None) -> Path:
     path = out / name
+    page.mouse.move(0, 0)  # no hover highlight on whatever lies under the last click
     if selector:
         page.locator(selector).screenshot(path=str(path))
     else:
@@ -268,6 +269,9 @@ def test_workspace_viewer_scrub_cam_and_vertex_edit_with_undo_redo(
     _wait_frame_drawn(page, LESION_FRAME)
     assert page.inner_text("#ws-frame-label") == f"Frame {LESION_FRAME} / {FRAMES}"
     assert "AI: 1 lesion" in page.inner_text("#ws-frame-lesions")
+    # Frame 6 is past the first frames the job keeps rows for; its class is shown all the same.
+    assert page.text_content("#ws-frame-class") == "malignant"
+    assert page.locator("#ws-strip").is_visible()
     bright = _canvas_rgb(page, CENTER[1], CENTER[0])
     assert min(bright) > 180  # the full-resolution frame 6 with its bright lesion
     page.select_option("#ws-overlay", "fill")

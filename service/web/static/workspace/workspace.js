@@ -901,6 +901,7 @@
       }));
     });
     $("ws-scrubber").hidden = image.frames < 2;
+    drawStrip();
     $("ws-lesion-count").textContent = image.lesion_frames.length
       ? "AI lesion on " + image.lesion_frames.length + " of " + image.frames + " frame" +
         (image.frames === 1 ? "" : "s") + ": " + compactFrames(image.lesion_frames)
@@ -940,16 +941,17 @@
     var result = resultFor(image, state.frame);
     frameInfo.innerHTML = "";
     frameInfo.appendChild(el("h3", { text: "Image " + image.index + " \u00b7 frame " + state.frame }));
-    if (result && result.predicted_class) {
+    var scores = frameScores(image, state.frame);
+    if (scores) {
       frameInfo.appendChild(el("p", {}, [
-        "Frame class: ", el("span", { class: "cls cls-" + result.predicted_class,
-          id: "ws-frame-class", text: result.predicted_class }),
+        "Frame class: ", el("span", { class: "cls cls-" + scores.predicted,
+          id: "ws-frame-class", text: scores.predicted }),
       ]));
-      if (result.probabilities) frameInfo.appendChild(probBars(result.probabilities, result.predicted_class));
+      frameInfo.appendChild(probBars(scores.probabilities, scores.predicted));
     } else {
       frameInfo.appendChild(el("p", { class: "small muted", text:
-        "This frame was analysed; its own class is not stored (the service keeps per-frame " +
-        "classes for the first frames of a clip). Its lesion outline comes from the AI SEG." }));
+        "This frame was analysed; its own class was not recorded by this job (older jobs " +
+        "kept it for the first frames of a clip only). Its lesion outline comes from the AI SEG." }));
     }
     var n = result ? result.lesions.length : 0;
     frameInfo.appendChild(el("p", { id: "ws-frame-lesions", text: n
@@ -979,6 +981,50 @@
         (r.label ? "; class " + r.label : "") +
         (r.seg_sop_instance_uid ? "; corrected SEG " + r.seg_sop_instance_uid : "") +
         " (dashed green outline)" }));
+    }
+  }
+
+  var CLASS_NAMES = ["normal", "benign", "malignant"]; // the order of frame_probabilities
+  var CLASS_COLOURS = { normal: "21, 128, 61", benign: "180, 83, 9", malignant: "185, 28, 28" };
+
+  /** A frame's class and probabilities: its result row, else the job's per-frame record. */
+  function frameScores(image, frame) {
+    var result = resultFor(image, frame);
+    if (result && result.predicted_class && result.probabilities) {
+      return { predicted: result.predicted_class, probabilities: result.probabilities };
+    }
+    var list = image.frame_probabilities;
+    if (!list || !list[frame - 1]) return null;
+    var probabilities = {}, best = null;
+    CLASS_NAMES.forEach(function (name, i) {
+      probabilities[name] = list[frame - 1][i];
+      if (best === null || probabilities[name] > probabilities[best]) best = name;
+    });
+    return { predicted: best, probabilities: probabilities };
+  }
+
+  /** Under the scrubber: one column per frame, coloured by its class, as tall as its
+   *  probability of malignancy; nothing when the job recorded no per-frame classes. */
+  function drawStrip() {
+    var image = current(), strip = $("ws-strip");
+    var list = image.frame_probabilities;
+    strip.hidden = !list || image.frames < 2;
+    if (strip.hidden) return;
+    var dpr = window.devicePixelRatio || 1;
+    var w = strip.clientWidth, h = strip.clientHeight;
+    strip.width = Math.round(w * dpr); strip.height = Math.round(h * dpr);
+    var sctx = strip.getContext("2d");
+    sctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    sctx.clearRect(0, 0, w, h);
+    // Column f sits under the slider's position of frame f (as the lesion marks do).
+    var width = Math.max(1, w / image.frames - (w / image.frames > 3 ? 1 : 0));
+    for (var f = 1; f <= image.frames; f++) {
+      var s = frameScores(image, f);
+      if (!s) continue;
+      var centre = ((f - 1) / (image.frames - 1)) * w;
+      var bar = Math.max(2, s.probabilities.malignant * h);
+      sctx.fillStyle = "rgba(" + CLASS_COLOURS[s.predicted] + ", 0.85)";
+      sctx.fillRect(clamp(centre - width / 2, 0, w - width), h - bar, width, bar);
     }
   }
 
@@ -1135,7 +1181,7 @@
     $("ws-next").addEventListener("click", function () { setFrame(state.frame + 1); });
     $("ws-prev-lesion").addEventListener("click", function () { jumpLesion(-1); });
     $("ws-next-lesion").addEventListener("click", function () { jumpLesion(1); });
-    window.addEventListener("resize", draw);
+    window.addEventListener("resize", function () { draw(); drawStrip(); });
     document.addEventListener("keydown", onKey);
     view.hidden = false;
   }
