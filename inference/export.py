@@ -199,7 +199,7 @@ def export_checkpoint(
     and ``training_images.txt``.
 
     Several checkpoints are bundled as one ensemble (``members`` in ``model.json``). ``half``
-    stores float16 (half the size; measured harmless, see MODEL_CARD.md). The keys of
+    stores float16 (half the size; measured harmless, see docs/experiments). The keys of
     :data:`KEPT_META` (``validated_devices``) of a ``model.json`` already in ``weights_dir`` are
     kept unless ``extra`` sets them: the SR's device caution reads them. ``training_images``
     False (checkpoints whose dataset folders are gone) writes no list and removes a stale one,

@@ -88,7 +88,7 @@ def resolve_device(device: str | None) -> str:
 def resolve_precision(precision: str, device: str) -> str:
     """``float32``, ``bfloat16`` or ``float16`` for ``precision`` on ``device``.
 
-    ``auto``: on a CPU, bfloat16 where it is native (2-3x faster, see MODEL_CARD.md for the
+    ``auto``: on a CPU, bfloat16 where it is native (2-3x faster, see docs/experiments for the
     measured effect on the metrics), else float32; on CUDA, mixed precision (autocast) in
     bfloat16 where the GPU supports it (Ampere and later), else float16. float16 runs only on
     CUDA (a CPU emulates it, slower than float32).

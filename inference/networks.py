@@ -206,7 +206,7 @@ def fold_batch_norm(net: nn.Module) -> int:
 
     In eval mode a BatchNorm is a fixed per-channel affine map, so folding it changes no
     output beyond float rounding, and saves one full pass over each feature map (the shipped
-    ensemble runs about 1.2x faster at batch 1 on a 2-core CPU; see MODEL_CARD.md). The module
+    ensemble runs about 1.2x faster at batch 1 on a 2-core CPU; see docs/experiments). The module
     tree keeps its names, so Grad-CAM's target layers and forward hooks still work. Pairs are
     found on a ``torch.fx`` trace: a BatchNorm is folded only when it is the sole reader of the
     convolution's output.

@@ -508,7 +508,7 @@ def train(cfg: TrainConfig) -> Path:
             x = normalise(x)
             if cfg.amp:
                 x = x.contiguous(memory_format=torch.channels_last)
-            # bf16 autocast: ~2x faster on CPUs with AVX-512 BF16 (measured, MODEL_CARD.md);
+            # bf16 autocast: ~2x faster on CPUs with AVX-512 BF16 (measured, docs/experiments);
             # the losses are computed in float32.
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp):
                 seg, cls = net(x)

@@ -256,7 +256,7 @@ def fade_lesion(
     tissue around it; texture, border and what lies behind the lesion are kept.
 
     Why: the segmenter marks almost every training lesion (1 of 420 BUSI training lesion
-    images unmarked against 9 of 97 held-out ones, MODEL_CARD.md), and the held-out lesions
+    images unmarked against 9 of 97 held-out ones, docs/experiments), and the held-out lesions
     it misses are mostly small and near-isoechoic. A lesion made nearer isoechoic than it was,
     still labelled, is a training lesion it cannot find by its darkness alone. ``image`` and
     ``mask`` are (S, S) uint8 at the training size; the surrounding tissue is the ring
