@@ -296,3 +296,27 @@ def test_descriptors_breast_set_radiologist_masks_beat_majority() -> None:
     # Long axes in mm from pixel_size_mm are lesion-sized (a few mm to a few cm).
     sizes = result["sizes"]["radiologist_long_axis_mm"]
     assert 3.0 < sizes["p5"] < sizes["median"] < sizes["p95"] < 80.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lesion_window_gives_the_features_of_the_whole_image(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window around the lesion (for speed) reads everything the features need."""
+    import dataclasses
+
+    import inference.descriptors as d
+
+    rng = np.random.default_rng(seed)
+    img = (rng.random((300, 400)) * 0.5 + 0.2).astype(np.float32)
+    img[:, :30] = 0.0  # black beside the sector
+    yy, xx = np.mgrid[:300, :400]
+    cy, cx = rng.integers(90, 200), rng.integers(120, 280)
+    mask = ((xx - cx) / rng.integers(20, 60)) ** 2 + ((yy - cy) / rng.integers(12, 35)) ** 2 <= 1
+    mask &= rng.random(mask.shape) > 0.02  # a rough outline
+    img[mask] *= 0.4
+    img[cy + 40: cy + 90, cx - 20: cx + 20] *= 0.6  # some shadow below it
+    windowed = d.lesion_features(img, mask, 0.12, 0.1)
+    monkeypatch.setattr(d, "_lesion_window", lambda img, m, t, *args: (img, m, t))
+    whole = d.lesion_features(img, mask, 0.12, 0.1)
+    for f in dataclasses.fields(whole):
+        assert getattr(windowed, f.name) == pytest.approx(getattr(whole, f.name), rel=1e-9), f.name
