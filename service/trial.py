@@ -44,8 +44,8 @@ from dicom_io.read import iter_frames, read_header, read_info, skip_reason
 from dicom_io.regions import analysis_boxes, common_pixel_spacing
 from dicom_io.routing import RoutingRules, device_caution
 from dicom_io.types import ImageInfo
-from inference.study import study_class
 from service.pipeline import (
+    OUTSIDE_SCOPE_REASON,
     BoxPrediction,
     FrameResult,
     ImageResult,
@@ -56,6 +56,7 @@ from service.pipeline import (
     classify,
     collect,
     inspect,
+    study_cautions,
 )
 from service.previews import cam_overlay
 from storage.files import DataDir, make_private_dirs, write_atomic
@@ -102,40 +103,6 @@ class TrialError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class _ScopeWatch:
-    """The model, noting for every crop it is given whether it passed the bundle's
-    in-distribution check (``Prediction.in_scope``; True for a model without one)."""
-
-    def __init__(self, model: ModelLike) -> None:
-        self._model = model
-        self.version: str = model.version
-        self.status: str = model.status
-        self.meta: dict[str, Any] = getattr(model, "meta", None) or {}
-        self.in_scope: list[bool] = []
-
-    def predict(self, images: Sequence[np.ndarray], with_cam: bool = False) -> list[Any]:
-        out = self._model.predict(images, with_cam=with_cam)
-        self.in_scope.extend(bool(getattr(p, "in_scope", True)) for p in out)
-        return out
-
-    def frames_out_of_scope(self, boxes_per_frame: int) -> set[int]:
-        """1-based numbers of the frames with a crop unlike the training images: crops come
-        frame by frame, in order, each frame's boxes together (pipeline.analyse)."""
-        flags = self.in_scope
-        return {
-            k // boxes_per_frame + 1
-            for k in range(0, len(flags), boxes_per_frame)
-            if not all(flags[k : k + boxes_per_frame])
-        }
-
-
-#: Why nothing of an image unlike the training images is shown.
-OUT_OF_SCOPE = (
-    "outside_scope: the image is unlike the breast ultrasound the model was trained on "
-    "(in-distribution check); no class or lesion is given for it"
-)
 
 
 # ---- results -----------------------------------------------------------------------------------
@@ -425,7 +392,6 @@ def _decode_picture(data: bytes) -> np.ndarray:
 
 def _picture_trial(base: Trial, directory: Path, data: bytes, model: ModelLike) -> Trial:
     """A PNG or JPEG: one frame, the whole picture as the one crop box (no regions)."""
-    watched = _ScopeWatch(model)
     gray = _decode_picture(data)
     _save_gray(directory / _frame_name(1), gray)
     rows, columns = gray.shape
@@ -435,13 +401,19 @@ def _picture_trial(base: Trial, directory: Path, data: bytes, model: ModelLike) 
 
     def frames() -> Iterator[FrameResult]:
         boxes = analysis_boxes(info.regions, info.shape)
-        predictions = watched.predict([gray[box.slices] for box in boxes])
+        predictions = model.predict([gray[box.slices] for box in boxes])
         yield FrameResult(
             0,
             1,
             gray,
             tuple(
-                BoxPrediction(box, p.mask, dict(p.probabilities), p.predicted_class)
+                BoxPrediction(
+                    box,
+                    p.mask,
+                    dict(p.probabilities),
+                    p.predicted_class,
+                    bool(getattr(p, "in_scope", True)),  # as pipeline.analyse
+                )
                 for box, p in zip(boxes, predictions, strict=True)
             ),
         )
@@ -452,7 +424,7 @@ def _picture_trial(base: Trial, directory: Path, data: bytes, model: ModelLike) 
     )
     if not results:  # the one frame outside the model's scope (pipeline.collect drops it)
         return _not_analysed(base, skipped)
-    return _finish(base, results, watched, TrialStudy(), NO_CALIBRATION, None)
+    return _finish(base, results, model, TrialStudy(), NO_CALIBRATION, None)
 
 
 def _dicom_trial(
@@ -492,54 +464,51 @@ def _dicom_trial(
     if not infos:
         raise TrialError(HTTPStatus.UNPROCESSABLE_ENTITY, f"not analysed: {skipped[0]['reason']}")
     frames = infos[0][1].number_of_frames
-    watched = _ScopeWatch(model)
     results = collect(
-        analyse(infos, watched, timer), infos, skipped, timer, preview_frames=frames, explain=False
+        analyse(infos, model, timer), infos, skipped, timer, preview_frames=frames, explain=False
     )
-    if not results and watched.in_scope and not any(watched.in_scope):
+    if any(k.get("code") == "outside_scope" for k in skipped):
         return _not_analysed(base, skipped)
     if not results:
         why = skipped[0]["reason"] if skipped else "no frame could be decoded"
         raise TrialError(HTTPStatus.UNPROCESSABLE_ENTITY, f"not analysed: {why}")
     validated = (getattr(model, "meta", None) or {}).get("validated_devices")
-    return _finish(base, results, watched, study, device_caution([header], validated), sop)
+    return _finish(base, results, model, study, device_caution([header], validated), sop)
 
 
 def _not_analysed(base: Trial, skipped: Sequence[dict[str, str]]) -> Trial:
     """Every frame outside the model's scope: no class, no outline, the reason said."""
     reasons = [k["reason"] for k in skipped if k.get("code") == "outside_scope"]
-    reason = reasons[0] if reasons else OUT_OF_SCOPE
+    reason = reasons[0] if reasons else OUTSIDE_SCOPE_REASON
     return Trial(**{**asdict_shallow(base), "analysed": False, "not_analysed_reason": reason})
 
 
 def _finish(
     base: Trial,
     results: Sequence[ImageResult],
-    model: _ScopeWatch,
+    model: ModelLike,
     study: TrialStudy,
     caution: str | None,
     sop_instance_uid: str | None,
 ) -> Trial:
-    """The trial with its image's per-frame results and the study class.
+    """The trial with its image's per-frame results and the study class, by the job's rule
+    (:func:`service.pipeline.classify`: the class follows the masks) with its cautions.
 
-    Frames the model's in-distribution check turns down get no class and no outline, and do
-    not take part in the study class; an image with no frame left is not analysed."""
+    Frames the model's in-distribution check turned down have no row (pipeline.collect):
+    they are listed with no class and no outline, and said in the caution."""
     (result,) = results
     info = result.info
     boxes = analysis_boxes(info.regions, info.shape)
-    outside = model.frames_out_of_scope(len(boxes))
-    if len(outside) >= info.number_of_frames:
-        return _not_analysed(base, [])
-    frames = list(_frames(result, outside))
+    call = classify(results, [])
+    analysed = {row.frame for row in result.rows}
+    outside = [n for n in range(1, info.number_of_frames + 1) if n not in analysed]
+    notes = [caution] if caution else []
+    notes += [note.rstrip(".") for note in study_cautions(results, [], 0)]
     if outside:
-        call = study_class(f.probabilities for f in frames if f.probabilities is not None)
-        note = (
+        notes.append(
             f"{len(outside)} of {info.number_of_frames} frames are unlike the images the model "
             "was trained on: they are not classified"
         )
-        caution = f"{caution}. {note}" if caution else note
-    else:
-        call = classify(results, [])
     spacing = common_pixel_spacing(boxes)
     image = TrialImage(
         rows=info.rows,
@@ -547,15 +516,16 @@ def _finish(
         frames=info.number_of_frames,
         sop_instance_uid=sop_instance_uid,
         pixel_spacing_mm=None if spacing is None else [float(spacing[0]), float(spacing[1])],
-        lesion_frames=sorted(n for n in result.lesion_frames if n not in outside),
-        results=frames,
+        lesion_frames=sorted(result.lesion_frames),
+        results=list(_frames(result)),
     )
     return Trial(
         **{
             **asdict_shallow(base),
             "predicted_class": call.predicted_class,
-            "probabilities": {k: round(float(v), 4) for k, v in call.probabilities.items()},
-            "caution": caution,
+            "probabilities": {k: round(float(v), 4) for k, v in (call.probabilities or {}).items()}
+            or None,
+            "caution": ". ".join(notes) or None,
             "model_version": str(getattr(model, "version", "")) or None,
             "model_status": str(getattr(model, "status", "")) or None,
             "study": study,
@@ -564,19 +534,21 @@ def _finish(
     )
 
 
-def _frames(result: ImageResult, outside: set[int]) -> Iterator[TrialFrame]:
+def _frames(result: ImageResult) -> Iterator[TrialFrame]:
     """One :class:`TrialFrame` per frame: its boxes' rows merged, its mask as polygons; a
-    frame in `outside` (unlike the training images) with neither class nor outline."""
+    frame without a row (outside the model's scope) with neither class nor outline."""
     by_frame: dict[int, list[Any]] = {}
     for row in result.rows:
         by_frame.setdefault(row.frame, []).append(row)
     rows, columns = result.info.shape
     for number in range(1, result.info.number_of_frames + 1):
-        if number in outside or number not in by_frame:  # no row: outside the model's scope
+        if number not in by_frame:  # outside the model's scope
             yield TrialFrame(number, None, None, None, None, None, [])
             continue
         frame_rows = by_frame[number]
-        call = study_class(r.probabilities for r in frame_rows)
+        # The frame's most suspicious box decides (the study rule, first on ties), with the
+        # model's own class for it (which follows that box's mask).
+        deciding = max(frame_rows, key=lambda r: float(r.probabilities.get("malignant", 0.0)))
         largest = max(frame_rows, key=lambda r: r.lesion_area_px)
         lesions: list[list[list[float]]] = []
         descriptors = dict(largest.descriptors) if largest.descriptors else None
@@ -595,8 +567,8 @@ def _frames(result: ImageResult, outside: set[int]) -> Iterator[TrialFrame]:
                 }
         yield TrialFrame(
             frame=number,
-            predicted_class=call.predicted_class,
-            probabilities={k: round(float(v), 4) for k, v in call.probabilities.items()},
+            predicted_class=deciding.predicted_class,
+            probabilities={k: round(float(v), 4) for k, v in deciding.probabilities.items()},
             long_axis_mm=largest.long_axis_mm,
             short_axis_mm=largest.short_axis_mm,
             descriptors=descriptors,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -328,6 +329,35 @@ def test_frames_unlike_training_images_get_no_class(
     assert wholly.status_code == 200
     assert wholly.json()["analysed"] is False
     assert wholly.json()["not_analysed_reason"].startswith("outside_scope:")
+
+
+class AlwaysSuspicious(ThresholdModel):
+    """The threshold model whose classifier calls every crop malignant, outline or not."""
+
+    def predict(  # type: ignore[override]
+        self, images: Sequence[np.ndarray], with_cam: bool = False
+    ) -> list[Any]:
+        calls = {"normal": 0.1, "benign": 0.2, "malignant": 0.7}
+        return [
+            replace(p, probabilities=calls, predicted_class="malignant")
+            for p in super().predict(images, with_cam)
+        ]
+
+
+def test_class_follows_the_outlines_as_in_a_job(
+    data_dir: DataDir, db_url: str, engine: Engine
+) -> None:
+    app = make_app(data_dir, db_url, engine, AlwaysSuspicious())
+    plain = io.BytesIO()
+    Image.fromarray(np.full((200, 300), 60, dtype=np.uint8)).save(plain, format="PNG")
+    with client_for(app, engine, Role.RADIOLOGIST) as rad:
+        response = upload(rad, plain.getvalue())
+        ws = rad.get(response.json()["workspace_url"]).json()
+
+    assert ws["predicted_class"] == "normal"  # no outline: normal (inference.study)
+    assert ws["probabilities"]["malignant"] == pytest.approx(0.7)  # reported unchanged
+    assert "the class follows the lesion outlines" in ws["class_rule"]
+    assert "no lesion could be outlined" in ws["caution"]
 
 
 def test_deflate_bomb_is_refused_413(radiologist: TestClient, engine: Engine) -> None:

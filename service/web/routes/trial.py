@@ -292,21 +292,36 @@ def _trial_for(request: Request, trial_id: str, principal: Principal) -> Trial:
 
 
 def _class_rule(trial: Trial) -> str:
-    """The study rule in words, with the frame that decided, as the job's workspace says it."""
+    """The study rule in words, with the frame that decided, as the job's workspace says it
+    (service.web.workspace.class_rule), and when the class had to follow the outlines."""
     image = trial.image
-    if image is None or trial.probabilities is None:
+    probabilities = trial.probabilities
+    if image is None or probabilities is None or trial.predicted_class is None:
         return CLASS_RULE
-    p = float(trial.probabilities.get("malignant", 0.0))
-    deciding = max(
-        (r for r in image.results if r.probabilities is not None),
-        key=lambda r: float((r.probabilities or {}).get("malignant", 0.0)),
-        default=None,
+    p = float(probabilities.get("malignant", 0.0))
+    deciding = next(
+        (
+            r
+            for r in image.results
+            if r.probabilities
+            and all(abs(r.probabilities.get(c, -1.0) - v) < 5e-4 for c, v in probabilities.items())
+        ),
+        None,
     )
     where = f" (frame {deciding.frame})" if deciding is not None and image.frames > 1 else ""
-    counted = f"{image.frames} frame{'s' if image.frames != 1 else ''} of 1 image"
+    counted = f"{image.frames} frame{'s were' if image.frames != 1 else ' was'} analysed"
+    top = max(probabilities, key=lambda name: float(probabilities[name]))
+    if top == trial.predicted_class:
+        called = f"is classed {trial.predicted_class}."
+    else:  # the class was made to agree with the outlines (inference.study.agree_with_masks)
+        called = (
+            f"was most probably {top} ({100 * float(probabilities[top]):.1f} %), but the class "
+            f"given is {trial.predicted_class}: the class follows the lesion outlines (an image "
+            "with an outline is benign or malignant, one without is normal)."
+        )
     return (
-        f"{CLASS_RULE} Here {counted} analysed; the deciding frame{where} has a "
-        f"{100 * p:.1f} % probability of malignancy and is classed {trial.predicted_class}."
+        f"{CLASS_RULE} Here {counted}; the deciding frame{where} has a {100 * p:.1f} % "
+        f"probability of malignancy and {called}"
     )
 
 
