@@ -9,6 +9,7 @@ the workspace must still show that frame's AI outline, read from the AI SEG.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -393,3 +394,31 @@ def test_workspace_two_images_of_one_study_single_frame_and_clip(
         for image in images:
             url = image["frame_url"].replace("{frame}", str(image["frames"]))
             assert client.get(url).status_code == 200
+
+
+def test_workspace_outlines_cached_for_their_segs_and_remade_when_broken(
+    rig: Rig, engine: Engine, data_dir: DataDir
+) -> None:
+    cache = data_dir.outputs / str(rig.job_id) / "preview" / "outlines.json"
+    with _client(rig, engine) as client:
+        first = client.get(f"/api/jobs/{rig.job_id}/workspace").json()
+        assert cache.is_file() and oct(cache.stat().st_mode & 0o777) == "0o600"
+        stored = json.loads(cache.read_text())
+        assert list(stored["outlines"]) == [f"{rig.sop_instance_uid}/{LESION_FRAME}"]
+        # A cache for other SEGs (or a broken file) is not believed: the outlines are traced.
+        cache.write_text(
+            json.dumps(
+                {
+                    "segs": "1.2.3",
+                    "outlines": {
+                        f"{rig.sop_instance_uid}/{LESION_FRAME}": [[[0, 0], [1, 0], [1, 1]]]
+                    },
+                }
+            )
+        )
+        second = client.get(f"/api/jobs/{rig.job_id}/workspace").json()
+        cache.write_text("{not json")
+        third = client.get(f"/api/jobs/{rig.job_id}/workspace").json()
+    for later in (second, third):
+        assert later["images"][0]["results"] == first["images"][0]["results"]
+    assert json.loads(cache.read_text()) == stored

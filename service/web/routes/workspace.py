@@ -48,12 +48,17 @@ def _zone(request: Request) -> ZoneInfo:
     summary="Radiologist workspace: every image and frame, AI outlines, study rule",
 )
 def workspace(
-    job_id: int, request: Request, session: SessionDep, principal: ViewerDep
+    job_id: int,
+    request: Request,
+    session: SessionDep,
+    data_dir: DataDirDep,
+    principal: ViewerDep,
 ) -> WorkspacePublic:
     """What the viewer and mask editor on /jobs/{id} show; `can_edit` for a radiologist (or
     above) on a done job, with the CSRF token the review POST needs (sessions only)."""
     job = get_job(session, job_id)
-    result = build_workspace(session, job, principal, _zone(request), request.app.state.runtime)
+    runtime = request.app.state.runtime
+    result = build_workspace(session, job, principal, _zone(request), runtime, data_dir)
     audit(session, request, AuditAction.VIEW_JOB, f"job:{job_id}", detail="workspace")
     return result
 
