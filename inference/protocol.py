@@ -209,6 +209,8 @@ def protocol_report(records: Sequence[ImageRecord], max_missed: float = MAX_MISS
             "side": sel[0].side,
             "as_bundled": source_metrics(sel, None, None, bootstrap),
             "chosen": source_metrics(sel, gate, temperature, bootstrap),
+            # calibration before any temperature (T = 1) against after (the pooled fit)
+            "ece_uncalibrated": source_metrics(sel, gate, 1.0, 0)["ece"],
         }
     return {"gate": gate, "temperature": temperature, "max_missed_by_gate": max_missed,
             "rule": (f"lowest p(normal) threshold >= 0.5 at which the gate empties at most "
@@ -228,7 +230,10 @@ def render(report: dict) -> str:
         return f"{v:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:.3f}"
     head = ("| source | side | setting | n (lesion/normal) | Dice | lesions called normal | "
             "normals given a lesion | accuracy | B-M AUC | ECE |")
+    ece = ", ".join(f"{name} {row['ece_uncalibrated']:.3f} -> {row['chosen']['ece']:.3f}"
+                    for name, row in report["sources"].items())
     lines = [f"gate p(normal) >= {report['gate']:.3f}, temperature {report['temperature']:.3f}",
+             f"ECE at T = 1 -> at the fitted temperature: {ece}",
              f"rule: {report['rule']}", "", head, "|" + "---|" * 10]
     for name, row in report["sources"].items():
         for setting in ("as_bundled", "chosen"):
