@@ -222,36 +222,13 @@ def client_frame(rig: Rig, engine: Engine, frame: int) -> bytes:
     return answer.content
 
 
-def _receive_other(engine: Engine, data_dir: DataDir, tmp_path: Path) -> tuple[int, str]:
-    """Another study stored as the SCP stores it, with its job; returns (job id, image UID)."""
-    src = make_us_image(tmp_path / "other.dcm")
-    ds = dcmread(src, stop_before_pixels=True)
-    path = data_dir.incoming_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(src.read_bytes())
-    with session_scope(engine) as s:
-        record_instance(
-            s,
-            ReceivedInstance(
-                study_instance_uid=ds.StudyInstanceUID,
-                series_instance_uid=ds.SeriesInstanceUID,
-                sop_instance_uid=ds.SOPInstanceUID,
-                sop_class_uid=ds.SOPClassUID,
-                transfer_syntax_uid="1.2.840.10008.1.2.1",
-                path=str(path),
-                size_bytes=path.stat().st_size,
-            ),
-        )
-        job_id = s.scalars(select(Job.id).order_by(Job.id.desc())).first()
-    assert job_id is not None
-    return job_id, str(ds.SOPInstanceUID)
-
-
 def test_frame_png_other_jobs_image_bad_uid_or_frame_is_404(
     rig: Rig, engine: Engine, data_dir: DataDir, tmp_path: Path
 ) -> None:
     # A second study with its own job and image: its UID is not an image of the first job.
-    other_job, other_uid = _receive_other(engine, data_dir, tmp_path)
+    other = make_us_image(tmp_path / "other.dcm")
+    other_job = store_study(engine, data_dir, [other])
+    other_uid = str(dcmread(other, stop_before_pixels=True).SOPInstanceUID)
     assert other_job != rig.job_id
     base = f"/api/jobs/{rig.job_id}/images"
     with _client(rig, engine) as client:
@@ -341,26 +318,14 @@ def test_class_rule_states_when_the_class_followed_the_outlines_or_none_was_give
     assert class_rule(running, []).startswith("The study class is the class of its most")
 
 
-def test_workspace_two_images_of_one_study_single_frame_and_clip(
-    engine: Engine, data_dir: DataDir, db_url: str, tmp_path: Path
-) -> None:
+def store_study(engine: Engine, data_dir: DataDir, sources: list[Path]) -> int:
+    """Store files of one study as the SCP does and queue its job; returns the job id."""
     from storage.queue import process_now
 
-    study, series = "1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.78"
-    sources = [
-        make_us_image(tmp_path / "a.dcm", study_instance_uid=study, series_instance_uid=series),
-        make_us_image(
-            tmp_path / "b.dcm",
-            study_instance_uid=study,
-            series_instance_uid=series,
-            frames=5,
-            lesion_frames=[1, 2],
-            laterality="R",
-        ),
-    ]
     with session_scope(engine) as s:
         for src in sources:
             ds = dcmread(src, stop_before_pixels=True)
+            study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
             path = data_dir.incoming_path(study, series, ds.SOPInstanceUID)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(src.read_bytes())
@@ -376,8 +341,33 @@ def test_workspace_two_images_of_one_study_single_frame_and_clip(
                     size_bytes=path.stat().st_size,
                 ),
             )
-        job_id = s.scalars(select(Job.id)).one()
+        job_id = s.scalars(select(Job.id).order_by(Job.id.desc())).first()
+        assert job_id is not None
         process_now(s, job_id)
+    return job_id
+
+
+def two_image_study(folder: Path) -> list[Path]:
+    """A single-frame image (left) and a 5-frame clip (right, lesion on frames 2-3)."""
+    study, series = "1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.78"
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        make_us_image(folder / "a.dcm", study_instance_uid=study, series_instance_uid=series),
+        make_us_image(
+            folder / "b.dcm",
+            study_instance_uid=study,
+            series_instance_uid=series,
+            frames=5,
+            lesion_frames=[1, 2],
+            laterality="R",
+        ),
+    ]
+
+
+def test_workspace_two_images_of_one_study_single_frame_and_clip(
+    engine: Engine, data_dir: DataDir, db_url: str, tmp_path: Path
+) -> None:
+    job_id = store_study(engine, data_dir, two_image_study(tmp_path))
     models = ModelProvider(None, "cpu", None, model=ThresholdModel())
     work_once(_settings(destinations=False), engine, data_dir, models, "host:0")
     app = create_app(make_settings(data_dir, database_url=db_url))

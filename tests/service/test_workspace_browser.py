@@ -589,3 +589,37 @@ def test_workspace_values_from_dicom_are_shown_as_text_never_run(
     assert page.inner_text("#ws-scanner").endswith(ds.ManufacturerModelName)
     assert page.evaluate("() => window.pwned") is None
     assert page.locator("#ws-side img, #ws-side script").count() == 0
+
+
+def test_workspace_two_images_tabs_and_frame_strip(
+    site: Site, page: Any, engine: Engine, data_dir: DataDir, tmp_path: Path
+) -> None:
+    """A study of a single-frame image and a clip: one tab each; the clip's class strip
+    jumps to the frame clicked; edits are kept per image."""
+    from tests.service.test_workspace import store_study, two_image_study
+
+    job_id = store_study(engine, data_dir, two_image_study(tmp_path / "two"))
+    models = ModelProvider(None, "cpu", None, model=ThresholdModel())
+    assert work_once(site.settings, engine, data_dir, models, "host:0") == job_id
+    export_once(site.settings, engine)
+    _log_in(page, site.base_url, f"/jobs/{job_id}")
+    page.wait_for_selector("#workspace[data-ready=true]")
+    tabs = page.locator(".ws-image-tab")
+    assert tabs.count() == 2
+    assert page.locator("#ws-scrubber").is_hidden()  # image 1: a single frame
+    assert page.text_content("#ws-frame-class") == "malignant"
+    assert page.inner_text("#ws-laterality") == "Both"
+    tabs.nth(1).click()
+    _wait_frame_drawn(page, 1)
+    assert page.inner_text("#ws-frame-label") == "Frame 1 / 5"
+    assert page.eval_on_selector_all(".ws-mark", "ms => ms.map(m => m.dataset.frame)") == [
+        "2",
+        "3",
+    ]
+    strip = page.locator("#ws-strip").bounding_box()
+    page.mouse.click(strip["x"] + strip["width"] * 0.25, strip["y"] + strip["height"] / 2)
+    _wait_frame_drawn(page, 2)  # a quarter of the way along 5 frames: frame 2
+    assert page.text_content("#ws-frame-class") == "malignant"
+    page.click("#ws-prev")
+    assert page.text_content("#ws-frame-class") == "normal"
+    assert page.errors == []  # type: ignore[attr-defined]

@@ -901,6 +901,7 @@
       }));
     });
     $("ws-scrubber").hidden = image.frames < 2;
+    $("ws-prev-lesion").disabled = $("ws-next-lesion").disabled = !image.lesion_frames.length;
     drawStrip();
     $("ws-lesion-count").textContent = image.lesion_frames.length
       ? "AI lesion on " + image.lesion_frames.length + " of " + image.frames + " frame" +
@@ -1181,6 +1182,10 @@
     $("ws-next").addEventListener("click", function () { setFrame(state.frame + 1); });
     $("ws-prev-lesion").addEventListener("click", function () { jumpLesion(-1); });
     $("ws-next-lesion").addEventListener("click", function () { jumpLesion(1); });
+    $("ws-strip").addEventListener("click", function (event) { // a column: its frame
+      var rect = event.target.getBoundingClientRect(), frames = current().frames;
+      setFrame(1 + Math.round(((event.clientX - rect.left) / rect.width) * (frames - 1)));
+    });
     window.addEventListener("resize", function () { draw(); drawStrip(); });
     document.addEventListener("keydown", onKey);
     view.hidden = false;
