@@ -429,6 +429,9 @@ def build_workspace(
             continue
         uid = image.sop_instance_uid
         by_frame = _frame_rows(rows, uid)
+        image_scores = scored.get(uid)
+        if image_scores is not None and len(image_scores) != info.number_of_frames:
+            image_scores = None  # recorded for another version of the file: not shown
         lesion_frames = [f for f in segs.frames_of(uid) if f <= info.number_of_frames]
         results = []
         review_frames = {frame for (source, frame), _ in reviews.items() if source == uid}
@@ -438,8 +441,8 @@ def build_workspace(
             row = by_frame.get(frame, {})
             review = reviews.get((uid, frame))
             probabilities = row.get("probabilities")
-            if probabilities is None and uid in scored:
-                probabilities = _as_probabilities(scored[uid][frame - 1])
+            if probabilities is None and image_scores is not None:
+                probabilities = _as_probabilities(image_scores[frame - 1])
             outlines = outline_cache.get(uid, frame) if frame in lesion_frames else []
             results.append(
                 FrameResultPublic(
@@ -468,9 +471,7 @@ def build_workspace(
                 frame_url=f"{base}/frames/{{frame}}.png",
                 cam_url=f"{base}/cam/{{frame}}.png" if with_cam and explained else None,
                 results=results,
-                frame_probabilities=scored.get(uid)
-                if scored.get(uid) and len(scored[uid]) == info.number_of_frames
-                else None,
+                frame_probabilities=image_scores,
             )
         )
     outline_cache.save()
