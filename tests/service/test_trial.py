@@ -283,6 +283,8 @@ def test_calibrated_cine_clip_lesion_frames_and_mm(radiologist: TestClient, tmp_
     assert results[3]["long_axis_mm"] == pytest.approx(9.0, abs=0.5)
     assert ws["study"]["patient_id"] == CANARY["PatientID"]  # the uploader's own file
     assert "frame 3" in ws["class_rule"]  # the first of the most suspicious frames decides
+    strip = image["frame_probabilities"]  # the viewer's per-frame class strip
+    assert len(strip) == 5 and strip[2][2] > strip[0][2]  # [normal, benign, malignant]
 
 
 @dataclass(frozen=True)
@@ -326,6 +328,7 @@ def test_frames_unlike_training_images_get_no_class(
     assert [f for f, r in results.items() if r["predicted_class"] is None] == [1, 2, 5]
     assert results[3]["predicted_class"] == "malignant" and results[3]["lesions"]
     assert "3 of 5 frames are unlike the images the model was trained on" in ws["caution"]
+    assert ws["images"][0]["frame_probabilities"] is None  # a gap: no strip, as for a job
     assert wholly.status_code == 200
     assert wholly.json()["analysed"] is False
     assert wholly.json()["not_analysed_reason"].startswith("outside_scope:")

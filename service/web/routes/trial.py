@@ -23,12 +23,14 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from dicom_io.routing import RoutingRules
+from inference.study import CLASSES
 from service.errors import JobError
 from service.trial import (
     CLASS_RULE,
     TRIAL_TTL,
     Trial,
     TrialError,
+    TrialImage,
     cam_png,
     create_trial,
     frame_png,
@@ -113,6 +115,7 @@ def _provider(request: Request) -> Any:
                 worker.torch_threads,
                 precision=worker.precision,
                 compile_mode="off",  # a trial is one image: no 30-60 s compile on first use
+                scope_check=worker.scope_check,
             )
             request.app.state.trial_models = provider
     return provider
@@ -379,9 +382,19 @@ def workspace(trial: Trial, time_zone: str) -> WorkspacePublic:
                     )
                     for r in image.results
                 ],
+                frame_probabilities=_frame_probabilities(image),
             )
         ],
     )
+
+
+def _frame_probabilities(image: TrialImage) -> list[list[float]] | None:
+    """Every frame's [normal, benign, malignant], for the viewer's class strip; None when a
+    frame has none (outside the model's scope), as a job's workspace does."""
+    scores = [r.probabilities for r in image.results]
+    if len(scores) != image.frames or any(p is None for p in scores):
+        return None
+    return [[float(p.get(name, 0.0)) for name in CLASSES] for p in scores if p is not None]
 
 
 @router.get(
