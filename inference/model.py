@@ -249,7 +249,7 @@ class Model:
     scope: Scope | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    _cache: ClassVar[dict[tuple[str, str, str, bool, bool], Model]] = {}
+    _cache: ClassVar[dict[tuple[str, str, str, bool, bool, bool], Model]] = {}
 
     @property
     def image_size(self) -> int:
@@ -282,7 +282,8 @@ class Model:
 
     @classmethod
     def load(cls, weights: Path | None = None, device: str | None = None,
-             precision: str = "auto", fold_bn: bool = True, compile: str = "off") -> Model:
+             precision: str = "auto", fold_bn: bool = True, compile: str = "off",
+             scope_check: bool = True) -> Model:
         """Load weights once per (path, device, precision, fold_bn, compile) and keep them;
         later calls return the same object.
 
@@ -304,6 +305,9 @@ class Model:
             prediction, or the first call of each batch shape pays the compile (tens of
             seconds). Off by default: a one-off command would spend longer compiling than
             it saves.
+        scope_check : bool
+            Use the bundle's in-distribution check (``scope.npz``, :mod:`inference.scope`)
+            when there is one; off only to test the plumbing with generated images.
         """
         path = Path(weights) if weights is not None else WEIGHTS_DIR / "model.pt"
         if path.is_dir():
@@ -311,7 +315,7 @@ class Model:
         dev = resolve_device(device)
         prec = resolve_precision(precision, dev)
         use_compile = resolve_compile(compile, dev)
-        key = (str(path.resolve()), dev, prec, fold_bn, use_compile)
+        key = (str(path.resolve()), dev, prec, fold_bn, use_compile, scope_check)
         if key in cls._cache:
             return cls._cache[key]
         meta_path = path.with_name("model.json")
@@ -338,7 +342,7 @@ class Model:
                     if use_compile else None)
         model = cls(net=net, meta=meta, version=version, status=str(meta["status"]),
                     device=dev, weights_path=path, precision=prec, compiled=compiled,
-                    scope=load_scope(path.parent, path))
+                    scope=load_scope(path.parent, path) if scope_check else None)
         cls._cache[key] = model
         return model
 

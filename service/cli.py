@@ -257,6 +257,11 @@ def infer(
     any_body_part: Annotated[
         bool, typer.Option(help="Analyse DICOM images the routing rules call not breast")
     ] = False,
+    scope_check: Annotated[
+        bool, typer.Option(help="Refuse images unlike the model's training images (said, "
+                           "not guessed); off only to test with generated images",
+                           envvar="WECARE_WORKER__SCOPE_CHECK")
+    ] = True,
 ) -> None:
     """Run the models on files without a PACS; print one JSON line per image.
 
@@ -274,6 +279,7 @@ def infer(
         explain=explain,
         echo=typer.echo,
         routing=RoutingRules(enabled=False) if any_body_part else None,
+        scope_check=scope_check,
     )
     raise typer.Exit(code)
 

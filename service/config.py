@@ -182,6 +182,12 @@ class WorkerSettings(_Section):
         None, ge=1, description="Torch CPU threads (default: torch's)"
     )
     explain: bool = Field(True, description="Compute Grad-CAM maps for the dashboard")
+    scope_check: bool = Field(
+        True,
+        description="Refuse images unlike the breast ultrasound the model was trained on (the "
+        "bundle's in-distribution check, scope.npz): no class, no lesion, the reason said. "
+        "Off only to test the plumbing with generated images",
+    )
 
 
 class ExportSettings(_Section):

@@ -37,6 +37,7 @@ def run_infer(
     explain: bool = True,
     echo: Callable[[str], None] = print,
     routing: RoutingRules | None = None,
+    scope_check: bool = True,
 ) -> int:
     """Process `files` into `out`; print one JSON line per image. Returns an exit code.
 
@@ -46,7 +47,7 @@ def run_infer(
     from inference.model import Model
 
     out.mkdir(parents=True, exist_ok=True)
-    model = Model.load(weights, device=device, precision=precision)
+    model = Model.load(weights, device=device, precision=precision, scope_check=scope_check)
     failures = 0
     studies: dict[str, list[SourceImage]] = defaultdict(list)
     names: dict[str, str] = {}

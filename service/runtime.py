@@ -110,6 +110,7 @@ def build_runtime(settings: Settings, *, with_models: bool = True) -> Runtime:
             settings.worker.torch_threads,
             precision=settings.worker.precision,
             compile_mode=settings.worker.compile,
+            scope_check=settings.worker.scope_check,
         )
     return Runtime(settings=settings, engine=engine, data_dir=data_dir, models=models)
 

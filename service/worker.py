@@ -51,8 +51,10 @@ class ModelProvider:
         model: Any = None,
         precision: str = "auto",
         compile_mode: str = "off",
+        scope_check: bool = True,
     ) -> None:
         self._weights = weights
+        self._scope_check = scope_check
         self._precision = precision
         self._compile = compile_mode
         self._device = None if device == "auto" else device
@@ -90,6 +92,7 @@ class ModelProvider:
                         device=self._device,
                         precision=self._precision,
                         compile=self._compile,
+                        scope_check=self._scope_check,
                     )
                     # Compile before the first job (tens of seconds), not inside it; a compile
                     # failure leaves the model running eager, and says so.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from inference.networks import build_network
@@ -87,3 +88,46 @@ def test_model_with_a_scope_check_flags_and_empties_out_of_scope_images(tmp_path
     (pred,) = gated.predict([image])
     assert not pred.mask.any() and pred.predicted_class == "normal"
     Model._cache.clear()
+
+
+def test_bundled_check_refuses_the_non_breast_ultrasound_files_of_both_packages() -> None:
+    """Cardiac, obstetric, abdominal and other US files (routing aside): refused by the image."""
+    from inference.model import Model
+    from inference.scope import dicom_crops
+    from tests.dicom_io.test_routing import non_breast_files
+
+    Model._cache.clear()
+    model = Model.load(None)
+    assert model.scope is not None, "the bundle ships its scope check (inference/weights)"
+    crops = refused = 0
+    wholly = 0
+    for path in non_breast_files():
+        images = dicom_crops(path)
+        preds = [p for i in range(0, len(images), 8) for p in model.predict(images[i: i + 8])]
+        crops += len(preds)
+        refused += sum(not p.in_scope for p in preds)
+        wholly += all(not p.in_scope for p in preds)
+        assert all(not p.mask.any() for p in preds if not p.in_scope)
+    assert refused / crops >= 0.9  # measured 164 of 172 crops (dd6bbd2e)
+    assert wholly >= 15  # measured 16 of 19 files
+
+
+@pytest.mark.dataset
+def test_bundled_check_keeps_breast_images_of_sources_it_never_saw() -> None:
+    """BrEaST (another hospital) must stay within scope: the check is not a vendor filter."""
+    from inference.data import discover, read_grayscale
+    from inference.model import Model
+    from tests.inference.conftest import datasets_dir
+    from tests.requirements import SHARED_DIR, require_or_skip
+
+    root = datasets_dir()
+    require_or_skip(root is not None and (root / "breast" / "manifest.csv").is_file(),
+                    "shared datasets not found (set WECARE_DATASETS)",
+                    shared=SHARED_DIR / "datasets")
+    assert root is not None
+    Model._cache.clear()
+    model = Model.load(None)
+    samples = discover(root / "breast")[:48]
+    preds = [p for i in range(0, len(samples), 8) for p in model.predict(
+        [read_grayscale(s.image) for s in samples[i: i + 8]])]
+    assert sum(not p.in_scope for p in preds) / len(preds) <= 0.05  # measured 0 of 128
