@@ -85,11 +85,15 @@ def held_out_samples(folder: Path, train_config: dict) -> tuple[list[Sample], st
     return val, "val"
 
 
-def collect(model: Model, folders: Sequence[Path], batch_size: int = 8) -> list[ImageRecord]:
-    """Run ``model`` (its gate switched off) over the held-out images of each folder."""
+def collect(model: Model, folders: Sequence[Path], batch_size: int = 8,
+            split_config: dict | None = None) -> list[ImageRecord]:
+    """Run ``model`` (its gate switched off) over the held-out images of each folder.
+
+    ``split_config``: take the held-out sides from another model's training configuration
+    (to compare two models on the same images); default the model's own."""
     pp = {**model.meta.get("postprocess", {}), "empty_if_normal": False, "normal_gate": None}
     ungated = dataclasses.replace(model, meta={**model.meta, "postprocess": pp})
-    train_config = model.meta.get("train_config", {})
+    train_config = split_config or model.meta.get("train_config", {})
     records: list[ImageRecord] = []
     for folder in folders:
         samples, side = held_out_samples(folder, train_config)
@@ -267,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--num-threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
+    p.add_argument("--split-from", type=Path, default=None,
+                   help="model.pt whose training split names the held-out images (compare "
+                        "two models on the same images); default: the model's own")
     args = p.parse_args(argv)
     import torch
 
@@ -278,7 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not folders:
         p.error(f"no source folder of {args.sources} under {args.datasets}")
     model = Model.load(args.weights, compile="off")
-    records = collect(model, folders)
+    split_config = None
+    if args.split_from is not None:
+        split_config = json.loads(args.split_from.with_name("model.json").read_text())[
+            "train_config"]
+    records = collect(model, folders, split_config=split_config)
     report = protocol_report(records, args.max_missed, args.bootstrap)
     report["model_version"] = model.version
     if args.json:
