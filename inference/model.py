@@ -10,7 +10,6 @@ job: the service never imports it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import threading
@@ -27,7 +26,7 @@ from torch import nn
 from inference.compiled import CompiledForward, resolve_compile
 from inference.gradcam import grad_cam
 from inference.networks import build_network, fold_batch_norm
-from inference.scope import Scope, load_scope, pooled_features
+from inference.scope import Scope, file_sha256, load_scope, pooled_features
 from inference.transforms import (
     network_input,
     normalise,
@@ -214,15 +213,6 @@ def predict_arrays(
             probs.append(prob[:, 0].float().numpy())
             logits.append(cls.float().numpy())
     return np.concatenate(probs), np.concatenate(logits)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file: the version names the exact weights."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

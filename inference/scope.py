@@ -111,6 +111,7 @@ def fit_scope(train_features: np.ndarray, val_features: np.ndarray, weights_sha2
 
 
 def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file: a model's version and its scope check name the exact weights."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
