@@ -132,6 +132,7 @@ def do_retry(session: Session, job_id: int, now: datetime | None = None) -> JobA
     failed with failed outbox rows → those rows back to pending, job to exporting;
     failed otherwise (processing failed) → back to the queue;
     exporting → failed rows back to pending and pending rows due now;
+    done with failed rows (a radiologist's corrected outputs) → those rows back to pending;
     anything else → 409.
     """
     now = now or utcnow()
@@ -150,10 +151,16 @@ def do_retry(session: Session, job_id: int, now: datetime | None = None) -> JobA
     ):
         affected = retry_failed_exports(session, job_id, now) + send_now(session, job_id, now)
         action = "sent_now"
+    elif job.state == JobState.DONE and OutboxState.FAILED in states:
+        # A radiologist's corrected SEG/SR belongs to a done job: its failed delivery is
+        # retried without touching the job or its AI outputs (already sent).
+        affected = retry_failed_exports(session, job_id, now)
+        action = "exports_retried"
     if action is None or affected == 0:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
-            f"job {job_id} is {job.state}; only a failed job or one still exporting can be retried",
+            f"job {job_id} is {job.state}; only a failed job, one still exporting or a done job "
+            "with failed deliveries can be retried",
         )
     session.flush()
     return JobActionPublic(

@@ -377,6 +377,34 @@ def test_api_retry_failed_export_resets_outbox_and_job_to_exporting(
     assert job_state(engine, job_id) == JobState.EXPORTING
 
 
+def test_api_retry_done_job_failed_delivery_of_a_correction_is_retried(
+    client: TestClient, engine: Engine
+) -> None:
+    """A corrected SEG/SR of a done job that the PACS refused can be sent again."""
+    job_id = add_job(engine, state=JobState.DONE,
+                     outbox=[("pacs", OutboxState.FAILED), ("archive", OutboxState.SENT)])
+
+    response = client.post(f"/api/jobs/{job_id}/retry")
+
+    assert response.status_code == 200
+    assert response.json()["action"] == "exports_retried"
+    assert response.json()["affected"] == 2
+    assert job_state(engine, job_id) == JobState.DONE
+    rows = outbox_rows(engine, job_id)
+    assert {r.state for r in rows if r.destination == "pacs"} == {OutboxState.PENDING}
+    assert {r.state for r in rows if r.destination == "archive"} == {OutboxState.SENT}
+
+
+def test_job_page_done_job_with_failed_delivery_offers_the_retry_button(
+    client: TestClient, engine: Engine
+) -> None:
+    failed = add_job(engine, state=JobState.DONE, outbox=[("pacs", OutboxState.FAILED)])
+    sent = add_job(engine, state=JobState.DONE, study_uid="1.2.3.4",
+                   outbox=[("pacs", OutboxState.SENT)])
+    assert "Retry failed deliveries" in client.get(f"/jobs/{failed}").text
+    assert "Retry failed deliveries" not in client.get(f"/jobs/{sent}").text
+
+
 def test_api_retry_failed_processing_requeues_job(client: TestClient, engine: Engine) -> None:
     job_id = add_job(
         engine, state=JobState.FAILED, error="no ultrasound region", error_code="no_us_region"
