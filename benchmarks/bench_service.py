@@ -9,6 +9,8 @@ Success, against ``Model.predict`` on the same decoded frames), each in its own 
 after the other on the same machine, and prints one JSON object at the end:
 ``ingest_over_bare`` (target 0.7), ``study_over_model`` and ``cine_over_model`` (target 0.6),
 with the load average around each part (the figures are only as quiet as the machine was).
+Give ``--png-dir`` / ``--cine-png`` real breast images: the bundled model's scope check
+refuses generated ones (no lesion, no SEG, no descriptors), which would time less work.
 ``--quick`` runs smaller cases (20 files, 2 rounds; 20 images, 40 frames) to check it works.
 """
 
@@ -46,11 +48,20 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small cases, to check it runs")
     p.add_argument("--no-descriptors", action="store_true",
                    help="pipeline without BI-RADS descriptors (passed to bench_pipeline)")
+    p.add_argument("--png-dir", type=Path, default=None,
+                   help="real breast US PNGs for the study (e.g. ../shared/datasets/busi/"
+                        "malignant): generated images are outside the model's scope, so its "
+                        "check would skip the lesions, SEGs and descriptors being timed")
+    p.add_argument("--cine-png", type=Path, default=None, help="a real PNG for the cine clip")
     args = p.parse_args()
     ingest_args = ["--files", "20", "--rounds", "2"] if args.quick else []
     pipeline_args = (["--images", "20", "--frames", "40"] if args.quick else [])
     if args.no_descriptors:
         pipeline_args.append("--no-descriptors")
+    if args.png_dir is not None:
+        pipeline_args += ["--png-dir", str(args.png_dir)]
+    if args.cine_png is not None:
+        pipeline_args += ["--cine-png", str(args.cine_png)]
     print("ingest: bench_ingest.py " + " ".join(ingest_args), file=sys.stderr, flush=True)
     ingest = _run("bench_ingest.py", ingest_args)
     print("pipeline: bench_pipeline.py " + " ".join(pipeline_args), file=sys.stderr, flush=True)
