@@ -300,7 +300,7 @@ def main() -> None:
     if args.no_descriptors:
         import service.pipeline
 
-        service.pipeline._describe = lambda *args, **kwargs: None  # type: ignore[assignment]
+        service.pipeline.describe_in_box = lambda *args, **kwargs: None  # type: ignore[assignment]
     load_before = os.getloadavg()
     model = Model.load(None, device="cpu")
     report: dict[str, Any] = {

@@ -558,7 +558,9 @@ def collect(
         best = sorted(state.best.items())
         # BI-RADS descriptors: once per largest lesion of a box (the SR's findings); a
         # single-frame image's rows show the same lesion, so they reuse them.
-        described = {k: _describe(lesion.image, lesion.mask, lesion.box) for k, lesion in best}
+        described = {
+            k: describe_in_box(lesion.image, lesion.mask, lesion.box) for k, lesion in best
+        }
         rows = state.rows
         if state.info.number_of_frames == 1:
             rows = [
@@ -712,7 +714,9 @@ def _skip(skipped: list[dict[str, str]], source: SourceImage, exc: DicomIOError)
     log.warning("image %s not processed: %s", uid_hash(source.sop_instance_uid), code)
 
 
-def _measure(mask: np.ndarray, box: CropBox) -> tuple[float | None, float | None, float | None]:
+def box_measurements(
+    mask: np.ndarray, box: CropBox
+) -> tuple[float | None, float | None, float | None]:
     """(area mm², long axis mm, short axis mm); all None without a calibrated box or lesion.
 
     Measured with the box's own region calibration: each pane of a dual view has its own.
@@ -725,8 +729,8 @@ def _measure(mask: np.ndarray, box: CropBox) -> tuple[float | None, float | None
 
 def _finding(info: ImageInfo, best: BestLesion, found: LesionDescriptors | None) -> LesionFinding:
     """The SR finding of one crop box's largest lesion (one per pane of a dual view), with
-    its descriptors `found` (:func:`_describe`)."""
-    area_mm2, long_mm, short_mm = _measure(best.mask, best.box)
+    its descriptors `found` (:func:`describe_in_box`)."""
+    area_mm2, long_mm, short_mm = box_measurements(best.mask, best.box)
     return LesionFinding(
         source_sop_instance_uid=info.sop_instance_uid,
         frame_number=best.frame_number if info.number_of_frames > 1 else None,
@@ -734,11 +738,11 @@ def _finding(info: ImageInfo, best: BestLesion, found: LesionDescriptors | None)
         long_axis_mm=long_mm,
         short_axis_mm=short_mm,
         area_px=best.area_px,
-        description=_as_description(found),
+        description=as_description(found),
     )
 
 
-def _describe(image: np.ndarray, mask: np.ndarray, box: CropBox) -> LesionDescriptors | None:
+def describe_in_box(image: np.ndarray, mask: np.ndarray, box: CropBox) -> LesionDescriptors | None:
     """BI-RADS descriptors of a box's lesion, with the box's calibration; None: no lesion."""
     spacing = box.mm_per_pixel  # (y, x) mm, or None without a calibrated region
     dy, dx = spacing if spacing is not None else (None, None)
@@ -755,8 +759,8 @@ def _descriptors_dict(found: LesionDescriptors | None) -> dict[str, Any] | None:
     return None if found is None else found.as_dict()
 
 
-def _as_description(found: LesionDescriptors | None) -> LesionDescription | None:
-    """:func:`_describe`'s result as the SR's LesionDescription."""
+def as_description(found: LesionDescriptors | None) -> LesionDescription | None:
+    """:func:`describe_in_box`'s result as the SR's LesionDescription."""
     if found is None:
         return None
     return LesionDescription(
@@ -773,7 +777,7 @@ def _as_description(found: LesionDescriptors | None) -> LesionDescription | None
 def _row(
     state: _Collector, item: FrameResult, pred: BoxPrediction, explain: bool, describe: bool
 ) -> FrameRow:
-    area_mm2, long_mm, short_mm = _measure(pred.mask, pred.box)
+    area_mm2, long_mm, short_mm = box_measurements(pred.mask, pred.box)
     return FrameRow(
         image=0,  # numbered once the image is known to be kept
         series_uid_hash=uid_hash(state.source.series_instance_uid),
@@ -794,7 +798,7 @@ def _row(
 def _row_descriptors(item: FrameResult, pred: BoxPrediction) -> dict[str, Any] | None:
     """The dashboard's descriptors of one box of one frame (None: no lesion)."""
     b = pred.box
-    found = _describe(item.pixels[b.y0 : b.y1, b.x0 : b.x1], pred.mask, b)
+    found = describe_in_box(item.pixels[b.y0 : b.y1, b.x0 : b.x1], pred.mask, b)
     return None if found is None else found.as_dict()
 
 

@@ -42,7 +42,6 @@ from sqlalchemy.orm import Session
 
 from dicom_io.corrected import build_corrected_seg, build_review_sr
 from dicom_io.errors import DicomIOError, EmptySegmentationError
-from dicom_io.measure import mask_measurements
 from dicom_io.polygons import (
     Polygon,
     PolygonError,
@@ -53,11 +52,16 @@ from dicom_io.polygons import (
 from dicom_io.read import iter_frames, read_header, read_info
 from dicom_io.regions import CropBox, analysis_boxes
 from dicom_io.seg import AlgorithmInfo, seg_frame_mask
-from dicom_io.sr import LesionDescription, LesionFinding, ReviewRecord, StudyClassification
+from dicom_io.sr import LesionFinding, ReviewRecord, StudyClassification
 from dicom_io.types import ImageInfo
-from inference.descriptors import describe_lesion
 from service.logs import uid_hash
-from service.pipeline import WrittenOutput, algorithm_info
+from service.pipeline import (
+    WrittenOutput,
+    algorithm_info,
+    as_description,
+    box_measurements,
+    describe_in_box,
+)
 from storage.audit import AuditAction, record
 from storage.files import checked_uid, write_atomic
 from storage.models import AnalysedImage, Instance, Job, JobState, Output, Review
@@ -658,29 +662,13 @@ def _measure_lesion(
     boxes: Sequence[CropBox],
 ) -> MeasuredLesion:
     box = _box_of(lesion, boxes)
-    spacing = box.mm_per_pixel if box is not None else None  # (row, column) mm
     area_mm2 = long_mm = short_mm = None
-    if spacing is not None:
-        area_mm2, long_mm, short_mm = mask_measurements(lesion, spacing[1], spacing[0])
     description, words = None, None
-    if box is not None:
-        dy, dx = spacing if spacing is not None else (None, None)
-        try:
-            found = describe_lesion(pixels[box.slices], lesion[box.slices], dx, dy)
-        except ValueError as exc:
-            log.warning("corrected lesion not described: %s", exc)
-            found = None
-        if found is not None and not found.message:
-            words = found.as_dict()
-            description = LesionDescription(
-                shape=found.shape,
-                orientation=found.orientation,
-                margin=found.margin,
-                margin_detail=found.margin_detail,
-                echo_pattern=found.echo_pattern,
-                posterior=found.posterior,
-                depth_mm=found.depth_mm,
-            )
+    if box is not None:  # sizes and words as the pipeline gives the AI's lesions
+        area_mm2, long_mm, short_mm = box_measurements(lesion, box)
+        found = describe_in_box(pixels[box.slices], lesion[box.slices], box)
+        words = found.as_dict() if found is not None else None
+        description = as_description(found)
     finding = LesionFinding(
         source_sop_instance_uid=target.info.sop_instance_uid,
         frame_number=int(number) if target.multi_frame else None,
