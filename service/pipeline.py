@@ -29,6 +29,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -495,6 +496,9 @@ class _Collector:
     row_boxes: list[int] = field(default_factory=list)  # each row's box index
     outside_scope: int = 0  # crops the in-distribution check refused
     frame_scores: dict[int, list[float]] = field(default_factory=dict)  # per frame, see summary
+    frames_seen: int = 0
+    # Descriptors of the best lesions, started once the image's last frame is in (box -> job).
+    described: dict[int, Future[LesionDescriptors | None]] | None = None
 
 
 def collect(
@@ -506,7 +510,25 @@ def collect(
     explain: bool = True,
 ) -> list[ImageResult]:
     """Stage 3: per image, keep the lesion frames (bit-packed), the largest lesion of each crop
-    box, the most suspicious frame and the dashboard rows of the first frames."""
+    box, the most suspicious frame and the dashboard rows of the first frames.
+
+    An image's BI-RADS descriptors are computed in a background thread as soon as its last
+    frame is in, so they overlap the inference of the images after it (numpy and scipy next
+    to torch's own threads) instead of adding to it at the end.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="describe") as describer:
+        return _collect(frames, infos, skipped, timer, preview_frames, explain, describer)
+
+
+def _collect(
+    frames: Iterator[FrameResult | ImageFailure],
+    infos: Sequence[tuple[SourceImage, ImageInfo]],
+    skipped: list[dict[str, str]],
+    timer: _Timer,
+    preview_frames: int,
+    explain: bool,
+    describer: ThreadPoolExecutor,
+) -> list[ImageResult]:
     states = [_Collector(source, info) for source, info in infos]
     failed: set[int] = set()
     for item in frames:
@@ -544,6 +566,12 @@ def collect(
                 multi = state.info.number_of_frames > 1
                 state.rows.append(_row(state, item, pred, explain, describe=multi))
                 state.row_boxes.append(index)
+        state.frames_seen += 1
+        if state.frames_seen == state.info.number_of_frames:  # its best lesions are final
+            state.described = {
+                k: describer.submit(describe_in_box, lesion.image, lesion.mask, lesion.box)
+                for k, lesion in state.best.items()
+            }
         timer.add("collect", tick)
     tick = time.perf_counter()
     results = []
@@ -558,8 +586,11 @@ def collect(
         best = sorted(state.best.items())
         # BI-RADS descriptors: once per largest lesion of a box (the SR's findings); a
         # single-frame image's rows show the same lesion, so they reuse them.
+        started = state.described or {}
         described = {
-            k: describe_in_box(lesion.image, lesion.mask, lesion.box) for k, lesion in best
+            k: started[k].result() if k in started
+            else describe_in_box(lesion.image, lesion.mask, lesion.box)
+            for k, lesion in best
         }
         rows = state.rows
         if state.info.number_of_frames == 1:

@@ -62,3 +62,46 @@ def test_process_study_sr_has_descriptors_of_the_ai_mask(tmp_path: Path) -> None
     assert float(numbers["Long axis"].NumericValue) == pytest.approx(
         row["descriptors"]["long_axis_mm"], rel=0.01
     )
+
+
+def test_descriptors_overlap_the_inference_of_later_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image's descriptors start once its last frame is predicted, in the pipeline's
+    'describe' thread, while later images are still being predicted; every lesion still gets
+    them (issue 31: describing ~100 lesions after inference doubled a study's time)."""
+    import threading
+
+    import service.pipeline as pipeline
+
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    real_describe = pipeline.describe_in_box
+
+    def recording_describe(*args: object, **kwargs: object) -> object:
+        with lock:
+            events.append(("describe", threading.current_thread().name))
+        return real_describe(*args, **kwargs)  # type: ignore[arg-type]
+
+    class RecordingModel(ThresholdModel):
+        def predict(self, images, with_cam=False):  # type: ignore[no-untyped-def]
+            with lock:
+                events.append(("predict", threading.current_thread().name))
+            return super().predict(images, with_cam)
+
+    monkeypatch.setattr(pipeline, "describe_in_box", recording_describe)
+    study, series = "1.2.826.0.1.3680043.8.498.31", "1.2.826.0.1.3680043.8.498.31.1"
+    sources = [
+        _source(make_us_image(tmp_path / f"{i}.dcm", study_instance_uid=study,
+                              series_instance_uid=series))
+        for i in range(20)
+    ]
+    result = process_study(sources, RecordingModel(), tmp_path / "out")
+
+    kinds = [kind for kind, _ in events]
+    last_predict = len(kinds) - 1 - kinds[::-1].index("predict")
+    assert kinds.count("predict") == 3  # 20 crops in batches of 8
+    assert "describe" in kinds[:last_predict]  # started before the last batch was predicted
+    assert {name for kind, name in events if kind == "describe"} == {"describe_0"}
+    assert kinds.count("describe") == 20  # one per image's lesion, none twice
+    assert all(row["descriptors"]["shape"] for row in result.results)
