@@ -32,6 +32,7 @@ __all__ = [
     "CopiedAttributes",
     "copied_attributes",
     "log_notes",
+    "reference_header",
     "restore_referenced_sop_classes",
     "source_header",
 ]
@@ -263,6 +264,35 @@ def source_header(ds: Dataset) -> tuple[Dataset, dict[str, str]]:
         header.Modality = "OT"
     header.SOPClassUID = RETIRED_SOP_CLASSES.get(str(ds.SOPClassUID), ds.SOPClassUID)
     return header, copied.notes
+
+
+def reference_header(ds: Dataset, keywords: Iterable[str]) -> Dataset:
+    """Return the part of :func:`source_header` of ``ds`` that holds only ``keywords``.
+
+    For a source highdicom only references (SR evidence and image library entries after the
+    first, from which nothing is copied): the same elements with the same values as the
+    full header (unconvertible ones left out, Modality "OT" when absent, a retired SOP Class
+    UID replaced), without the Patient/Study/Equipment checks and copies whose results the
+    output never holds. ``keywords`` must not name a :data:`COPIED_KEYWORDS` attribute.
+    """
+    keywords = frozenset(keywords)
+    if keywords & COPIED_KEYWORDS or "SpecificCharacterSet" in keywords:
+        raise ValueError("reference_header takes no Patient/Study/Equipment keyword")
+    header = Dataset()
+    for keyword in keywords:
+        tag = tag_for_keyword(keyword)
+        if tag is None or tag not in ds or tag >> 16 == 0x7FE0:
+            continue
+        try:
+            element = ds[tag]
+        except Exception:  # noqa: BLE001 - left out, as source_header leaves it out
+            continue
+        header.add(copy.deepcopy(element))
+    _repair_dates_and_times(header)
+    if not str(header.get("Modality", "") or "").strip():
+        header.Modality = "OT"  # as source_header: highdicom's image library reads it
+    header.SOPClassUID = RETIRED_SOP_CLASSES.get(str(ds.SOPClassUID), ds.SOPClassUID)
+    return header
 
 
 def _character_set(ds: Dataset, notes: dict[str, str]) -> str | list[str] | None:

@@ -20,7 +20,12 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from dicom_io.headers import COPIED_KEYWORDS, copied_attributes
+from dicom_io.headers import (
+    COPIED_KEYWORDS,
+    copied_attributes,
+    reference_header,
+    source_header,
+)
 from dicom_io.seg import build_seg
 from dicom_io.sr import LesionFinding, StudyClassification, build_sr
 from tests.dciodvfy import needs_dciodvfy, validate_dataset
@@ -290,3 +295,36 @@ def test_copied_keywords_cover_what_highdicom_copies(sop_class_uid: str) -> None
     attributes = get_module_attribute_map()
     copied = {str(a["keyword"]) for module in modules for a in attributes[module] if not a["path"]}
     assert copied - {"StudyInstanceUID"} <= COPIED_KEYWORDS
+
+
+_REFERENCE_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+    "Rows", "Columns", "NumberOfFrames", "ImageLaterality", "Laterality", "SeriesDate",
+    "FrameOfReferenceUID", "PixelSpacing", "SliceThickness",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["none", "retired_class", "no_modality", "multiframe", "invalid_value", "old_date"],
+)
+def test_reference_header_equals_source_header_restricted(tmp_path: Path, change: str) -> None:
+    ds = make_us_dataset(frames=3 if change == "multiframe" else 1, laterality=None)
+    if change == "retired_class":
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.6"
+    elif change == "no_modality":
+        del ds.Modality
+    elif change == "invalid_value":
+        _raw(ds, "SliceThickness", "DS", b"thick ")  # kept as read, as source_header keeps it
+    elif change == "old_date":
+        ds.SeriesDate = "2026.11.23"
+    header = pydicom.dcmread(write_dataset(ds, tmp_path / "s.dcm"), stop_before_pixels=True)
+    full, _ = source_header(header)
+    reference = reference_header(header, _REFERENCE_KEYWORDS)
+    expected = {keyword: full[keyword].value for keyword in _REFERENCE_KEYWORDS if keyword in full}
+    assert {element.keyword: element.value for element in reference} == expected
+
+
+def test_reference_header_refuses_copied_keywords() -> None:
+    with pytest.raises(ValueError, match="no Patient/Study/Equipment"):
+        reference_header(make_us_dataset(), ["SOPInstanceUID", "PatientName"])
