@@ -51,6 +51,7 @@ __all__ = [
     "build_segs",
     "seg_frame_for_source",
     "seg_frame_mask",
+    "seg_frames_by_source",
 ]
 
 SEG_SERIES_DESCRIPTION = "WeCare AI lesion segmentation"
@@ -509,6 +510,25 @@ def seg_frame_for_source(
                 if (frame_number or 1) in values:
                     return index
     return None
+
+
+def seg_frames_by_source(seg: Dataset) -> dict[tuple[str, int], int]:
+    """Every answer of :func:`seg_frame_for_source` for ``seg`` at once, read in one pass.
+
+    Keys are (source SOP Instance UID, source frame number; 1 for a single-frame source),
+    values the first SEG frame (1-based) derived from it. For a report with a lesion
+    group per frame of a many-frame SEG (one lookup each instead of a scan each).
+    """
+    frames: dict[tuple[str, int], int] = {}
+    for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        for derivation in item.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                uid = str(source.ReferencedSOPInstanceUID)
+                numbers = source.get("ReferencedFrameNumber")
+                values = [1] if numbers is None else [int(n) for n in _as_list(numbers)]
+                for number in values:
+                    frames.setdefault((uid, number), index)
+    return frames
 
 
 def seg_frame_mask(

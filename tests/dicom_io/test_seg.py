@@ -19,6 +19,7 @@ from dicom_io.seg import (
     SegmentationInputError,
     build_seg,
     seg_frame_for_source,
+    seg_frames_by_source,
 )
 from dicom_io.uids import WECARE_MANUFACTURER, is_our_uid, output_uid
 from tests.dciodvfy import needs_dciodvfy, validate_dataset
@@ -401,3 +402,24 @@ def test_build_seg_writes_no_file(tmp_path: Path) -> None:
     before = set(tmp_path.iterdir())
     build_seg([make_us_dataset()], [lesion_mask()[np.newaxis]], [[1]], ALGORITHM, 900)
     assert set(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("frames", [1, 5])
+def test_seg_frames_by_source_gives_every_answer_of_seg_frame_for_source(frames: int) -> None:
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    count = 3 if frames == 1 else 1
+    sources = [
+        make_us_dataset(frames=frames, study_instance_uid=study, series_instance_uid=series, seed=k)
+        for k in range(count)
+    ]
+    masks = [np.zeros((frames, 256, 320), bool) for _ in sources]
+    for k, mask in enumerate(masks):
+        mask[[0, frames - 1] if k != 1 else []] = lesion_mask()  # the second: no lesion
+    seg = roundtrip(build_seg(sources, masks, [list(range(1, frames + 1))] * count, ALGORITHM, 900))
+    index = seg_frames_by_source(seg)
+    for ds in sources:
+        uid = str(ds.SOPInstanceUID)
+        for number in range(1, frames + 1):
+            expected = seg_frame_for_source(seg, uid, number if frames > 1 else None)
+            assert index.get((uid, number)) == expected
+    assert sorted(index.values()) == list(range(1, int(seg.NumberOfFrames) + 1))
