@@ -24,7 +24,7 @@ Content tree (codes in :mod:`dicom_io.codes`, listed in docs/CONFORMANCE.md)::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import highdicom as hd
@@ -36,10 +36,11 @@ from dicom_io import codes
 from dicom_io.headers import (
     RETIRED_SOP_CLASSES,
     log_notes,
+    reference_header,
     restore_referenced_sop_classes,
     source_header,
 )
-from dicom_io.seg import AlgorithmInfo, seg_frame_for_source
+from dicom_io.seg import AlgorithmInfo, seg_frames_by_source
 from dicom_io.uids import WECARE_MANUFACTURER, output_uid
 
 __all__ = [
@@ -56,6 +57,14 @@ __all__ = [
 CLASSES = ("normal", "benign", "malignant")
 SR_SERIES_DESCRIPTION = "WeCare AI breast ultrasound report"
 _SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+# What this module and highdicom read of a source other than the first, from which
+# highdicom copies nothing: references and the Image Library entry (TID 1602-1604).
+_REFERENCED_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+    "Rows", "Columns", "NumberOfFrames", "FrameOfReferenceUID", "ImageLaterality",
+    "Laterality", "PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient",
+    "SliceThickness", "SpacingBetweenSlices", "PatientOrientation", "ImagerPixelSpacing",
+)  # fmt: skip
 
 
 def _concept(code: Code) -> hd.sr.CodedConcept:
@@ -268,19 +277,19 @@ def _lesion_group(
     index: int,
     finding: LesionFinding,
     source: Dataset,
-    segs: Sequence[Dataset],
+    segs: Sequence[tuple[Dataset, Mapping[tuple[str, int], int]]],
     algorithm_id: hd.sr.AlgorithmIdentification,
     version: str,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    # ``segs``: each SEG with its seg_frames_by_source, made once per report.
     frame = finding.frame_number if _is_multiframe(source) else None
-    for seg in segs:
-        seg_frame = seg_frame_for_source(seg, finding.source_sop_instance_uid, frame)
-        if seg_frame is not None:
-            break
-    else:
+    key = (finding.source_sop_instance_uid, frame or 1)
+    found = next(((seg, frames[key]) for seg, frames in segs if key in frames), None)
+    if found is None:
         raise ValueError(
             f"findings[{index}] has no SEG frame derived from its source instance/frame"
         )
+    seg, seg_frame = found
     referenced_segment = hd.sr.ReferencedSegmentationFrame(
         sop_class_uid=str(seg.SOPClassUID),
         sop_instance_uid=str(seg.SOPInstanceUID),
@@ -349,6 +358,31 @@ def _lesion_group(
         measurements=measurements or None,
         qualitative_evaluations=evaluations or None,
     )
+
+
+def _add_deferred_content(
+    sr: hd.sr.Comprehensive3DSR,
+    library: hd.sr.ImageLibrary,
+    groups: Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations],
+) -> None:
+    """Put the Image Library and the lesion groups where TID 1500 has them, after highdicom.
+
+    highdicom deep-copies, re-parses and searches the whole content tree it is handed
+    (``_SR.__init__``: ``deepcopy``, ``ContentItem._from_dataset_derived``,
+    ``collect_evidence``): for 100 lesions (~25 items per lesion group, ~5 per library
+    entry) about twice what building the items costs. It is therefore handed the report
+    without them, and they are added here, in the order MeasurementReport puts them, to
+    both the SR's content tree and its parsed ``content`` (the same item objects in both).
+    Their references need no check: the library lists the sources, each lesion group a
+    source and a SEG frame, all of them evidence.
+    """
+    for root in (sr, sr.content[0]):
+        items = root.ContentSequence
+        measurements = items[-1]  # Imaging Measurements: the report's last item (TID 1500)
+        for item in library:
+            items.insert(len(items) - 1, item)
+        for group in groups:
+            measurements.ContentSequence.extend(group)
 
 
 def _person_observer(name: str) -> hd.sr.ObserverContext:
@@ -495,10 +529,11 @@ def build_sr(
         for ds in sources
         if str(ds.SOPClassUID) in RETIRED_SOP_CLASSES
     }
-    headers = [source_header(ds) for ds in sources]
-    sources = [header for header, _ in headers]
-    # highdicom copies Patient/Study/Equipment from the first evidence item only.
-    log_notes(headers[0][1], "SR")
+    # highdicom copies Patient/Study/Equipment from the first evidence item only: the
+    # others need only what is referenced and described of them.
+    first, notes = source_header(sources[0])
+    sources = [first, *(reference_header(ds, _REFERENCED_KEYWORDS) for ds in sources[1:])]
+    log_notes(notes, "SR")
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     study_uid = studies.pop()
     version = algorithm.version
@@ -519,20 +554,28 @@ def build_sr(
     ] = []
     if classification.outside_scope and caution is None:
         raise ValueError("an SR without a class needs the caution that says why")
-    probabilities = [
-        hd.sr.Measurement(
-            name=_concept(codes.PROBABILITY_CODES[name]),
-            value=round(float(classification.probabilities[name]), 6),
-            unit=_concept(codes.NO_UNITS),
-        )
-        for name in CLASSES
-    ] if classification.probabilities is not None else None
-    impression = [] if classification.predicted_class is None else [
-        hd.sr.QualitativeEvaluation(
-            name=_concept(codes.IMPRESSION),
-            value=_concept(codes.CLASS_CODES[classification.predicted_class]),
-        )
-    ]
+    probabilities = (
+        [
+            hd.sr.Measurement(
+                name=_concept(codes.PROBABILITY_CODES[name]),
+                value=round(float(classification.probabilities[name]), 6),
+                unit=_concept(codes.NO_UNITS),
+            )
+            for name in CLASSES
+        ]
+        if classification.probabilities is not None
+        else None
+    )
+    impression = (
+        []
+        if classification.predicted_class is None
+        else [
+            hd.sr.QualitativeEvaluation(
+                name=_concept(codes.IMPRESSION),
+                value=_concept(codes.CLASS_CODES[classification.predicted_class]),
+            )
+        ]
+    )
     groups.append(
         hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
@@ -579,22 +622,23 @@ def build_sr(
                     relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
                 )
             )
+    indexed_segs = [(seg, seg_frames_by_source(seg)) for seg in segs] if findings else []
     for index, finding in enumerate(findings):
         if not isinstance(finding, LesionFinding):
             raise TypeError(f"findings[{index}] must be a LesionFinding")
         source = by_uid.get(finding.source_sop_instance_uid)
         if source is None:
             raise ValueError(f"findings[{index}] refers to an instance not in sources")
-        groups.append(_lesion_group(index, finding, source, segs, algorithm_id, version))
+        groups.append(_lesion_group(index, finding, source, indexed_segs, algorithm_id, version))
 
+    library = hd.sr.ImageLibrary(sources)  # every source (TID 1600), added after highdicom
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_person_context=_person_observer(review.reviewer) if review else None,
             observer_device_context=observer,
         ),
         procedure_reported=_concept(codes.ULTRASONOGRAPHY_OF_BREAST),
-        imaging_measurements=groups,
-        referenced_images=list(sources),
+        imaging_measurements=groups[:1],  # the rest: _add_deferred_content
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, *segs],
@@ -619,6 +663,7 @@ def build_sr(
             )
         ],
     )
+    _add_deferred_content(sr, library, groups[1:])
     if retired:
         restore_referenced_sop_classes(sr, retired)
     return sr

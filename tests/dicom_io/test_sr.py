@@ -421,3 +421,54 @@ def test_build_sr_descriptors_written_with_standard_codes(
 def test_lesion_description_invalid_words_raise(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         LesionDescription(**kwargs)
+
+
+def _many_lesions(count: int) -> tuple[list[Dataset], list[Dataset], list[LesionFinding]]:
+    """A series of `count` images with a lesion each, one SEG, a described finding each."""
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    sources = [
+        make_us_dataset(study_instance_uid=study, series_instance_uid=series, seed=k)
+        for k in range(count)
+    ]
+    mask = lesion_mask()
+    seg = build_seg(sources, [mask[np.newaxis]] * count, [[1]] * count, ALGORITHM, 900)
+    description = LesionDescription(shape="oval", margin="circumscribed", depth_mm=4.0)
+    findings = [
+        LesionFinding(str(ds.SOPInstanceUID), None, 10.0, 5.0, 3.0, 100, description)
+        for ds in sources
+    ]
+    return sources, [seg], findings
+
+
+def test_build_sr_many_lesions_content_view_matches_the_written_tree() -> None:
+    # The Image Library and lesion groups are added after highdicom's constructor: the
+    # written tree and the object's parsed `content` must both hold them, in TID 1500 order.
+    sources, segs, findings = _many_lesions(4)
+    sr = build_sr(sources, segs, MALIGNANT, findings, ALGORITHM, 901)
+    assert [item.to_json_dict() for item in sr.content[0].ContentSequence] == [
+        item.to_json_dict() for item in sr.ContentSequence
+    ]
+    parsed = hd.sr.srread(_to_bytes(roundtrip(sr)))
+    groups = parsed.content.get_planar_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == [f"Lesion {k + 1}" for k in range(4)]
+    assert [
+        g.referenced_segmentation_frame[0].ReferencedSOPSequence[0].ReferencedFrameNumber
+        for g in groups
+    ] == [1, 2, 3, 4]
+    names = [item.ConceptNameCodeSequence[0].CodeValue for item in sr.ContentSequence]
+    # ... procedure reported, Image Library (111028), Imaging Measurements (126010) last.
+    assert names[-2:] == ["111028", "126010"]
+    library = sr.ContentSequence[-2].ContentSequence[0].ContentSequence
+    assert [str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in library] == [
+        str(ds.SOPInstanceUID) for ds in sources
+    ]
+
+
+@needs_dciodvfy
+def test_build_sr_many_lesions_passes_dciodvfy() -> None:
+    sources, segs, findings = _many_lesions(3)
+    errors, warnings = validate_dataset(
+        build_sr(sources, segs, MALIGNANT, findings, ALGORITHM, 901)
+    )
+    assert errors == []
+    assert all(PRIVATE_SCHEME_WARNING in line for line in warnings), warnings
