@@ -34,7 +34,9 @@ from storage.instances import (
     content_sha256,
     known_copies,
     record_instance,
+    record_new_instance,
     start_place_file,
+    uid_known,
 )
 
 log = logging.getLogger(__name__)
@@ -188,6 +190,17 @@ def _write_and_record(
     """
     sha256 = received.content_sha256 or content_sha256(encoded)
     placed: PlacedFile | None = None
+    if not uid_known(ctx.engine, received.sop_instance_uid):  # the usual store: a new UID
+        placed = start_place_file(Path(received.path), encoded, sha256, take_canonical=True)
+        try:
+            with ctx.engine.connect() as conn, conn.begin() as transaction:
+                fresh = replace(received, path=str(placed.path), content_sha256=sha256)
+                if record_new_instance(conn, fresh) is not None:
+                    placed.wait()  # file and directory entry durable before the row commits
+                    return True, received.skip_reason, False
+                transaction.rollback()  # known by now: a concurrent store committed it first
+        except IntegrityError:
+            log.info("a concurrent store of this SOP Instance UID committed first; re-checking")
     for attempt in (1, 2):
         with session_scope(ctx.engine) as session:
             known = known_copies(session, received.sop_instance_uid, sha256)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from storage.audit import AuditAction
@@ -299,6 +299,90 @@ def record_instance(
     elif received.skip_reason is None:
         ensure_waiting_job(session, study, now)
     return row, True
+
+
+_TOUCH_STUDY = (
+    update(Study)
+    .where(Study.study_instance_uid == bindparam("uid"))
+    .values(last_received_at=bindparam("now"))
+    .returning(Study.id, Study.patient_name)
+)
+_WAITING_OR_QUEUED_JOB = (
+    select(Job.id)
+    .where(Job.study_id == bindparam("study"), Job.state.in_((JobState.WAITING, JobState.QUEUED)))
+    .order_by(Job.id)
+    .limit(1)
+    .with_for_update()
+)
+
+
+def uid_known(engine: Engine, sop_instance_uid: str) -> bool:
+    """Whether any row holds this SOP Instance UID (one indexed read, no session)."""
+    with engine.connect() as conn:
+        return conn.execute(_ANY_ROW_OF_UID, {"sop": sop_instance_uid}).first() is not None
+
+
+def record_new_instance(
+    conn: Connection, received: ReceivedInstance, now: datetime | None = None
+) -> int | None:
+    """:func:`record_instance` for a SOP Instance UID never seen, in Core statements; the new
+    row's id, or None when the UID turns out to be known (a concurrent store committed it
+    first): the caller rolls back and records through :func:`record_instance`.
+
+    The store of a new instance is the listener's hot path: the ORM's unit of work cost about
+    as much CPU as everything else a store does. Same rows, same rules: the study is touched
+    (or created), its waiting job found or created (locked, see ``ensure_waiting_job``), the
+    UID checked under the write lock the study's UPDATE took on SQLite. Runs in the caller's
+    transaction; IntegrityError (a racing insert) propagates like the ORM path's.
+    """
+    now = now or utcnow()
+    sha256 = received.content_sha256 or file_sha256(received.path)
+    touched = conn.execute(_TOUCH_STUDY, {"uid": received.study_instance_uid, "now": now}).first()
+    if touched is None:
+        study_id = conn.execute(
+            insert(Study)
+            .values(
+                study_instance_uid=received.study_instance_uid,
+                accession_number=received.accession_number,
+                patient_name=received.patient_name,
+                first_received_at=now,
+                last_received_at=now,
+            )
+            .returning(Study.id)
+        ).scalar_one()
+    else:
+        study_id = touched.id
+        if touched.patient_name is None and received.patient_name:
+            conn.execute(
+                update(Study).where(Study.id == study_id).values(patient_name=received.patient_name)
+            )
+    if conn.execute(_ANY_ROW_OF_UID, {"sop": received.sop_instance_uid}).first() is not None:
+        return None
+    instance_id: int = conn.execute(
+        insert(Instance)
+        .values(
+            study_id=study_id,
+            series_instance_uid=received.series_instance_uid,
+            sop_instance_uid=received.sop_instance_uid,
+            sop_class_uid=received.sop_class_uid,
+            transfer_syntax_uid=received.transfer_syntax_uid,
+            path=received.path,
+            size_bytes=received.size_bytes,
+            calling_ae_title=received.calling_ae_title,
+            received_at=now,
+            times_received=1,
+            skip_reason=received.skip_reason,
+            content_sha256=sha256,
+            conflict_of_id=None,
+        )
+        .returning(Instance.id)
+    ).scalar_one()
+    if received.skip_reason is None:
+        if conn.execute(_WAITING_OR_QUEUED_JOB, {"study": study_id}).first() is None:
+            conn.execute(
+                insert(Job).values(study_id=study_id, state=JobState.WAITING, created_at=now)
+            )
+    return instance_id
 
 
 def _record_conflict(session: Session, copy: Instance, original: Instance, now: datetime) -> None:
