@@ -24,7 +24,7 @@ Content tree (codes in :mod:`dicom_io.codes`, listed in docs/CONFORMANCE.md)::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import highdicom as hd
@@ -277,19 +277,21 @@ def _lesion_group(
     index: int,
     finding: LesionFinding,
     source: Dataset,
-    segs: Sequence[tuple[Dataset, Mapping[tuple[str, int], int]]],
+    segs: Sequence[Dataset],
+    frames_of: Callable[[Dataset], Mapping[tuple[str, int], int]],
     algorithm_id: hd.sr.AlgorithmIdentification,
     version: str,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    # ``segs``: each SEG with its seg_frames_by_source, made once per report.
+    # ``frames_of``: seg_frames_by_source of a SEG, read once per report.
     frame = finding.frame_number if _is_multiframe(source) else None
-    key = (finding.source_sop_instance_uid, frame or 1)
-    found = next(((seg, frames[key]) for seg, frames in segs if key in frames), None)
-    if found is None:
+    for seg in segs:
+        seg_frame = frames_of(seg).get((finding.source_sop_instance_uid, frame or 1))
+        if seg_frame is not None:
+            break
+    else:
         raise ValueError(
             f"findings[{index}] has no SEG frame derived from its source instance/frame"
         )
-    seg, seg_frame = found
     referenced_segment = hd.sr.ReferencedSegmentationFrame(
         sop_class_uid=str(seg.SOPClassUID),
         sop_instance_uid=str(seg.SOPInstanceUID),
@@ -622,14 +624,20 @@ def build_sr(
                     relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
                 )
             )
-    indexed_segs = [(seg, seg_frames_by_source(seg)) for seg in segs] if findings else []
+    frame_index: dict[int, dict[tuple[str, int], int]] = {}
+
+    def frames_of(seg: Dataset) -> dict[tuple[str, int], int]:
+        if id(seg) not in frame_index:  # only the SEGs a lookup reaches, as a scan would
+            frame_index[id(seg)] = seg_frames_by_source(seg)
+        return frame_index[id(seg)]
+
     for index, finding in enumerate(findings):
         if not isinstance(finding, LesionFinding):
             raise TypeError(f"findings[{index}] must be a LesionFinding")
         source = by_uid.get(finding.source_sop_instance_uid)
         if source is None:
             raise ValueError(f"findings[{index}] refers to an instance not in sources")
-        groups.append(_lesion_group(index, finding, source, indexed_segs, algorithm_id, version))
+        groups.append(_lesion_group(index, finding, source, segs, frames_of, algorithm_id, version))
 
     library = hd.sr.ImageLibrary(sources)  # every source (TID 1600), added after highdicom
     report = hd.sr.MeasurementReport(
