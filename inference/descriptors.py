@@ -238,22 +238,119 @@ def _as_unit_float(image: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(arr.astype(np.float32)), 0.0, 1.0)
 
 
-def _open(mask: np.ndarray, radius_mm: float, dx: float, dy: float) -> np.ndarray:
-    """Morphological opening by a disk of `radius_mm` via exact distance transforms (fast
-    for large radii, and a true disk in mm on non-square pixels)."""
-    eroded = ndimage.distance_transform_edt(mask, sampling=(dy, dx)) > radius_mm
+_TISSUE_PERCENTILES = (10, 90, 99)  # p10/p90: the contrast scale; p99: the skin line's level
+_LEVELED = (np.dtype(np.uint8), np.dtype(np.uint16))  # images whose levels are counted
+
+
+def _tissue_percentiles(image: np.ndarray) -> tuple[float, float, float, bool]:
+    """p10, p90, p99 of the tissue grey levels (``img > 0.02`` of :func:`_as_unit_float`)
+    over the whole frame, and whether the frame has so little tissue that every pixel
+    counts as tissue.
+
+    For 8- and 16-bit unsigned input the percentiles come from a histogram of the levels, bit
+    for bit what ``np.percentile`` (linear interpolation) gives on the tissue values (tested),
+    without converting or sorting the frame.
+    """
+    if image.dtype not in _LEVELED:
+        img = _as_unit_float(image)
+        tissue = img > 0.02
+        few = np.count_nonzero(tissue) < MIN_LESION_PIXELS
+        values = img.ravel() if few else img[tissue]
+        p10, p90, p99 = (float(v) for v in np.percentile(values, _TISSUE_PERCENTILES))
+        return p10, p90, p99, few
+    top = int(np.iinfo(image.dtype).max)
+    levels = np.arange(top + 1, dtype=image.dtype).astype(np.float32) / float(top)
+    counts = np.bincount(image.ravel(), minlength=top + 1)
+    keep = levels > 0.02  # the same float32 comparison as on the image
+    few = int(counts[keep].sum()) < MIN_LESION_PIXELS
+    if few:
+        keep = np.ones_like(keep)
+    values, cumulative = levels[keep], np.cumsum(counts[keep])
+    n = int(cumulative[-1])
+    # np.percentile's linear method (numpy/lib/_function_base_impl.py: _quantile, _lerp).
+    virtual = (n - 1) * np.true_divide(_TISSUE_PERCENTILES, 100)
+    previous = np.floor(virtual)
+    following = previous + 1
+    above = virtual >= n - 1
+    previous[above] = n - 1
+    following[above] = n - 1
+    gamma = virtual - np.where(above, -1, previous)
+    a = values[np.searchsorted(cumulative, previous.astype(np.intp), side="right")]
+    b = values[np.searchsorted(cumulative, following.astype(np.intp), side="right")]
+    diff = b - a
+    out = np.add(a, diff * gamma)
+    np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5, casting="unsafe",
+                dtype=np.float64)
+    return float(out[0]), float(out[1]), float(out[2]), few
+
+
+def _squared_edt(mask: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """Squared ``ndimage.distance_transform_edt(mask, sampling=(dy, dx))`` (mm^2), computed
+    as scipy computes it before its square root, so the same bits, in fewer passes."""
+    ft = ndimage.distance_transform_edt(
+        mask, sampling=(dy, dx), return_distances=False, return_indices=True
+    )
+    height, width = mask.shape
+    dist2 = (ft[0] - np.arange(height, dtype=ft.dtype)[:, None]).astype(np.float64)
+    dist2 *= dy
+    dist2 *= dist2
+    across = (ft[1] - np.arange(width, dtype=ft.dtype)).astype(np.float64)
+    across *= dx
+    across *= across
+    dist2 += across
+    return dist2
+
+
+def _squared_limit(limit: float) -> float:
+    """The largest float x with ``sqrt(x) <= limit``: ``sqrt(d2) <= limit`` exactly when
+    ``d2 <= _squared_limit(limit)`` (sqrt is correctly rounded, so monotone)."""
+    x = limit * limit
+    while math.sqrt(x) > limit:
+        x = math.nextafter(x, -math.inf)
+    while math.sqrt(math.nextafter(x, math.inf)) <= limit:
+        x = math.nextafter(x, math.inf)
+    return x
+
+
+def _open(inside2: np.ndarray, radius_mm: float, dx: float, dy: float) -> np.ndarray:
+    """Morphological opening by a disk of `radius_mm` of the mask whose squared distance
+    transform is `inside2`, via exact distance transforms (fast for large radii, and a true
+    disk in mm on non-square pixels)."""
+    radius2 = _squared_limit(radius_mm)
+    eroded = inside2 > radius2
     if not eroded.any():
         return eroded
-    return ndimage.distance_transform_edt(~eroded, sampling=(dy, dx)) <= radius_mm
+    return _squared_edt(~eroded, dx, dy) <= radius2
 
 
-def _calipers(mask: np.ndarray, dx: float, dy: float) -> tuple[float, float]:
-    """(longest Feret diameter, caliper width perpendicular to it) over pixel corners, mm."""
-    rows, cols = np.nonzero(mask & ~ndimage.binary_erosion(mask))
-    corners = np.concatenate(
-        [np.stack([cols + ox, rows + oy], axis=1) for ox in (0, 1) for oy in (0, 1)]
-    ).astype(np.float64)
-    points = np.unique(corners, axis=0) * np.array([dx, dy])
+def _outline(box: np.ndarray) -> np.ndarray:
+    """Lesion pixels with a 4-neighbour outside the lesion (or outside the image): the
+    same as ``m & ~binary_erosion(m)`` on any array holding the lesion's bounding box."""
+    inner = box.copy()
+    inner[1:] &= box[:-1]
+    inner[:-1] &= box[1:]
+    inner[:, 1:] &= box[:, :-1]
+    inner[:, :-1] &= box[:, 1:]
+    inner[[0, -1], :] = False  # beyond the box: background
+    inner[:, [0, -1]] = False
+    return box & ~inner
+
+
+def _outline_corners(edge: np.ndarray) -> np.ndarray:
+    """(x, y) pixel corners of the outline pixels in `edge`, each once, in the order
+    ``np.unique(..., axis=0)`` gives (by x, then y), without sorting 4x the corners."""
+    grid = np.zeros((edge.shape[0] + 1, edge.shape[1] + 1), dtype=bool)
+    for oy in (0, 1):
+        for ox in (0, 1):
+            grid[oy : oy + edge.shape[0], ox : ox + edge.shape[1]] |= edge
+    gx, gy = np.nonzero(grid.T)
+    return np.stack([gx, gy], axis=1)
+
+
+def _calipers(corners: np.ndarray, dx: float, dy: float) -> tuple[float, float]:
+    """(longest Feret diameter, caliper width perpendicular to it) over the outline's pixel
+    corners (`corners`, (x, y) px, unique), mm."""
+    points = corners.astype(np.float64) * np.array([dx, dy])
     try:
         hull = points[ConvexHull(points).vertices]
     except QhullError:  # pragma: no cover - corners of >= 1 pixel are never collinear
@@ -268,14 +365,14 @@ def _calipers(mask: np.ndarray, dx: float, dy: float) -> tuple[float, float]:
 
 
 def _radial_signature(
-    mask: np.ndarray, dx: float, dy: float, bins: int = 128
+    rows: np.ndarray, cols: np.ndarray, edge_rows: np.ndarray, edge_cols: np.ndarray,
+    dx: float, dy: float, bins: int = 128,
 ) -> tuple[np.ndarray, float, float]:
-    """Outline radius (mm) per angle bin around the centroid, and the centroid (x, y) mm."""
-    rows, cols = np.nonzero(mask)
+    """Outline radius (mm) per angle bin around the centroid, and the centroid (x, y) mm,
+    from the lesion's pixels and its outline pixels (row, column indices)."""
     cx, cy = (cols.mean() + 0.5) * dx, (rows.mean() + 0.5) * dy
-    edge_r, edge_c = np.nonzero(mask & ~ndimage.binary_erosion(mask))
-    x = (edge_c + 0.5) * dx - cx
-    y = (edge_r + 0.5) * dy - cy
+    x = (edge_cols + 0.5) * dx - cx
+    y = (edge_rows + 0.5) * dy - cy
     angle = np.arctan2(y, x)
     radius = np.hypot(x, y)
     index = ((angle + np.pi) / (2 * np.pi) * bins).astype(int) % bins
@@ -293,24 +390,43 @@ def _circular_smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def _lesion_window(
-    img: np.ndarray, m: np.ndarray, tissue: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-    diameter: float, dx: float, dy: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Image, mask and tissue map cut to what :func:`lesion_features` reads around a lesion:
-    rows from the top (the skin line) to past the posterior region and the 4 mm band, columns
-    past the band and half a lesion width beside the posterior region, plus a margin."""
-    height, width = img.shape
+    shape: tuple[int, int], box: tuple[int, int, int, int], diameter: float, dx: float,
+    dy: float,
+) -> tuple[int, int, int]:
+    """(bottom, left, right): the window ``[:bottom, left:right]`` of the image that
+    :func:`lesion_features` reads around a lesion whose bounding box is `box` (top, bottom,
+    left, right pixel, inclusive): rows from the top (the skin line) to past the posterior
+    region and the 4 mm band, columns past the band and half a lesion width beside the
+    posterior region, plus a margin."""
+    height, width = shape
+    top, low, first, last = box
     band_mm = max(4.0, 0.3 * diameter, 1.0, 0.1 * diameter)
     grow_x = int(math.ceil(band_mm / dx)) + 3
     grow_y = int(math.ceil(band_mm / dy)) + 3
-    lesion_height = int(rows.max() - rows.min() + 1)
-    lesion_width = int(cols.max() - cols.min() + 1)
+    lesion_height = low - top + 1
+    lesion_width = last - first + 1
     depth_rows = max(int(round(3.0 / dy)), lesion_height)
-    bottom = min(height, int(rows.max()) + 1 + max(depth_rows, grow_y) + 2)
+    bottom = min(height, low + 1 + max(depth_rows, grow_y) + 2)
     half = max(1, lesion_width // 2)
-    left = max(0, int(cols.min()) - max(half, grow_x) - 2)
-    right = min(width, int(cols.max()) + 1 + max(half, grow_x) + 2)
-    return img[:bottom, left:right], m[:bottom, left:right], tissue[:bottom, left:right]
+    left = max(0, first - max(half, grow_x) - 2)
+    right = min(width, last + 1 + max(half, grow_x) + 2)
+    return bottom, left, right
+
+
+def _grown(
+    box: tuple[int, int, int, int], grow_y: int, grow_x: int, shape: tuple[int, int],
+    grow_down: int | None = None,
+) -> tuple[int, int, int, int]:
+    """Rows [y0, y1) and columns [x0, x1) of `box` (top, bottom, left, right pixel,
+    inclusive) grown by `grow_y` rows (`grow_down` below, when given) and `grow_x` columns,
+    clamped to an array of `shape`: cut there, a part keeps the edges the whole array has.
+
+    Every part of the window that :func:`lesion_features` cuts is cut here (the tests
+    compare with a version of this that returns the whole window)."""
+    top, low, first, last = box
+    down = grow_y if grow_down is None else grow_down
+    return (max(0, top - grow_y), min(shape[0], low + 1 + down), max(0, first - grow_x),
+            min(shape[1], last + 1 + grow_x))
 
 
 def lesion_features(
@@ -338,12 +454,15 @@ def lesion_features(
         Shapes differ, the mask has fewer than :data:`MIN_LESION_PIXELS` pixels, or a
         spacing is not positive.
     """
-    img = _as_unit_float(image)
+    source = np.asarray(image)
+    if source.ndim != 2:
+        raise ValueError(f"image must be (H, W), got shape {source.shape}")
     m = np.asarray(mask)
-    if m.shape != img.shape:
-        raise ValueError(f"mask shape {m.shape} differs from image shape {img.shape}")
+    if m.shape != source.shape:
+        raise ValueError(f"mask shape {m.shape} differs from image shape {source.shape}")
     m = m.astype(bool)
-    if int(m.sum()) < MIN_LESION_PIXELS:
+    count = int(np.count_nonzero(m))
+    if count < MIN_LESION_PIXELS:
         raise ValueError(f"mask has fewer than {MIN_LESION_PIXELS} lesion pixels")
     dx = 1.0 if mm_per_pixel_x is None else float(mm_per_pixel_x)
     dy = dx if mm_per_pixel_y is None else float(mm_per_pixel_y)
@@ -355,20 +474,30 @@ def lesion_features(
     # Whole-image statistics first (the tissue's grey levels, for contrast scales and the skin
     # line), then everything else on a window around the lesion: full rows from the skin down
     # to past the posterior region, and columns wide enough for the bands and the region beside
-    # it. The window gives the same features as the whole image (tested) at a fraction of the
-    # cost on a full-size frame (distance transforms, filters and grids over the window only).
-    tissue_full = img > 0.02  # the black outside a sector or convex probe is not tissue
-    if np.count_nonzero(tissue_full) < MIN_LESION_PIXELS:
-        tissue_full = np.ones_like(tissue_full)
-    tissue_values = img[tissue_full]
-    p10, p90, p99 = (float(v) for v in np.percentile(tissue_values, [10, 90, 99]))
-    tissue_mean = float(tissue_values.mean())
-    rows, cols = np.nonzero(m)
-    area = float(m.sum()) * dx * dy
+    # it. Within the window each step reads only the part it needs (the lesion's bounding box,
+    # grown by the reach of its distance band, filter or sector), cut so that the result is
+    # the window's to the bit: a cut keeps the window's edges where it reaches them, and leaves
+    # at least one background pixel around the lesion for its distance transforms (tested
+    # against the whole image, and against the untrimmed version on BUSI and BUS-BRA).
+    p10, p90, p99, all_tissue = _tissue_percentiles(source)
+    row_any, col_any = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+    top, low = int(row_any[0]), int(row_any[-1])
+    area = float(count) * dx * dy
     diameter = 2.0 * math.sqrt(area / math.pi)  # of the circle with the same area
-    img, m, tissue_full = _lesion_window(img, m, tissue_full, rows, cols, diameter, dx, dy)
+    bottom_px, left, right = _lesion_window(
+        source.shape, (top, low, int(col_any[0]), int(col_any[-1])), diameter, dx, dy
+    )
+    # 0..1 grey levels of the window only (the same values as of the whole frame).
+    img = _as_unit_float(source[:bottom_px, left:right])
+    m = m[:bottom_px, left:right]
     height_px, width_px = img.shape
-    rows, cols = np.nonzero(m)
+    first, last = int(col_any[0]) - left, int(col_any[-1]) - left  # window columns
+    shape = (height_px, width_px)
+    lesion_box = (top, low, first, last)
+    by0, by1, bx0, bx1 = _grown(lesion_box, 0, 0, shape)
+    box = m[by0:by1, bx0:bx1]
+    box_rows, box_cols = np.nonzero(box)
+    rows, cols = box_rows + by0, box_cols + bx0  # window pixels, row by row
 
     # Moments in mm: major/minor axes and the angle of the major axis.
     xy = np.stack([(cols + 0.5) * dx, (rows + 0.5) * dy], axis=1)
@@ -380,37 +509,53 @@ def lesion_features(
 
     # Convex hull (pixel corners) and the moment ellipse, both in pixels: area ratios
     # do not change under the pixel-to-mm scaling.
+    edge = _outline(box)
+    corners = _outline_corners(edge) + np.array([bx0, by0])  # window (x, y)
     try:  # the hull of all pixel corners is that of the outline pixels' corners
-        edge = m & ~ndimage.binary_erosion(m)
-        erows, ecols = np.nonzero(edge)
-        corners = np.concatenate(
-            [np.stack([ecols + ox, erows + oy], axis=1) for ox in (0, 1) for oy in (0, 1)]
-        )
-        hull_area = float(ConvexHull(np.unique(corners, axis=0)).volume)
-        solidity = float(m.sum()) / hull_area
+        hull_area = float(ConvexHull(corners).volume)
+        solidity = float(count) / hull_area
     except QhullError:  # pragma: no cover - MIN_LESION_PIXELS pixels always span an area
         solidity = 1.0
     centre = xy.mean(axis=0)
     inv = np.linalg.inv(cov)
-    yy, xx = np.mgrid[0:height_px, 0:width_px]
-    y0, y1 = max(0, rows.min() - (np.ptp(rows) + 1)), min(height_px, rows.max() + np.ptp(rows) + 2)
-    x0, x1 = max(0, cols.min() - (np.ptp(cols) + 1)), min(width_px, cols.max() + np.ptp(cols) + 2)
-    sub_y = (yy[y0:y1, x0:x1] + 0.5) * dy - centre[1]
-    sub_x = (xx[y0:y1, x0:x1] + 0.5) * dx - centre[0]
+    lesion_h, lesion_w = low - top + 1, last - first + 1
+    # The frame: the lesion's box grown by its own size (also the origin of the outline's
+    # coordinates below, so not one of the cut parts).
+    y0, y1 = max(0, top - lesion_h), min(height_px, low + 1 + lesion_h)
+    x0, x1 = max(0, first - lesion_w), min(width_px, last + 1 + lesion_w)
+    # The ellipse (2 standard deviations) reaches 2 sqrt(cov_ii) from the centre along axis
+    # i: evaluated on its bounding box (2 pixels more) within the frame [y0:y1, x0:x1].
+    reach_x, reach_y = 2.0 * math.sqrt(cov[0, 0]) / dx, 2.0 * math.sqrt(cov[1, 1]) / dy
+    centre_x, centre_y = centre[0] / dx - 0.5, centre[1] / dy - 0.5
+    ey0, ey1, ex0, ex1 = _grown(
+        (math.floor(centre_y - reach_y), math.ceil(centre_y + reach_y),
+         math.floor(centre_x - reach_x), math.ceil(centre_x + reach_x)), 2, 2, shape,
+    )
+    ey0, ex0 = min(max(ey0, y0), y1), min(max(ex0, x0), x1)
+    ey1, ex1 = max(min(ey1, y1), ey0), max(min(ex1, x1), ex0)
+    sub_y = (np.arange(ey0, ey1)[:, None] + 0.5) * dy - centre[1]
+    sub_x = (np.arange(ex0, ex1)[None, :] + 0.5) * dx - centre[0]
     dist2 = inv[0, 0] * sub_x**2 + 2 * inv[0, 1] * sub_x * sub_y + inv[1, 1] * sub_y**2
     ellipse = dist2 <= 4.0  # 2 standard deviations: the ellipse of a filled ellipse
-    local = m[y0:y1, x0:x1]
-    union = np.count_nonzero(ellipse | local)
-    ellipse_iou = float(np.count_nonzero(ellipse & local)) / max(union, 1)
+    both = np.count_nonzero(ellipse & m[ey0:ey1, ex0:ex1])
+    union = np.count_nonzero(ellipse) + count - both  # every lesion pixel is in the frame
+    ellipse_iou = float(both) / max(union, 1)
 
-    # Protrusions (spicules, lobules, corners): what an opening of radius 8% removes.
+    # Protrusions (spicules, lobules, corners): what an opening of radius 8% removes (the
+    # opening of the lesion's box with a 1 pixel ring is that of any larger frame, inside it).
+    ring = np.pad(box, 1)
+    ring2 = _squared_edt(ring, dx, dy)
+    opened = _open(ring2, 0.08 * diameter, dx, dy)
+    protrusion = float(np.count_nonzero(ring & ~opened)) / max(count, 1)
+
+    # Outline: radial signature around the centroid (mm), high-passed. Coordinates as in
+    # the ellipse's frame padded by `pad` (sums in the same coordinates, the same bits).
     pad = max(3, int(math.ceil(0.1 * diameter / min(dx, dy))) + 2)
-    crop = np.pad(local, pad)
-    opened = _open(crop, 0.08 * diameter, dx, dy)
-    protrusion = float(np.count_nonzero(crop & ~opened)) / max(np.count_nonzero(crop), 1)
-
-    # Outline: radial signature around the centroid (mm), high-passed.
-    signature, _, _ = _radial_signature(crop, dx, dy)
+    edge_rows, edge_cols = np.nonzero(edge)
+    shift_y, shift_x = by0 - y0 + pad, bx0 - x0 + pad
+    signature, _, _ = _radial_signature(
+        box_rows + shift_y, box_cols + shift_x, edge_rows + shift_y, edge_cols + shift_x, dx, dy
+    )
     mean_radius = float(signature.mean()) or 1.0
     residual = signature - _circular_smooth(signature, len(signature) // 8)
     roughness = float(residual.std() / mean_radius)
@@ -427,24 +572,48 @@ def lesion_features(
     convex = (vx1 * vy2 - vy1 * vx2) > 0  # turning the outline's own way: a corner, not a dent
     corner = float(turn[convex].max()) if convex.any() else 0.0
 
-    # Intensity bands: 1 mm inside and outside the outline; tissue 1-4 mm around.
+    # Intensity bands: 1 mm inside and outside the outline; tissue 1-4 mm around. All of
+    # them lie in the lesion's box grown by the 4 mm reach ("near"); distances inside the
+    # lesion need only its box and a 1 pixel ring.
     band_mm = max(1.0, 0.1 * diameter)
-    inside_mm = ndimage.distance_transform_edt(m, sampling=(dy, dx))
-    outside_mm = ndimage.distance_transform_edt(~m, sampling=(dy, dx))
-    inner = m & (inside_mm <= band_mm)
-    grown1 = outside_mm <= band_mm
-    outer = grown1 & ~m
-    grown4 = outside_mm <= max(4.0, 0.3 * diameter)
-    tissue = tissue_full
-    bottom = rows.max()
+    reach_mm = max(4.0, 0.3 * diameter)
+    ny0, ny1, nx0, nx1 = _grown(  # below the lesion: only the 1 mm band
+        lesion_box, int(math.ceil(reach_mm / dy)) + 2, int(math.ceil(reach_mm / dx)) + 2,
+        shape, grow_down=int(math.ceil(band_mm / dy)) + 2,
+    )
+    near = m[ny0:ny1, nx0:nx1]
+    near_img = img[ny0:ny1, nx0:nx1]
+    tissue = np.ones(near.shape, dtype=bool) if all_tissue else near_img > 0.02
+    iy0, iy1, ix0, ix1 = _grown(lesion_box, 1, 1, shape)
+    # Squared distances (mm^2) against squared limits: the same comparisons as of the
+    # distances (see _squared_limit), without the square roots.
+    band2, reach2, edge2 = (_squared_limit(v) for v in (band_mm, reach_mm, 0.6))
+    inside2 = np.zeros(near.shape)
+    if (iy0, iy1, ix0, ix1) == (by0 - 1, by1 + 1, bx0 - 1, bx1 + 1):  # the ring's own
+        inside2[iy0 - ny0 : iy1 - ny0, ix0 - nx0 : ix1 - nx0] = ring2
+    else:  # the lesion touches the frame's edge, beyond which nothing is background
+        inside2[iy0 - ny0 : iy1 - ny0, ix0 - nx0 : ix1 - nx0] = _squared_edt(
+            m[iy0:iy1, ix0:ix1], dx, dy
+        )
+    outside2 = _squared_edt(~near, dx, dy)
+    inner = near & (inside2 <= band2)
+    grown1 = outside2 <= band2
+    outer = grown1 & ~near
+    grown4 = outside2 <= reach2
+    bottom = low
     around = grown4 & ~grown1 & tissue
-    around[bottom + 1 :, :] = False  # not below the lesion: that is the posterior region
-    core = inside_mm > band_mm
+    around[bottom + 1 - ny0 :, :] = False  # not below the lesion: that is the posterior region
+    core = inside2 > band2
     if np.count_nonzero(core) < MIN_LESION_PIXELS:
-        core = m
-    inside = img[core]
+        core = near
+    inside = near_img[core]
     mean_in = float(inside.mean())
-    mean_around = float(img[around].mean()) if around.any() else tissue_mean
+    if around.any():
+        mean_around = float(near_img[around].mean())
+    else:
+        full_img = _as_unit_float(source)
+        tissue_full = np.ones_like(full_img, dtype=bool) if all_tissue else full_img > 0.02
+        mean_around = float(full_img[tissue_full].mean())
     mean_around = max(mean_around, 1e-3)
     echo_ratio = mean_in / mean_around
     cv_in = float(inside.std() / max(mean_in, 1e-3))
@@ -452,17 +621,25 @@ def lesion_features(
     bright_share = float(np.mean(inside > 0.8 * mean_around))
 
     # Edge contrast per outline sector: weak where the outside band is not clearly
-    # different from the inside band (the lesion fades into the tissue).
+    # different from the inside band (the lesion fades into the tissue). Sectors of the
+    # band's pixels only (window coordinates, as over the whole window).
     cy_px, cx_px = rows.mean(), cols.mean()
+    outer_tissue = outer & tissue
+    in_r, in_c = np.nonzero(inner)
+    out_r, out_c = np.nonzero(outer_tissue)
+    yy = np.concatenate([in_r, out_r]) + ny0
+    xx = np.concatenate([in_c, out_c]) + nx0
     sector = ((np.arctan2(yy - cy_px, (xx - cx_px) * dx / dy) + np.pi) / (2 * np.pi) * 16).astype(
         int
     ) % 16
+    in_sector, out_sector = sector[: len(in_r)], sector[len(in_r) :]
+    in_values, out_values = near_img[inner], near_img[outer_tissue]
     scale = (p90 - p10) or 1.0
     weak = 0
     counted = 0
     for s in range(16):
-        ins = img[inner & (sector == s)]
-        outs = img[outer & (sector == s) & tissue]
+        ins = in_values[in_sector == s]
+        outs = out_values[out_sector == s]
         if len(ins) < 3 or len(outs) < 3:
             continue
         counted += 1
@@ -470,17 +647,34 @@ def lesion_features(
             weak += 1
     weak_margin = weak / counted if counted else 1.0
     # Sharpness: a circumscribed margin is an abrupt change, a steep gradient at the outline.
-    smooth_img = ndimage.gaussian_filter(img, sigma=(0.3 / dy, 0.3 / dx))
-    grad_y, grad_x = np.gradient(smooth_img)
-    gradient = np.hypot(grad_y / dy, grad_x / dx)
-    edge_band = (inside_mm <= 0.6) & (outside_mm <= 0.6) & tissue
-    edge_gradient = float(gradient[edge_band].mean()) if edge_band.any() else 0.0
+    # Filtered over the edge band's box grown by the filter's reach (truncate 4 sigma) and
+    # the gradient's one pixel, plus one: the band's values are the window's.
+    edge_band = (inside2 <= edge2) & (outside2 <= edge2) & tissue
+    if edge_band.any():
+        band_rows = np.nonzero(edge_band.any(axis=1))[0]
+        band_cols = np.nonzero(edge_band.any(axis=0))[0]
+        sigma = (0.3 / dy, 0.3 / dx)
+        gy0, gy1, gx0, gx1 = _grown(
+            (int(band_rows[0]) + ny0, int(band_rows[-1]) + ny0, int(band_cols[0]) + nx0,
+             int(band_cols[-1]) + nx0),
+            int(4.0 * sigma[0] + 0.5) + 2, int(4.0 * sigma[1] + 0.5) + 2, shape,
+        )
+        smooth_img = ndimage.gaussian_filter(img[gy0:gy1, gx0:gx1], sigma=sigma)
+        grad_y, grad_x = np.gradient(smooth_img)
+        band = np.zeros(smooth_img.shape, dtype=bool)  # the edge band in the filtered box
+        by0, by1, bx0, bx1 = max(gy0, ny0), min(gy1, ny1), max(gx0, nx0), min(gx1, nx1)
+        band[by0 - gy0 : by1 - gy0, bx0 - gx0 : bx1 - gx0] = edge_band[
+            by0 - ny0 : by1 - ny0, bx0 - nx0 : bx1 - nx0
+        ]
+        edge_gradient = float(np.hypot(grad_y[band] / dy, grad_x[band] / dx).mean())
+    else:
+        edge_gradient = 0.0
 
     # Posterior: below the lesion's central columns, down to one lesion height (>= 3 mm),
     # against the same rows beside it (half a lesion width each side).
-    c0, c1 = cols.min(), cols.max() + 1
+    c0, c1 = first, last + 1
     width = c1 - c0
-    lesion_height = rows.max() - rows.min() + 1
+    lesion_height = lesion_h
     depth_rows = max(int(round(3.0 / dy)), lesion_height)
     r0, r1 = bottom + 1, min(height_px, bottom + 1 + depth_rows)
     central0, central1 = c0 + width // 5, c1 - width // 5
@@ -499,17 +693,18 @@ def lesion_features(
             ref = max(float(beside.mean()), 1e-3)
             posterior_ratio = float(below.mean()) / ref
             mid = below.shape[1] // 2
-            left = float(below[:, :mid].mean()) / ref
-            right = float(below[:, mid:].mean()) / ref
-            posterior_split = abs(left - right) if (left - 1) * (right - 1) < 0 else 0.0
+            left_ratio = float(below[:, :mid].mean()) / ref
+            right_ratio = float(below[:, mid:].mean()) / ref
+            if (left_ratio - 1) * (right_ratio - 1) < 0:
+                posterior_split = abs(left_ratio - right_ratio)
 
     # Depth: skin line = first row above the lesion (in its columns) with tissue signal.
-    column_means = img[: rows.min() + 1, c0:c1].mean(axis=1)
+    column_means = img[: top + 1, c0:c1].mean(axis=1)
     level = 0.1 * p99
     skin = int(np.argmax(column_means > level)) if (column_means > level).any() else 0
-    depth = max(0.0, (rows.min() - skin) * dy)
+    depth = max(0.0, (top - skin) * dy)
 
-    long_axis, short_axis = _calipers(m, dx, dy)
+    long_axis, short_axis = _calipers(corners, dx, dy)
     return LesionFeatures(
         axis_ratio=axis_ratio,
         angle_deg=angle_deg,

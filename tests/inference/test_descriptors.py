@@ -298,25 +298,140 @@ def test_descriptors_breast_set_radiologist_masks_beat_majority() -> None:
     assert 3.0 < sizes["p5"] < sizes["median"] < sizes["p95"] < 80.0
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_lesion_window_gives_the_features_of_the_whole_image(
-        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The window around the lesion (for speed) reads everything the features need."""
-    import dataclasses
+def _cut_case(case: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(image, mask, dx, dy) of a lesion placed where a cut window could go wrong."""
+    rng = np.random.default_rng(sum(map(ord, case)))
+    h, w = 150, 190
+    img = (rng.random((h, w)) * 0.5 + 0.2).astype(np.float32)
+    img[:, :12] = 0.0  # black beside the sector
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx, ry, rx = 70.0, 95.0, 18.0, 30.0
+    dx, dy = 0.1, 0.1
+    if case == "top":
+        cy = 8.0
+    elif case == "bottom":
+        cy = h - 6.0
+    elif case == "left":
+        cx = 5.0
+    elif case == "right":
+        cx = w - 4.0
+    elif case == "corner":
+        cy, cx = 4.0, w - 6.0
+    elif case == "tiny":  # off-centre, so that no two calipers tie
+        cy, cx, ry, rx, dy = 70.37, 95.21, 2.6, 3.3, 0.13
+    elif case == "non_square":
+        dx, dy = 0.12, 0.07
+    elif case == "large":
+        ry, rx = 50.0, 80.0
+    mask = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+    if case != "tiny":
+        mask &= rng.random(mask.shape) > 0.03  # a rough outline, holes inside
+    if case == "two_parts":
+        mask |= ((xx - 150) / 9) ** 2 + ((yy - 110) / 7) ** 2 <= 1
+    img[mask] *= 0.4
+    img[int(cy) + 20 : int(cy) + 45, int(cx) - 10 : int(cx) + 10] *= 0.6  # a shadow below
+    if case == "dark_around":  # no tissue 1-4 mm around: the frame's tissue mean instead
+        img[20:130, 40:150] = 0.0
+        img[mask] = 0.3
+    if case == "no_tissue":  # (almost) no tissue at all: every pixel counts
+        img[:] = 0.0
+        img[mask] = 0.01
+    return img, mask, dx, dy
 
+
+@pytest.mark.parametrize(
+    "case",
+    ["middle", "top", "bottom", "left", "right", "corner", "tiny", "non_square", "large",
+     "two_parts", "dark_around", "no_tissue"],
+)
+@pytest.mark.parametrize("dtype", ["float32", "uint8", "uint16"])
+@pytest.mark.parametrize("whole", ["parts", "window"])
+def test_lesion_features_cut_parts_give_the_features_of_the_whole_image(
+    case: str, dtype: str, whole: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window around the lesion, and each part cut from it (the lesion's box, its bands,
+    the filtered box), read everything the features need: the same features as with every
+    step on the whole window (the distance transforms, filter and grids of the first
+    version), to the bit; and as on the whole image (pixel coordinates then start elsewhere,
+    so sums may round differently: to 1e-9)."""
     import inference.descriptors as d
 
-    rng = np.random.default_rng(seed)
-    img = (rng.random((300, 400)) * 0.5 + 0.2).astype(np.float32)
-    img[:, :30] = 0.0  # black beside the sector
-    yy, xx = np.mgrid[:300, :400]
-    cy, cx = rng.integers(90, 200), rng.integers(120, 280)
-    mask = ((xx - cx) / rng.integers(20, 60)) ** 2 + ((yy - cy) / rng.integers(12, 35)) ** 2 <= 1
-    mask &= rng.random(mask.shape) > 0.02  # a rough outline
-    img[mask] *= 0.4
-    img[cy + 40: cy + 90, cx - 20: cx + 20] *= 0.6  # some shadow below it
-    windowed = d.lesion_features(img, mask, 0.12, 0.1)
-    monkeypatch.setattr(d, "_lesion_window", lambda img, m, t, *args: (img, m, t))
-    whole = d.lesion_features(img, mask, 0.12, 0.1)
-    for f in dataclasses.fields(whole):
-        assert getattr(windowed, f.name) == pytest.approx(getattr(whole, f.name), rel=1e-9), f.name
+    img, mask, dx, dy = _cut_case(case)
+    if dtype != "float32":
+        top = np.iinfo(dtype).max
+        img = np.round(img * top).astype(dtype)
+    cut = d.lesion_features(img, mask, dx, dy)
+    monkeypatch.setattr(d, "_grown", lambda box, gy, gx, shape, grow_down=None: (
+        0, shape[0], 0, shape[1]))
+    if whole == "parts":
+        assert d.lesion_features(img, mask, dx, dy) == cut
+        return
+    monkeypatch.setattr(d, "_lesion_window", lambda shape, *args: (shape[0], 0, shape[1]))
+    reference = d.lesion_features(img, mask, dx, dy)
+    for f in fields(reference):
+        assert getattr(cut, f.name) == pytest.approx(
+            getattr(reference, f.name), rel=1e-9, abs=1e-12
+        ), f.name
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("kind", ["noise", "dark", "few", "black", "flat", "one_row"])
+def test_tissue_percentiles_histogram_equals_np_percentile(dtype: type, kind: str) -> None:
+    """The histogram route gives np.percentile's figures on the tissue values, bit for bit."""
+    from inference.descriptors import _as_unit_float, _tissue_percentiles
+
+    rng = np.random.default_rng(sum(map(ord, kind)))
+    top = np.iinfo(dtype).max
+    for shape in [(37, 53), (120, 161), (1, 97)] if kind != "one_row" else [(1, 21), (1, 200)]:
+        image = rng.integers(0, top + 1, size=shape, dtype=dtype)
+        if kind == "dark":  # mostly near the tissue threshold
+            image = (image % max(2, top // 30)).astype(dtype)
+        elif kind == "few":  # fewer than MIN_LESION_PIXELS tissue pixels
+            image[:] = 0
+            image.flat[rng.choice(image.size, 7, replace=False)] = top
+        elif kind == "black":
+            image[:] = 0
+        elif kind == "flat":
+            image[:] = top // 3
+        img = _as_unit_float(image)
+        tissue = img > 0.02
+        values = img[tissue] if np.count_nonzero(tissue) >= 20 else img.ravel()
+        expected = tuple(float(v) for v in np.percentile(values, [10, 90, 99]))
+        assert _tissue_percentiles(image)[:3] == expected
+
+
+@pytest.mark.parametrize("sampling", [(0.1, 0.1), (0.07, 0.12), (1.0, 1.0), (0.3, 0.05)])
+def test_squared_edt_and_limits_match_scipy_distances(sampling: tuple[float, float]) -> None:
+    """Squared distances against squared limits decide as scipy's distances against limits."""
+    from scipy import ndimage
+
+    from inference.descriptors import _squared_edt, _squared_limit
+
+    rng = np.random.default_rng(3)
+    mask = ndimage.binary_opening(rng.random((90, 110)) > 0.3, iterations=2)
+    dy, dx = sampling
+    reference = ndimage.distance_transform_edt(mask, sampling=(dy, dx))
+    squared = _squared_edt(mask, dx, dy)
+    assert np.array_equal(np.sqrt(squared), reference)
+    limits = [0.6, 1.0, 4.0, 2.4, 0.5, 1.3, dx * 6, dy * 40, float(np.median(reference))]
+    for limit in limits:
+        assert np.array_equal(squared <= _squared_limit(limit), reference <= limit), limit
+
+
+def test_outline_and_corners_match_erosion_and_unique() -> None:
+    """The outline (by shifts) and its unique pixel corners (by a grid) are what
+    binary_erosion and np.unique give, corners in np.unique's order."""
+    from scipy import ndimage
+
+    from inference.descriptors import _outline, _outline_corners
+
+    rng = np.random.default_rng(5)
+    box = ndimage.binary_opening(rng.random((40, 57)) > 0.35)
+    box[0, :5] = True  # on the box's own border
+    edge = _outline(box)
+    assert np.array_equal(edge, box & ~ndimage.binary_erosion(box))
+    rows, cols = np.nonzero(edge)
+    corners = np.concatenate(
+        [np.stack([cols + ox, rows + oy], axis=1) for ox in (0, 1) for oy in (0, 1)]
+    )
+    assert np.array_equal(_outline_corners(edge), np.unique(corners, axis=0))
