@@ -339,12 +339,12 @@ def _outline(box: np.ndarray) -> np.ndarray:
 def _outline_corners(edge: np.ndarray) -> np.ndarray:
     """(x, y) pixel corners of the outline pixels in `edge`, each once, in the order
     ``np.unique(..., axis=0)`` gives (by x, then y), without sorting 4x the corners."""
-    grid = np.zeros((edge.shape[0] + 1, edge.shape[1] + 1), dtype=bool)
-    for oy in (0, 1):
-        for ox in (0, 1):
-            grid[oy : oy + edge.shape[0], ox : ox + edge.shape[1]] |= edge
-    gx, gy = np.nonzero(grid.T)
-    return np.stack([gx, gy], axis=1)
+    across = edge.T  # (x, y): np.nonzero then lists corners by x, then y
+    grid = np.zeros((across.shape[0] + 1, across.shape[1] + 1), dtype=bool)
+    for ox in (0, 1):
+        for oy in (0, 1):
+            grid[ox : ox + across.shape[0], oy : oy + across.shape[1]] |= across
+    return np.stack(np.nonzero(grid), axis=1)
 
 
 def _calipers(corners: np.ndarray, dx: float, dy: float) -> tuple[float, float]:
@@ -460,7 +460,7 @@ def lesion_features(
     m = np.asarray(mask)
     if m.shape != source.shape:
         raise ValueError(f"mask shape {m.shape} differs from image shape {source.shape}")
-    m = m.astype(bool)
+    m = m.astype(bool, copy=False)  # read only
     count = int(np.count_nonzero(m))
     if count < MIN_LESION_PIXELS:
         raise ValueError(f"mask has fewer than {MIN_LESION_PIXELS} lesion pixels")
@@ -480,8 +480,9 @@ def lesion_features(
     # at least one background pixel around the lesion for its distance transforms (tested
     # against the whole image, and against the untrimmed version on BUSI and BUS-BRA).
     p10, p90, p99, all_tissue = _tissue_percentiles(source)
-    row_any, col_any = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+    row_any = np.nonzero(m.any(axis=1))[0]
     top, low = int(row_any[0]), int(row_any[-1])
+    col_any = np.nonzero(m[top : low + 1].any(axis=0))[0]
     area = float(count) * dx * dy
     diameter = 2.0 * math.sqrt(area / math.pi)  # of the circle with the same area
     bottom_px, left, right = _lesion_window(
@@ -500,8 +501,15 @@ def lesion_features(
     rows, cols = box_rows + by0, box_cols + bx0  # window pixels, row by row
 
     # Moments in mm: major/minor axes and the angle of the major axis.
+    # np.cov(xy, rowvar=False) step by step (numpy/lib/_function_base_impl.py: cov), so that
+    # its mean is also the centre, without copying xy: the same operations, the same bits.
     xy = np.stack([(cols + 0.5) * dx, (rows + 0.5) * dy], axis=1)
-    cov = np.cov(xy, rowvar=False) + np.eye(2) * (dx * dy / 12.0)
+    centred = xy.T
+    centre = centred.mean(axis=1)
+    centred -= centre[:, None]
+    cov = np.dot(centred, centred.T.conj())
+    cov *= np.true_divide(1, xy.shape[0] - 1)
+    cov = cov + np.eye(2) * (dx * dy / 12.0)
     evals, evecs = np.linalg.eigh(cov)
     axis_ratio = float(math.sqrt(max(evals[0], 1e-12) / max(evals[1], 1e-12)))
     major = evecs[:, 1]
@@ -516,7 +524,6 @@ def lesion_features(
         solidity = float(count) / hull_area
     except QhullError:  # pragma: no cover - MIN_LESION_PIXELS pixels always span an area
         solidity = 1.0
-    centre = xy.mean(axis=0)
     inv = np.linalg.inv(cov)
     lesion_h, lesion_w = low - top + 1, last - first + 1
     # The frame: the lesion's box grown by its own size (also the origin of the outline's
