@@ -161,6 +161,7 @@ def _run_service(
     from pydicom import dcmread
     from sqlalchemy import select
 
+    from dicom_io.seg import load_standard_tables
     from service.config import load_settings
     from service.exporter import run_exporter
     from service.worker import ModelProvider, run_worker
@@ -204,6 +205,7 @@ def _run_service(
                 ),
             )
     models = ModelProvider(None, "cpu", None, model=model)
+    load_standard_tables()  # as a worker's start-up does (service.runtime), before the job
     stop = threading.Event()
     with session_scope(engine) as session:
         job_id = session.scalars(select(Job.id)).one()

@@ -558,3 +558,19 @@ def _as_list(value: object) -> list[object]:
     if isinstance(value, str | int | float):  # IS values are str/int subclasses
         return [value]
     return list(value)  # type: ignore[call-overload]
+
+
+def load_standard_tables() -> None:
+    """Read highdicom's tables of the standard (SOP class -> IOD -> modules -> attributes) now.
+
+    highdicom reads them (about 0.3 s) on the first SEG or SR a process builds, and caches
+    them; a worker calls this at start-up so its first study does not wait for them.
+    Tables of a highdicom version that has none of these loaders are left to load lazily.
+    """
+    from highdicom import _standard_utils as tables  # private, hence the getattr below
+
+    for name in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
+        loader = getattr(tables, name, None)
+        if callable(loader):
+            loader()
+

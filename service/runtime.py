@@ -112,6 +112,9 @@ def build_runtime(settings: Settings, *, with_models: bool = True) -> Runtime:
             compile_mode=settings.worker.compile,
             scope_check=settings.worker.scope_check,
         )
+        from dicom_io.seg import load_standard_tables
+
+        load_standard_tables()  # not in the first study's time
     return Runtime(settings=settings, engine=engine, data_dir=data_dir, models=models)
 
 

@@ -423,3 +423,15 @@ def test_seg_frames_by_source_gives_every_answer_of_seg_frame_for_source(frames:
             expected = seg_frame_for_source(seg, uid, number if frames > 1 else None)
             assert index.get((uid, number)) == expected
     assert sorted(index.values()) == list(range(1, int(seg.NumberOfFrames) + 1))
+
+
+def test_load_standard_tables_reads_highdicom_tables_once_at_start_up() -> None:
+    """A worker reads highdicom's tables of the standard at start-up (not in its first study):
+    after the call they are cached, so the first SEG/SR build does not read them."""
+    from highdicom import _standard_utils as tables
+
+    from dicom_io.seg import load_standard_tables
+
+    load_standard_tables()
+    for name in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
+        assert getattr(tables, name).cache_info().currsize == 1
