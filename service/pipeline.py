@@ -27,6 +27,8 @@ from __future__ import annotations
 import io
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -65,6 +67,7 @@ SEG_SERIES_NUMBER = 990
 SR_SERIES_NUMBER = 991
 PREDICT_BATCH = 8  # crops per model call, gathered across frames and images
 PREVIEW_FRAMES = 4  # dashboard rows (and previews on demand) for the first frames of an image
+DECODE_AHEAD = 1  # frame batches decoded ahead of the model (bounded: memory stays flat)
 #: Why an image was not analysed when the model's in-distribution check refused every frame.
 OUTSIDE_SCOPE_REASON = (
     "outside_scope: the image is unlike the breast ultrasound the model was trained on "
@@ -458,29 +461,99 @@ def analyse(
         pending.clear()
         crops.clear()
 
-    for image_index, (source, info) in enumerate(infos):
-        boxes = analysis_boxes(info.regions, info.shape)
-        frames = iter_frames(source.path, batch=frame_batch)
+    boxes_of = [analysis_boxes(info.regions, info.shape) for _, info in infos]
+    decoded = _DecodedAhead(infos, frame_batch)
+    try:
         while True:
-            tick = time.perf_counter()
-            try:
-                batch = next(frames, None)
-            except DicomIOError as exc:
-                # A clip that breaks half-way: its frames already predicted are dropped.
-                timer.add("decode", tick)
-                yield from flush()
-                yield ImageFailure(image_index, exc)
-                break
+            tick = time.perf_counter()  # "decode": the time the model waited for pixels
+            item = decoded.next()
             timer.add("decode", tick)
-            if batch is None:
+            if item is None:
                 break
+            image_index, batch = item
+            if isinstance(batch, DicomIOError):
+                # A clip that breaks half-way: its frames already predicted are dropped.
+                yield from flush()
+                yield ImageFailure(image_index, batch)
+                continue
             numbers, pixels = batch
+            boxes = boxes_of[image_index]
             for k, number in enumerate(numbers):
                 pending.append((image_index, number, pixels[k], boxes))
                 crops.extend(pixels[k][box.slices] for box in boxes)
                 if len(crops) >= PREDICT_BATCH:
                     yield from flush()
-    yield from flush()
+        yield from flush()
+    finally:
+        decoded.close()
+
+
+class _DecodedAhead:
+    """Every image's frame batches (:func:`iter_frames`), decoded in a background thread
+    :data:`DECODE_AHEAD` batches ahead of the model, so decoding overlaps inference.
+
+    :meth:`next` gives ``(image_index, (frame numbers, pixels))``, or ``(image_index,
+    DicomIOError)`` once for an image that fails (its later frames are not read), or None at
+    the end; an unexpected error of the decoder is raised there. :meth:`close` stops the
+    thread (an abandoned job) and waits for it.
+    """
+
+    _END = object()
+
+    def __init__(self, infos: Sequence[tuple[SourceImage, ImageInfo]], frame_batch: int) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._slots = threading.Semaphore(DECODE_AHEAD)  # batches decoded, not yet taken
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(infos, frame_batch), name="decode", daemon=True
+        )
+        self._thread.start()
+
+    def _slot(self) -> bool:
+        """Wait until fewer than DECODE_AHEAD batches wait for the model (False: stopped)."""
+        while not self._stop.is_set():
+            if self._slots.acquire(timeout=0.1):
+                return True
+        return False
+
+    def _put(self, item: Any) -> bool:
+        self._queue.put(item)
+        return not self._stop.is_set()
+
+    def _run(self, infos: Sequence[tuple[SourceImage, ImageInfo]], frame_batch: int) -> None:
+        try:
+            for image_index, (source, _) in enumerate(infos):
+                frames = iter_frames(source.path, batch=frame_batch)
+                while True:
+                    if not self._slot():
+                        return
+                    try:
+                        batch = next(frames, None)
+                    except DicomIOError as exc:
+                        if not self._put((image_index, exc)):
+                            return
+                        break
+                    if batch is None:
+                        self._slots.release()
+                        break
+                    if not self._put((image_index, batch)):
+                        return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(exc)
+        self._put(self._END)
+
+    def next(self) -> tuple[int, Any] | None:
+        item = self._queue.get()
+        if item is self._END:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        self._slots.release()
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @dataclass

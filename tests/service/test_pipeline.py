@@ -406,3 +406,29 @@ def test_process_study_long_cine_memory_does_not_grow_with_frame_count(tmp_path:
     print(f"peak RSS growth: 50 frames {grow_short} KiB, 400 frames {grow_long} KiB")
     assert grow_long < 60 * 1024  # stated bound: 60 MiB for any clip length at this size
     assert grow_long - grow_short < 10 * 1024  # 350 more frames (≈ 100 MB as float32)
+
+
+def test_process_study_decodes_ahead_and_stops_decoding_when_the_model_fails(
+    tmp_path: Path,
+) -> None:
+    """Frames are decoded in a background thread one batch ahead of the model (issue 31:
+    decoding overlaps inference); a job that fails half-way leaves no decoding thread behind."""
+    import threading
+
+    class FailingModel(ThresholdModel):
+        def predict(self, images, with_cam=False):  # type: ignore[no-untyped-def]
+            if len(self.calls) == 1:
+                raise RuntimeError("model failed")
+            return super().predict(images, with_cam)
+
+    clips = [make_us_image(tmp_path / f"{i}.dcm", frames=20, study_instance_uid="1.2.3.31",
+                           series_instance_uid="1.2.3.31.1") for i in range(3)]
+    with pytest.raises(RuntimeError, match="model failed"):
+        process_study([_source(p) for p in clips], FailingModel(), tmp_path / "out")
+    assert not [t for t in threading.enumerate() if t.name == "decode"]
+
+    model = ThresholdModel()
+    result = process_study([_source(p) for p in clips], model, tmp_path / "out2")
+    assert sum(model.calls) == 60  # every frame of every clip, in order, once
+    assert {row["frame"] for row in result.results} == {1, 2, 3, 4}
+    assert not [t for t in threading.enumerate() if t.name == "decode"]
