@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -91,8 +92,32 @@ def export_once(settings: Settings, engine: Engine) -> int:
     return len(work)
 
 
+_WAKE = threading.Event()
+#: How soon an idle exporter notices `stop` (it sleeps on the wake-up event, not on `stop`).
+_STOP_CHECK_SECONDS = 0.25
+
+
+def wake_exporter() -> None:
+    """Tell this process's exporter that outbox rows were committed: it looks now, not at its
+    next poll (a worker in the same process, as in `wecare serve`, calls this once a job's
+    outputs are recorded; an exporter in another process still finds them by polling)."""
+    _WAKE.set()
+
+
+def _idle(stop: threading.Event, seconds: float) -> None:
+    """Sleep up to `seconds`, less when woken (:func:`wake_exporter`) or stopped."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if _WAKE.wait(min(left, _STOP_CHECK_SECONDS)):
+            _WAKE.clear()
+            return
+
+
 def run_exporter(settings: Settings, engine: Engine, stop: threading.Event) -> None:
-    """Loop until `stop`: export what is due, then sleep a poll interval.
+    """Loop until `stop`: export what is due, then sleep a poll interval (or until woken).
 
     First, rows a killed process had claimed (mid-send) are made due again at once."""
     try:
@@ -109,4 +134,4 @@ def run_exporter(settings: Settings, engine: Engine, stop: threading.Event) -> N
             log.exception("exporter round failed")
             tried = 0
         if not tried:
-            stop.wait(settings.export.poll_seconds)
+            _idle(stop, settings.export.poll_seconds)

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select
 
 from service.config import Settings
 from service.errors import JobError
+from service.exporter import wake_exporter
 from service.logs import log_context, redact_quoted
 from service.metrics import observe_stages
 from service.pipeline import (
@@ -195,6 +196,7 @@ def work_once(
         finally:
             heartbeat_stop.set()
         _finish(settings, engine, job_id, worker_id, result, model.version, model.status)
+        wake_exporter()  # its outputs are in the outbox: send them now, not at the next poll
         log.info(
             "job processed in %.2f s: %s, %d outputs",
             time.perf_counter() - started,

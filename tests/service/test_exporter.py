@@ -75,3 +75,42 @@ def test_export_once_down_then_up_audited_each_attempt(engine: Engine, tmp_path:
         assert "not delivered" in (events[0].detail or "")
         assert events[1].detail == "seg to pacs: delivered"
         assert s.get(Job, job_id).state == JobState.DONE  # type: ignore[union-attr]
+
+
+@pytest.mark.integration
+def test_woken_exporter_sends_at_once_and_stops_promptly(engine: Engine, tmp_path: Path) -> None:
+    """A worker in the same process wakes the exporter once a job's outputs are in the outbox
+    (issue 31): it sends them at once instead of at its next poll (30 s here), and an idle
+    exporter still notices `stop` within a fraction of a second."""
+    import threading
+    import time
+
+    from service.exporter import run_exporter, wake_exporter
+
+    port = free_port()
+    settings = load_settings(
+        None,
+        destinations=[{"name": "pacs", "ae_title": "STORESCP", "host": "127.0.0.1", "port": port}],
+        export={"timeout_seconds": 5, "poll_seconds": 30},
+    )
+    stop = threading.Event()
+    with storescp(tmp_path / "peer", port=port):
+        exporter = threading.Thread(target=run_exporter, args=(settings, engine, stop))
+        exporter.start()
+        try:
+            time.sleep(0.5)  # its first round found nothing: now it sleeps for 30 s
+            job_id = _job_with_output(engine, tmp_path)
+            woken = time.monotonic()
+            wake_exporter()
+            while time.monotonic() - woken < 10:
+                with session_scope(engine) as s:
+                    if s.get(Job, job_id).state == JobState.DONE:  # type: ignore[union-attr]
+                        break
+                time.sleep(0.05)
+            sent_after = time.monotonic() - woken
+        finally:
+            stopped = time.monotonic()
+            stop.set()
+            exporter.join(5)
+        assert not exporter.is_alive() and time.monotonic() - stopped < 2
+    assert sent_after < 10  # not the 30 s poll
