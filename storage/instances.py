@@ -228,6 +228,25 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _instance_columns(
+    received: ReceivedInstance, study_id: int, sha256: str | None, now: datetime
+) -> dict[str, object]:
+    """The instance row's columns from what the listener read (both recording paths)."""
+    return {
+        "study_id": study_id,
+        "series_instance_uid": received.series_instance_uid,
+        "sop_instance_uid": received.sop_instance_uid,
+        "sop_class_uid": received.sop_class_uid,
+        "transfer_syntax_uid": received.transfer_syntax_uid,
+        "path": received.path,
+        "size_bytes": received.size_bytes,
+        "calling_ae_title": received.calling_ae_title,
+        "received_at": now,
+        "skip_reason": received.skip_reason,
+        "content_sha256": sha256,
+    }
+
+
 def record_instance(
     session: Session, received: ReceivedInstance, now: datetime | None = None
 ) -> tuple[Instance, bool]:
@@ -273,17 +292,7 @@ def record_instance(
         return known.same, False
     original = known.original
     row = Instance(
-        study_id=study.id,
-        series_instance_uid=received.series_instance_uid,
-        sop_instance_uid=received.sop_instance_uid,
-        sop_class_uid=received.sop_class_uid,
-        transfer_syntax_uid=received.transfer_syntax_uid,
-        path=received.path,
-        size_bytes=received.size_bytes,
-        calling_ae_title=received.calling_ae_title,
-        received_at=now,
-        skip_reason=received.skip_reason,
-        content_sha256=sha256,
+        **_instance_columns(received, study.id, sha256, now),
         conflict_of_id=original.id if original is not None else None,
     )
     if original is not None:
@@ -360,21 +369,7 @@ def record_new_instance(
         return None
     instance_id: int = conn.execute(
         insert(Instance)
-        .values(
-            study_id=study_id,
-            series_instance_uid=received.series_instance_uid,
-            sop_instance_uid=received.sop_instance_uid,
-            sop_class_uid=received.sop_class_uid,
-            transfer_syntax_uid=received.transfer_syntax_uid,
-            path=received.path,
-            size_bytes=received.size_bytes,
-            calling_ae_title=received.calling_ae_title,
-            received_at=now,
-            times_received=1,
-            skip_reason=received.skip_reason,
-            content_sha256=sha256,
-            conflict_of_id=None,
-        )
+        .values(**_instance_columns(received, study_id, sha256, now), times_received=1)
         .returning(Instance.id)
     ).scalar_one()
     if received.skip_reason is None:

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from dicom_io.polygons import mask_to_polygons
 from dicom_io.read import iter_frames, read_header, read_info
 from dicom_io.regions import analysis_boxes, common_pixel_spacing
+from dicom_io.seg import seg_frames_by_source
 from dicom_io.types import ImageInfo
 from inference.study import CLASSES
 from service.previews import render_preview, save_png
@@ -119,12 +120,6 @@ def find_image(session: Session, job: Job, sop_instance_uid: str) -> JobImage | 
 # ---- the AI SEG --------------------------------------------------------------------------------
 
 
-def _as_list(value: object) -> list[object]:
-    if isinstance(value, str | int | float):  # IS values are str/int subclasses
-        return [value]
-    return list(value)  # type: ignore[call-overload]
-
-
 class SegIndex:
     """Where each (source UID, source frame) lives in the job's SEGs, read once per request.
 
@@ -136,14 +131,8 @@ class SegIndex:
         self.segs = list(segs)
         self.where: dict[tuple[str, int], tuple[int, int]] = {}  # -> (seg index, seg frame)
         for k, seg in enumerate(self.segs):
-            for frame, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
-                for derivation in item.get("DerivationImageSequence", []):
-                    for source in derivation.get("SourceImageSequence", []):
-                        uid = str(source.ReferencedSOPInstanceUID)
-                        numbers = source.get("ReferencedFrameNumber")
-                        values = [1] if numbers is None else [int(n) for n in _as_list(numbers)]
-                        for number in values:
-                            self.where.setdefault((uid, number), (k, frame))
+            for key, frame in seg_frames_by_source(seg).items():
+                self.where.setdefault(key, (k, frame))
 
     @property
     def key(self) -> str:
