@@ -67,7 +67,9 @@ SEG_SERIES_NUMBER = 990
 SR_SERIES_NUMBER = 991
 PREDICT_BATCH = 8  # crops per model call, gathered across frames and images
 PREVIEW_FRAMES = 4  # dashboard rows (and previews on demand) for the first frames of an image
-DECODE_AHEAD = 1  # frame batches decoded ahead of the model (bounded: memory stays flat)
+#: Frames decoded ahead of the model: one model batch of single-frame images, one frame batch
+#: of a clip (a batch is decoded whole); memory stays flat whatever the study's size.
+DECODE_AHEAD_FRAMES = PREDICT_BATCH
 #: Why an image was not analysed when the model's in-distribution check refused every frame.
 OUTSIDE_SCOPE_REASON = (
     "outside_scope: the image is unlike the breast ultrasound the model was trained on "
@@ -489,8 +491,8 @@ def analyse(
 
 
 class _DecodedAhead:
-    """Every image's frame batches (:func:`iter_frames`), decoded in a background thread
-    :data:`DECODE_AHEAD` batches ahead of the model, so decoding overlaps inference.
+    """Every image's frame batches (:func:`iter_frames`), decoded in a background thread up
+    to :data:`DECODE_AHEAD_FRAMES` ahead of the model, so decoding overlaps inference.
 
     :meth:`next` gives ``(image_index, (frame numbers, pixels))``, or ``(image_index,
     DicomIOError)`` once for an image that fails (its later frames are not read), or None at
@@ -502,7 +504,8 @@ class _DecodedAhead:
 
     def __init__(self, infos: Sequence[tuple[SourceImage, ImageInfo]], frame_batch: int) -> None:
         self._queue: queue.Queue[Any] = queue.Queue()
-        self._slots = threading.Semaphore(DECODE_AHEAD)  # batches decoded, not yet taken
+        self._ahead = 0  # frames decoded, not yet taken
+        self._room = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(infos, frame_batch), name="decode", daemon=True
@@ -510,11 +513,18 @@ class _DecodedAhead:
         self._thread.start()
 
     def _slot(self) -> bool:
-        """Wait until fewer than DECODE_AHEAD batches wait for the model (False: stopped)."""
-        while not self._stop.is_set():
-            if self._slots.acquire(timeout=0.1):
-                return True
+        """Wait until fewer than DECODE_AHEAD_FRAMES wait for the model (False: stopped)."""
+        with self._room:
+            while not self._stop.is_set():
+                if self._ahead < DECODE_AHEAD_FRAMES:
+                    return True
+                self._room.wait(0.1)
         return False
+
+    def _taken(self, frames: int) -> None:
+        with self._room:
+            self._ahead -= frames
+            self._room.notify()
 
     def _put(self, item: Any) -> bool:
         self._queue.put(item)
@@ -534,8 +544,9 @@ class _DecodedAhead:
                             return
                         break
                     if batch is None:
-                        self._slots.release()
                         break
+                    with self._room:
+                        self._ahead += len(batch[0])
                     if not self._put((image_index, batch)):
                         return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
@@ -548,7 +559,9 @@ class _DecodedAhead:
             return None
         if isinstance(item, BaseException):
             raise item
-        self._slots.release()
+        _, batch = item
+        if not isinstance(batch, DicomIOError):
+            self._taken(len(batch[0]))
         return item  # type: ignore[no-any-return]
 
     def close(self) -> None:
