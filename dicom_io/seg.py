@@ -496,24 +496,12 @@ def seg_frame_for_source(
     ``frame_number`` None matches a single-frame source (no Referenced Frame Number, or
     frame 1). Returns None when the SEG has no frame for it (no lesion there).
     """
-    for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
-        for derivation in item.get("DerivationImageSequence", []):
-            for source in derivation.get("SourceImageSequence", []):
-                if source.ReferencedSOPInstanceUID != sop_instance_uid:
-                    continue
-                numbers = source.get("ReferencedFrameNumber")
-                if numbers is None:
-                    if frame_number in (None, 1):
-                        return index
-                    continue
-                values = {int(n) for n in _as_list(numbers)}
-                if (frame_number or 1) in values:
-                    return index
-    return None
+    return seg_frames_by_source(seg).get((str(sop_instance_uid), frame_number or 1))
 
 
 def seg_frames_by_source(seg: Dataset) -> dict[tuple[str, int], int]:
-    """Every answer of :func:`seg_frame_for_source` for ``seg`` at once, read in one pass.
+    """Every answer of :func:`seg_frame_for_source` for ``seg`` at once, read in one pass
+    (one scan of the SEG; :func:`seg_frame_for_source` is a look-up in it).
 
     Keys are (source SOP Instance UID, source frame number; 1 for a single-frame source),
     values the first SEG frame (1-based) derived from it. For a report with a lesion
