@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
-__all__ = ["mask_measurements"]
+__all__ = ["feret_calipers", "mask_measurements"]
 
 
 def mask_measurements(
@@ -69,8 +69,22 @@ def mask_measurements(
     keys = np.unique(
         np.concatenate([(cols + dx) * span + (rows + dy) for dx in (0, 1) for dy in (0, 1)])
     )
-    corners = np.stack([keys // span, keys % span], axis=1).astype(np.float64)
-    points = corners * np.array([mm_per_pixel_x, mm_per_pixel_y], dtype=np.float64)
+    corners = np.stack([keys // span, keys % span], axis=1)
+    long_axis, short_axis = feret_calipers(corners, mm_per_pixel_x, mm_per_pixel_y)
+    return float(area), long_axis, short_axis
+
+
+def feret_calipers(corners: np.ndarray, mm_per_pixel_x: float, mm_per_pixel_y: float
+                   ) -> tuple[float, float]:
+    """(long axis, short axis) in mm of the convex hull of pixel `corners` ((x, y) in pixels,
+    each once): the maximum Feret diameter, and the extent perpendicular to it.
+
+    Shared by :func:`mask_measurements` and the BI-RADS descriptors. Ties between equally
+    long diameters go to the first pair in `corners`' order, so callers pass the corners in
+    the same (x, then y) order to get the same short axis.
+    """
+    points = corners.astype(np.float64) * np.array([mm_per_pixel_x, mm_per_pixel_y],
+                                                   dtype=np.float64)
     try:
         hull = points[ConvexHull(points).vertices]
     except QhullError:  # pragma: no cover - corners of ≥ 1 pixel are never collinear
@@ -80,7 +94,5 @@ def mask_measurements(
     i, j = np.unravel_index(int(np.argmax(distances)), distances.shape)
     long_axis = float(distances[i, j])
     direction = (hull[j] - hull[i]) / long_axis
-    normal = np.array([-direction[1], direction[0]])
-    projection = hull @ normal
-    short_axis = float(projection.max() - projection.min())
-    return float(area), long_axis, short_axis
+    projection = hull @ np.array([-direction[1], direction[0]])
+    return long_axis, float(projection.max() - projection.min())

@@ -34,6 +34,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from dicom_io.measure import feret_calipers
+
 __all__ = [
     "ECHO_PATTERNS",
     "MARGINS",
@@ -345,23 +347,6 @@ def _outline_corners(edge: np.ndarray) -> np.ndarray:
         for oy in (0, 1):
             grid[ox : ox + across.shape[0], oy : oy + across.shape[1]] |= across
     return np.stack(np.nonzero(grid), axis=1)
-
-
-def _calipers(corners: np.ndarray, dx: float, dy: float) -> tuple[float, float]:
-    """(longest Feret diameter, caliper width perpendicular to it) over the outline's pixel
-    corners (`corners`, (x, y) px, unique), mm."""
-    points = corners.astype(np.float64) * np.array([dx, dy])
-    try:
-        hull = points[ConvexHull(points).vertices]
-    except QhullError:  # pragma: no cover - corners of >= 1 pixel are never collinear
-        hull = points
-    diff = hull[:, None, :] - hull[None, :, :]
-    dist = np.sqrt((diff**2).sum(axis=-1))
-    i, j = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    long_axis = float(dist[i, j])
-    direction = (hull[j] - hull[i]) / long_axis
-    projection = hull @ np.array([-direction[1], direction[0]])
-    return long_axis, float(projection.max() - projection.min())
 
 
 def _radial_signature(
@@ -711,7 +696,7 @@ def lesion_features(
     skin = int(np.argmax(column_means > level)) if (column_means > level).any() else 0
     depth = max(0.0, (top - skin) * dy)
 
-    long_axis, short_axis = _calipers(corners, dx, dy)
+    long_axis, short_axis = feret_calipers(corners, dx, dy)
     return LesionFeatures(
         axis_ratio=axis_ratio,
         angle_deg=angle_deg,
