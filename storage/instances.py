@@ -306,7 +306,7 @@ def record_instance(
     if original is not None:
         _record_conflict(session, row, original, now)
     elif received.skip_reason is None:
-        ensure_waiting_job(session, study, now)
+        ensure_waiting_job(session.connection(), study.id, now)
     return row, True
 
 
@@ -315,13 +315,6 @@ _TOUCH_STUDY = (
     .where(Study.study_instance_uid == bindparam("uid"))
     .values(last_received_at=bindparam("now"))
     .returning(Study.id, Study.patient_name)
-)
-_WAITING_OR_QUEUED_JOB = (
-    select(Job.id)
-    .where(Job.study_id == bindparam("study"), Job.state.in_((JobState.WAITING, JobState.QUEUED)))
-    .order_by(Job.id)
-    .limit(1)
-    .with_for_update()
 )
 
 
@@ -373,10 +366,7 @@ def record_new_instance(
         .returning(Instance.id)
     ).scalar_one()
     if received.skip_reason is None:
-        if conn.execute(_WAITING_OR_QUEUED_JOB, {"study": study_id}).first() is None:
-            conn.execute(
-                insert(Job).values(study_id=study_id, state=JobState.WAITING, created_at=now)
-            )
+        ensure_waiting_job(conn, study_id, now)
     return instance_id
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import Job, JobState, Study, utcnow
@@ -22,26 +22,32 @@ _STAMP = {
 }
 
 
-def ensure_waiting_job(session: Session, study: Study, now: datetime | None = None) -> Job:
-    """Return the study's job that has not started yet, creating a waiting one when none.
+_OPEN_JOB_OF_STUDY = (
+    select(Job.id)
+    .where(Job.study_id == bindparam("study"), Job.state.in_((JobState.WAITING, JobState.QUEUED)))
+    .order_by(Job.id)
+    .limit(1)
+    .with_for_update()
+)
+
+
+def ensure_waiting_job(conn: Connection, study_id: int, now: datetime | None = None) -> int:
+    """Return the id of the study's job that has not started yet, creating a waiting one when
+    none (Core statements, in the caller's transaction: both recording paths use it).
 
     A `queued` job counts: it reads the study's instances when a worker claims it, so a late
     instance joins it. (Under load a store can wait longer than stable_seconds for the database;
     the study was queued meanwhile, and the late instance used to start a second job.) The row
     is locked so that, on PostgreSQL, a claim waits for this instance to be committed.
     """
-    job = session.scalar(
-        select(Job)
-        .where(Job.study_id == study.id, Job.state.in_((JobState.WAITING, JobState.QUEUED)))
-        .order_by(Job.id)
-        .limit(1)
-        .with_for_update()
-    )
-    if job is None:
-        job = Job(study_id=study.id, state=JobState.WAITING, created_at=now or utcnow())
-        session.add(job)
-        session.flush()
-    return job
+    job_id = conn.execute(_OPEN_JOB_OF_STUDY, {"study": study_id}).scalar()
+    if job_id is None:
+        job_id = conn.execute(
+            insert(Job)
+            .values(study_id=study_id, state=JobState.WAITING, created_at=now or utcnow())
+            .returning(Job.id)
+        ).scalar_one()
+    return int(job_id)
 
 
 def queue_stable_studies(
